@@ -1,0 +1,6 @@
+//! The copier Lambda. Its handler lands with the AWS engine; until then the binary only
+//! reports the library version it was built against.
+
+fn main() {
+    println!("s3quilt copier {}", s3quilt_core::VERSION);
+}

@@ -1,0 +1,341 @@
+//! The manifest: a JSONL file whose first line is the package header and whose other lines are
+//! entries in walk order, byte-compatible with quilt3, and its top hash.
+
+use std::cmp::Ordering;
+
+use sha2::{Digest, Sha256};
+
+use super::checksum::{HashType, QuiltHash};
+use super::json::{Json, JsonError, JsonObject};
+use super::names::{LogicalKey, NameError};
+
+/// quilt3 refuses manifest records of this many bytes or more.
+pub const MAX_LINE_BYTES: usize = 1_000_000;
+
+/// Why a manifest cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A line is not JSON (or not JSON quilt3 writes).
+    #[error("manifest line {line}: {source}")]
+    Json {
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        source: JsonError,
+    },
+    /// A line is JSON but not a header or entry.
+    #[error("manifest line {line}: {reason}")]
+    Shape {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A logical key that quilt3 would refuse.
+    #[error("manifest line {line}: {source}")]
+    Key {
+        /// 1-based line number.
+        line: usize,
+        /// The key error.
+        source: NameError,
+    },
+    /// The manifest has no header line.
+    #[error("manifest is empty: the first line must be the package header")]
+    Empty,
+    /// Two entries share a logical key.
+    #[error("manifest has logical key {0:?} twice")]
+    DuplicateKey(String),
+    /// A line too long for quilt3 to read.
+    #[error("manifest record for {what} is {bytes} bytes; quilt3 accepts records under {MAX_LINE_BYTES} bytes (shrink its metadata)")]
+    LineTooLong {
+        /// Which record.
+        what: String,
+        /// Its length.
+        bytes: usize,
+    },
+}
+
+/// The first line of a manifest: `version`, optional `user_meta`, optional `workflow`, `message`,
+/// kept as an ordered object so a read manifest writes back byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageHeader(JsonObject);
+
+impl PackageHeader {
+    /// The header of a new package, keys in quilt3's order. `user_meta: None` leaves the key out,
+    /// which is not the same package as `user_meta: null`.
+    pub fn new(message: Option<&str>, user_meta: Option<JsonObject>) -> Self {
+        let mut header = JsonObject::new();
+        header.insert("version", Json::str("v0"));
+        if let Some(meta) = user_meta {
+            header.insert("user_meta", Json::Object(meta));
+        }
+        header.insert("message", message.map_or(Json::Null, Json::str));
+        PackageHeader(header)
+    }
+
+    /// The package message, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.0.get("message").and_then(Json::as_str)
+    }
+
+    /// The package's user metadata, if set.
+    pub fn user_meta(&self) -> Option<&Json> {
+        self.0.get("user_meta")
+    }
+
+    /// The header as an object.
+    pub fn as_object(&self) -> &JsonObject {
+        &self.0
+    }
+
+    /// A header from a parsed first line (quilt3 drops an obsolete `top_hash` key on load).
+    pub fn from_object(mut object: JsonObject) -> Self {
+        object.remove("top_hash");
+        PackageHeader(object)
+    }
+}
+
+/// A directory-metadata line (`{"logical_key": "dir/", "meta": {...}}`): read and written back,
+/// not part of the top hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryMeta {
+    /// The directory path, ending in `/`.
+    pub logical_key: String,
+    /// Its metadata.
+    pub meta: Json,
+}
+
+/// One file of a package.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestEntry {
+    /// Path inside the package.
+    pub logical_key: LogicalKey,
+    /// Where the bytes are (`s3://…` URLs; quilt3 writes exactly one).
+    pub physical_keys: Vec<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hash; see [`ManifestEntry::hash`].
+    hash: Json,
+    /// Entry metadata (`{}` when empty); user metadata lives under `user_meta`.
+    pub meta: JsonObject,
+}
+
+impl ManifestEntry {
+    /// A new entry.
+    pub fn new(logical_key: LogicalKey, physical_key: String, size: u64, hash: &QuiltHash, meta: JsonObject) -> Self {
+        let mut hash_object = JsonObject::new();
+        hash_object.insert("type", Json::str(hash.kind.as_str()));
+        hash_object.insert("value", Json::str(hash.value.clone()));
+        ManifestEntry { logical_key, physical_keys: vec![physical_key], size, hash: Json::Object(hash_object), meta }
+    }
+
+    /// The entry's hash.
+    pub fn hash(&self) -> QuiltHash {
+        parse_hash(&self.hash).expect("entry hashes are validated when the entry is made")
+    }
+
+    /// The line of this entry in a manifest (without the newline).
+    pub fn to_line(&self) -> String {
+        let mut line = JsonObject::new();
+        line.insert("logical_key", Json::str(self.logical_key.as_str()));
+        line.insert("physical_keys", Json::Array(self.physical_keys.iter().map(|k| Json::str(k.as_str())).collect()));
+        line.insert("size", Json::int(self.size));
+        line.insert("hash", self.hash.clone());
+        line.insert("meta", Json::Object(self.meta.clone()));
+        Json::Object(line).to_manifest_string()
+    }
+
+    /// The text this entry contributes to the top hash.
+    pub fn hash_part(&self) -> String {
+        let mut part = JsonObject::new();
+        part.insert("hash", self.hash.clone());
+        part.insert("logical_key", Json::str(self.logical_key.as_str()));
+        part.insert("meta", Json::Object(self.meta.clone()));
+        part.insert("size", Json::int(self.size));
+        Json::Object(part).to_hash_string()
+    }
+
+    /// Parses an entry line.
+    pub fn from_line(line_no: usize, object: JsonObject) -> Result<Self, ManifestError> {
+        let shape = |reason: String| ManifestError::Shape { line: line_no, reason };
+        let key = object
+            .get("logical_key")
+            .and_then(Json::as_str)
+            .ok_or_else(|| shape("entry has no string `logical_key`".into()))?;
+        let logical_key: LogicalKey = key.parse().map_err(|source| ManifestError::Key { line: line_no, source })?;
+        let physical_keys = match object.get("physical_keys") {
+            Some(Json::Array(keys)) if !keys.is_empty() => keys
+                .iter()
+                .map(|k| k.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| shape(format!("entry {key:?}: `physical_keys` must be strings")))?,
+            _ => return Err(shape(format!("entry {key:?} has no non-empty `physical_keys` array"))),
+        };
+        let size = object
+            .get("size")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| shape(format!("entry {key:?} has no non-negative integer `size`")))?;
+        let hash = object.get("hash").cloned().ok_or_else(|| shape(format!("entry {key:?} has no `hash`")))?;
+        parse_hash(&hash).ok_or_else(|| {
+            shape(format!(
+                "entry {key:?}: `hash` must be {{\"type\": T, \"value\": V}} with T one of sha2-256-chunked, CRC64NVME, SHA256"
+            ))
+        })?;
+        let meta = match object.get("meta") {
+            None | Some(Json::Null) => JsonObject::new(),
+            Some(Json::Object(meta)) => meta.clone(),
+            Some(other) => return Err(shape(format!("entry {key:?}: `meta` is a {}, not an object", other.type_name()))),
+        };
+        Ok(ManifestEntry { logical_key, physical_keys, size, hash, meta })
+    }
+}
+
+fn parse_hash(hash: &Json) -> Option<QuiltHash> {
+    let object = hash.as_object()?;
+    let kind = HashType::parse(object.get("type")?.as_str()?)?;
+    let value = object.get("value")?.as_str()?.to_string();
+    Some(QuiltHash { kind, value })
+}
+
+/// Quilt's walk order: a tree walk that visits each folder's children sorted by name, which is
+/// comparing keys part by part (not as whole strings: `a/b.txt` < `a b/x` < `a-c.txt`).
+pub fn walk_order(a: &LogicalKey, b: &LogicalKey) -> Ordering {
+    a.parts().cmp(b.parts())
+}
+
+/// A whole manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Line 1.
+    pub header: PackageHeader,
+    /// Directory-metadata lines, in the order read.
+    pub directories: Vec<DirectoryMeta>,
+    /// Entries, in walk order.
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// A manifest from a header and entries in any order (sorted here into walk order).
+    /// Fails on a duplicate logical key.
+    pub fn new(header: PackageHeader, mut entries: Vec<ManifestEntry>) -> Result<Self, ManifestError> {
+        entries.sort_by(|a, b| walk_order(&a.logical_key, &b.logical_key));
+        if let Some(pair) = entries.windows(2).find(|w| w[0].logical_key == w[1].logical_key) {
+            return Err(ManifestError::DuplicateKey(pair[0].logical_key.to_string()));
+        }
+        Ok(Manifest { header, directories: Vec::new(), entries })
+    }
+
+    /// Parses JSONL bytes as quilt3's `Package.load` does (entries end up in walk order).
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let (_, first) = lines.next().ok_or(ManifestError::Empty)?;
+        let header = match Json::parse(first).map_err(|source| ManifestError::Json { line: 1, source })? {
+            Json::Object(object) => PackageHeader::from_object(object),
+            other => {
+                return Err(ManifestError::Shape {
+                    line: 1,
+                    reason: format!("the package header must be an object, not a {}", other.type_name()),
+                });
+            }
+        };
+        let mut directories = Vec::new();
+        let mut entries = Vec::new();
+        for (index, line) in lines {
+            let line_no = index + 1;
+            let object = match Json::parse(line).map_err(|source| ManifestError::Json { line: line_no, source })? {
+                Json::Object(object) => object,
+                other => {
+                    return Err(ManifestError::Shape {
+                        line: line_no,
+                        reason: format!("an entry must be an object, not a {}", other.type_name()),
+                    });
+                }
+            };
+            match object.get("logical_key").and_then(Json::as_str) {
+                Some(key) if key.ends_with('/') && !object.contains_key("physical_keys") => {
+                    directories.push(DirectoryMeta {
+                        logical_key: key.to_string(),
+                        meta: object.get("meta").cloned().unwrap_or(Json::Null),
+                    });
+                }
+                _ => entries.push(ManifestEntry::from_line(line_no, object)?),
+            }
+        }
+        let mut manifest = Manifest::new(header, entries)?;
+        manifest.directories = directories;
+        Ok(manifest)
+    }
+
+    /// The JSONL bytes quilt3 would write for this package.
+    pub fn to_jsonl(&self) -> Result<String, ManifestError> {
+        let mut out = String::new();
+        let mut push = |line: String, what: &dyn Fn() -> String| {
+            if line.len() >= MAX_LINE_BYTES {
+                return Err(ManifestError::LineTooLong { what: what(), bytes: line.len() });
+            }
+            out.push_str(&line);
+            out.push('\n');
+            Ok(())
+        };
+        push(Json::Object(self.header.as_object().clone()).to_manifest_string(), &|| "the package header".into())?;
+        for dir in &self.directories {
+            let mut line = JsonObject::new();
+            line.insert("logical_key", Json::str(dir.logical_key.as_str()));
+            line.insert("meta", dir.meta.clone());
+            push(Json::Object(line).to_manifest_string(), &|| format!("directory {:?}", dir.logical_key))?;
+        }
+        for entry in &self.entries {
+            push(entry.to_line(), &|| format!("entry {:?}", entry.logical_key.as_str()))?;
+        }
+        Ok(out)
+    }
+
+    /// The top hash (64 hex digits), as quilt3 computes it.
+    pub fn top_hash(&self) -> String {
+        let mut hasher = TopHasher::new(&self.header);
+        for entry in &self.entries {
+            hasher.add(entry);
+        }
+        hasher.finish()
+    }
+}
+
+/// Incremental top hash, for callers that stream entries in walk order instead of holding a
+/// whole [`Manifest`].
+pub struct TopHasher(Sha256);
+
+impl TopHasher {
+    /// Starts with the header.
+    pub fn new(header: &PackageHeader) -> Self {
+        let mut sha = Sha256::new();
+        sha.update(Json::Object(header.as_object().clone()).to_hash_string().as_bytes());
+        TopHasher(sha)
+    }
+
+    /// Adds the next entry (in walk order).
+    pub fn add(&mut self, entry: &ManifestEntry) {
+        self.0.update(entry.hash_part().as_bytes());
+    }
+
+    /// The hex top hash.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_lines_name_the_line() {
+        let err = Manifest::parse("{\"version\": \"v0\"}\n{\"logical_key\": \"a\", \"size\": 1}\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Shape { line: 2, .. }), "{err}");
+        let err = Manifest::parse("{\"version\": \"v0\"}\n{not json\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Json { line: 2, .. }), "{err}");
+        let err = Manifest::parse("").unwrap_err();
+        assert!(matches!(err, ManifestError::Empty), "{err}");
+        let bad_key = "{\"version\": \"v0\"}\n{\"logical_key\": \"a//b\", \"physical_keys\": [\"s3://b/k\"], \"size\": 0, \"hash\": {\"type\": \"SHA256\", \"value\": \"x\"}, \"meta\": {}}\n";
+        assert!(matches!(Manifest::parse(bad_key).unwrap_err(), ManifestError::Key { line: 2, .. }));
+    }
+}

@@ -1,0 +1,674 @@
+//! The storage port: the S3 operations s3quilt needs, in its own terms, behind one trait.
+//!
+//! Every step (plan, copy, finalize, registry) talks to [`ObjectStore`], never to the SDK, so
+//! the same code runs against AWS, moto, SeaweedFS or the embedded demo server, and tests can
+//! wrap a store to inject failures. [`S3Store`] is the aws-sdk-s3 adapter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, MetadataDirective,
+};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+/// What kind of failure a storage call had; decides retry and rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StoreErrorKind {
+    /// The bucket, key or version does not exist.
+    NotFound,
+    /// Credentials lack permission (or the bucket belongs to someone else).
+    AccessDenied,
+    /// A conditional write lost (`If-None-Match: *` on an existing key).
+    PreconditionFailed,
+    /// S3 asked us to slow down (503 SlowDown, 429).
+    Throttled,
+    /// A 5xx, timeout or connection failure: worth retrying.
+    Transient,
+    /// The object is archived (GLACIER / DEEP_ARCHIVE) and not restored.
+    InvalidObjectState,
+    /// Anything else: a request S3 refused for good.
+    Permanent,
+}
+
+impl StoreErrorKind {
+    /// Whether a retry may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, StoreErrorKind::Throttled | StoreErrorKind::Transient)
+    }
+}
+
+/// A failed storage call, naming the operation and object (never credentials or signed URLs).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} s3://{bucket}/{key} failed ({kind:?}): {message}")]
+pub struct StoreError {
+    /// Classification.
+    pub kind: StoreErrorKind,
+    /// The S3 operation, e.g. `CopyObject`.
+    pub operation: &'static str,
+    /// Bucket.
+    pub bucket: String,
+    /// Key (empty for bucket-level calls).
+    pub key: String,
+    /// S3's error code and message, or the transport error.
+    pub message: String,
+}
+
+impl StoreError {
+    /// A new error.
+    pub fn new(kind: StoreErrorKind, operation: &'static str, bucket: &str, key: &str, message: impl Into<String>) -> Self {
+        StoreError { kind, operation, bucket: bucket.to_string(), key: key.to_string(), message: message.into() }
+    }
+}
+
+/// One object from a listing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ListedObject {
+    /// Key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag as S3 returns it (quoted).
+    pub etag: Option<String>,
+    /// Storage class (`STANDARD` when S3 omits it).
+    pub storage_class: String,
+    /// Last-modified time, RFC 3339.
+    pub last_modified: Option<String>,
+}
+
+/// One page of a ListObjectsV2 call.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Objects on this page.
+    pub objects: Vec<ListedObject>,
+    /// Common prefixes (with a delimiter).
+    pub common_prefixes: Vec<String>,
+    /// Token for the next page, if any.
+    pub next_token: Option<String>,
+}
+
+/// Everything HeadObject tells about an object (with checksum mode enabled).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Version id, when versioned.
+    pub version_id: Option<String>,
+    /// ETag.
+    pub etag: Option<String>,
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), keys lower-case as S3 returns them.
+    pub metadata: BTreeMap<String, String>,
+    /// Storage class.
+    pub storage_class: String,
+    /// Last-modified, RFC 3339.
+    pub last_modified: Option<String>,
+    /// Stored full-object or composite SHA-256 (base64), if S3 has one.
+    pub checksum_sha256: Option<String>,
+    /// Stored CRC-64/NVME (base64), if S3 has one.
+    pub checksum_crc64nvme: Option<String>,
+    /// `FULL_OBJECT` or `COMPOSITE`, when S3 says.
+    pub checksum_type: Option<String>,
+    /// Number of parts for a multipart object.
+    pub parts_count: Option<u32>,
+    /// `x-amz-restore`, for archived objects.
+    pub restore: Option<String>,
+}
+
+/// The checksum algorithm to ask S3 to compute on a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteChecksum {
+    /// SHA-256.
+    Sha256,
+    /// CRC-64/NVME.
+    Crc64Nvme,
+}
+
+/// A server-side copy request.
+#[derive(Debug, Clone)]
+pub struct CopyRequest<'a> {
+    /// Source bucket.
+    pub src_bucket: &'a str,
+    /// Source key.
+    pub src_key: &'a str,
+    /// Source version, pinned so the copy is of exactly the object that was planned.
+    pub src_version_id: Option<&'a str>,
+    /// Destination bucket.
+    pub dst_bucket: &'a str,
+    /// Destination key.
+    pub dst_key: &'a str,
+    /// Checksum S3 should compute on the new object.
+    pub checksum: WriteChecksum,
+    /// Refuse to overwrite an existing destination (`If-None-Match: *`).
+    pub if_none_match: bool,
+}
+
+/// What a write produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteResult {
+    /// Version id of the new object (versioned buckets).
+    pub version_id: Option<String>,
+    /// ETag.
+    pub etag: Option<String>,
+    /// SHA-256 checksum S3 returned, if any.
+    pub checksum_sha256: Option<String>,
+    /// CRC-64/NVME checksum S3 returned, if any.
+    pub checksum_crc64nvme: Option<String>,
+}
+
+/// One part of a multipart copy.
+#[derive(Debug, Clone)]
+pub struct PartCopyRequest<'a> {
+    /// Source bucket.
+    pub src_bucket: &'a str,
+    /// Source key.
+    pub src_key: &'a str,
+    /// Source version.
+    pub src_version_id: Option<&'a str>,
+    /// Destination bucket.
+    pub dst_bucket: &'a str,
+    /// Destination key.
+    pub dst_key: &'a str,
+    /// Upload id.
+    pub upload_id: &'a str,
+    /// 1-based part number.
+    pub part_number: u32,
+    /// Inclusive byte range of the source.
+    pub first_byte: u64,
+    /// Inclusive last byte.
+    pub last_byte: u64,
+}
+
+/// A finished part.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CopiedPart {
+    /// Part number.
+    pub part_number: u32,
+    /// ETag.
+    pub etag: String,
+    /// Part SHA-256 (base64), when the server returned it.
+    pub checksum_sha256: Option<String>,
+}
+
+/// A stream of object bytes.
+pub type ByteChunks = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// Options for a small write.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// Refuse to overwrite (`If-None-Match: *`).
+    pub if_none_match: bool,
+}
+
+/// The S3 operations s3quilt uses.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// One ListObjectsV2 page.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError>;
+    /// HeadObject with checksum mode enabled.
+    async fn head(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError>;
+    /// GetObject, streamed (optionally a byte range, inclusive).
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteChunks, StoreError>;
+    /// PutObject of a small body (manifests, pointers, staging documents) with a SHA-256 checksum.
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<WriteResult, StoreError>;
+    /// CopyObject with the source's metadata and a requested checksum.
+    async fn copy(&self, request: CopyRequest<'_>) -> Result<WriteResult, StoreError>;
+    /// CreateMultipartUpload with a requested checksum algorithm, copying content type and metadata.
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        checksum: WriteChecksum,
+        content_type: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, StoreError>;
+    /// UploadPartCopy of one range.
+    async fn upload_part_copy(&self, request: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError>;
+    /// CompleteMultipartUpload.
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CopiedPart],
+        if_none_match: bool,
+    ) -> Result<WriteResult, StoreError>;
+    /// AbortMultipartUpload.
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// DeleteObject (a specific version when given).
+    async fn delete(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// Reads a whole (small) object into memory.
+pub async fn get_bytes(store: &dyn ObjectStore, bucket: &str, key: &str, version_id: Option<&str>) -> Result<Bytes, StoreError> {
+    let chunks: Vec<Bytes> = store.get(bucket, key, version_id, None).await?.try_collect().await?;
+    Ok(chunks.concat().into())
+}
+
+/// Lists every object under `prefix` (all pages, no delimiter).
+pub async fn list_all(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = store.list_page(bucket, prefix, None, token, None).await?;
+        out.extend(page.objects);
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Percent-encodes `bucket/key` for `x-amz-copy-source` (the SDK does not), keeping `/`.
+pub fn copy_source(bucket: &str, key: &str, version_id: Option<&str>) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut source = format!("{}/{}", bucket, percent_encoding::utf8_percent_encode(key, SET));
+    if let Some(v) = version_id {
+        source.push_str("?versionId=");
+        source.push_str(&percent_encoding::utf8_percent_encode(v, SET).to_string());
+    }
+    source
+}
+
+/// Connection settings for S3 (and S3-compatible stores), shared by the CLI, Lambdas and MCP.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Endpoint URL (`AWS_ENDPOINT_URL` is honoured when this is `None`).
+    pub endpoint_url: Option<String>,
+    /// Region (default chain when `None`).
+    pub region: Option<String>,
+    /// Named profile.
+    pub profile: Option<String>,
+    /// Path-style addressing; on by default for custom endpoints.
+    pub force_path_style: Option<bool>,
+}
+
+impl S3Settings {
+    /// Settings from the environment: `AWS_ENDPOINT_URL(_S3)`, `AWS_REGION`, `AWS_PROFILE`,
+    /// `S3QUILT_FORCE_PATH_STYLE`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        S3Settings {
+            endpoint_url: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            profile: var("AWS_PROFILE"),
+            force_path_style: var("S3QUILT_FORCE_PATH_STYLE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+        }
+    }
+
+    /// Builds an SDK config from these settings.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        } else if self.endpoint_url.is_some() {
+            // Local servers do not care, but the SDK needs some region to sign with.
+            loader = loader.region(aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"));
+        }
+        if let Some(profile) = &self.profile {
+            loader = loader.profile_name(profile);
+        }
+        loader.load().await
+    }
+
+    /// An S3 client from these settings.
+    pub async fn client(&self) -> aws_sdk_s3::Client {
+        let config = self.sdk_config().await;
+        let path_style = self.force_path_style.unwrap_or(self.endpoint_url.is_some() || config.endpoint_url().is_some());
+        let s3_config = aws_sdk_s3::config::Builder::from(&config).force_path_style(path_style).build();
+        aws_sdk_s3::Client::from_conf(s3_config)
+    }
+}
+
+/// The aws-sdk-s3 adapter.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Store {
+    /// Wraps a client.
+    pub fn new(client: aws_sdk_s3::Client) -> Self {
+        S3Store { client }
+    }
+
+    /// The store as a shared trait object.
+    pub fn shared(client: aws_sdk_s3::Client) -> Arc<dyn ObjectStore> {
+        Arc::new(S3Store::new(client))
+    }
+}
+
+fn classify<E>(operation: &'static str, bucket: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let (kind, message) = match &err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("").to_string();
+            let text = service.err().message().unwrap_or("").to_string();
+            let kind = match (status, code.as_str()) {
+                (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") | (429, _) => {
+                    StoreErrorKind::Throttled
+                }
+                (_, "NoSuchKey" | "NoSuchBucket" | "NoSuchVersion" | "NotFound" | "NoSuchUpload") | (404, _) => {
+                    StoreErrorKind::NotFound
+                }
+                (_, "AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") | (403, _) => {
+                    StoreErrorKind::AccessDenied
+                }
+                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => StoreErrorKind::PreconditionFailed,
+                (_, "InvalidObjectState") => StoreErrorKind::InvalidObjectState,
+                (s, _) if s >= 500 => StoreErrorKind::Transient,
+                _ => StoreErrorKind::Permanent,
+            };
+            let detail = if code.is_empty() && text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status} {code}: {text}")
+            };
+            (kind, detail)
+        }
+        SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "request timed out".to_string()),
+        SdkError::DispatchFailure(failure) => (StoreErrorKind::Transient, format!("could not reach S3: {failure:?}")),
+        SdkError::ResponseError(_) => (StoreErrorKind::Transient, "malformed or truncated response".to_string()),
+        other => (StoreErrorKind::Permanent, other.to_string()),
+    };
+    StoreError::new(kind, operation, bucket, key, message)
+}
+
+fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<String> {
+    t.and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok())
+}
+
+fn sdk_checksum(c: WriteChecksum) -> ChecksumAlgorithm {
+    match c {
+        WriteChecksum::Sha256 => ChecksumAlgorithm::Sha256,
+        WriteChecksum::Crc64Nvme => ChecksumAlgorithm::Crc64Nvme,
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(token)
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(|e| classify("ListObjectsV2", bucket, prefix, e))?;
+        Ok(ListPage {
+            objects: out
+                .contents()
+                .iter()
+                .map(|o| ListedObject {
+                    key: o.key().unwrap_or_default().to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_string),
+                    storage_class: o.storage_class().map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
+                    last_modified: timestamp(o.last_modified()),
+                })
+                .collect(),
+            common_prefixes: out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect(),
+            next_token: if out.is_truncated() == Some(true) { out.next_continuation_token().map(str::to_string) } else { None },
+        })
+    }
+
+    async fn head(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| classify("HeadObject", bucket, key, e))?;
+        Ok(ObjectInfo {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(str::to_string),
+            content_type: out.content_type().map(str::to_string),
+            metadata: out.metadata().cloned().unwrap_or_default().into_iter().collect(),
+            storage_class: out.storage_class().map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
+            last_modified: timestamp(out.last_modified()),
+            checksum_sha256: out.checksum_sha256().map(str::to_string),
+            checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
+            checksum_type: out.checksum_type().map(|t| t.as_str().to_string()),
+            parts_count: out.parts_count().map(|n| n.max(0) as u32),
+            restore: out.restore().map(str::to_string),
+        })
+    }
+
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteChunks, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .set_range(range.map(|(a, b)| format!("bytes={a}-{b}")))
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", bucket, key, e))?;
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        let body: ByteStream = out.body;
+        let stream = futures::stream::try_unfold(body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(move |e| StoreError::new(StoreErrorKind::Transient, "GetObject", &bucket, &key, e.to_string()));
+        Ok(stream.boxed())
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<WriteResult, StoreError> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_content_type(options.content_type)
+            .set_if_none_match(options.if_none_match.then(|| "*".to_string()))
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", bucket, key, e))?;
+        Ok(WriteResult {
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(str::to_string),
+            checksum_sha256: out.checksum_sha256().map(str::to_string),
+            checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
+        })
+    }
+
+    async fn copy(&self, r: CopyRequest<'_>) -> Result<WriteResult, StoreError> {
+        let out = self
+            .client
+            .copy_object()
+            .copy_source(copy_source(r.src_bucket, r.src_key, r.src_version_id))
+            .bucket(r.dst_bucket)
+            .key(r.dst_key)
+            .metadata_directive(MetadataDirective::Copy)
+            .checksum_algorithm(sdk_checksum(r.checksum))
+            .set_if_none_match(r.if_none_match.then(|| "*".to_string()))
+            .send()
+            .await
+            .map_err(|e| classify("CopyObject", r.dst_bucket, r.dst_key, e))?;
+        let result = out.copy_object_result();
+        Ok(WriteResult {
+            version_id: out.version_id().map(str::to_string),
+            etag: result.and_then(|r| r.e_tag()).map(str::to_string),
+            checksum_sha256: result.and_then(|r| r.checksum_sha256()).map(str::to_string),
+            checksum_crc64nvme: result.and_then(|r| r.checksum_crc64_nvme()).map(str::to_string),
+        })
+    }
+
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        checksum: WriteChecksum,
+        content_type: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .checksum_algorithm(sdk_checksum(checksum))
+            .set_content_type(content_type.map(str::to_string))
+            .set_metadata((!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", bucket, key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Transient, "CreateMultipartUpload", bucket, key, "no upload id"))
+    }
+
+    async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .copy_source(copy_source(r.src_bucket, r.src_key, r.src_version_id))
+            .copy_source_range(format!("bytes={}-{}", r.first_byte, r.last_byte))
+            .bucket(r.dst_bucket)
+            .key(r.dst_key)
+            .upload_id(r.upload_id)
+            .part_number(r.part_number as i32)
+            .send()
+            .await
+            .map_err(|e| classify("UploadPartCopy", r.dst_bucket, r.dst_key, e))?;
+        let result = out.copy_part_result();
+        Ok(CopiedPart {
+            part_number: r.part_number,
+            etag: result.and_then(|p| p.e_tag()).unwrap_or_default().to_string(),
+            checksum_sha256: result.and_then(|p| p.checksum_sha256()).map(str::to_string),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CopiedPart],
+        if_none_match: bool,
+    ) -> Result<WriteResult, StoreError> {
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| {
+                        CompletedPart::builder()
+                            .part_number(p.part_number as i32)
+                            .e_tag(&p.etag)
+                            .set_checksum_sha256(p.checksum_sha256.clone())
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .set_if_none_match(if_none_match.then(|| "*".to_string()))
+            .send()
+            .await
+            .map_err(|e| classify("CompleteMultipartUpload", bucket, key, e))?;
+        Ok(WriteResult {
+            version_id: out.version_id().map(str::to_string),
+            etag: out.e_tag().map(str::to_string),
+            checksum_sha256: out.checksum_sha256().map(str::to_string),
+            checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
+        })
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify("AbortMultipartUpload", bucket, key, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| classify("DeleteObject", bucket, key, e))?;
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,6 @@
+//! The planner Lambda. Its handler lands with the AWS engine; until then the binary only
+//! reports the library version it was built against.
+
+fn main() {
+    println!("s3quilt planner {}", s3quilt_core::VERSION);
+}

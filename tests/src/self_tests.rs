@@ -1,0 +1,514 @@
+//! Self-tests of the harness: servers, S3 helpers, watchdog and the quilt3 oracle.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{ChecksumMode, ObjectIdentifier};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::*;
+
+fn sha256_b64(b: &[u8]) -> String {
+    B64.encode(Sha256::digest(b))
+}
+
+/// True while `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised command name) is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s3quilt-selftest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn paths_and_vectors() {
+    assert!(repo_root().join("Cargo.toml").is_file());
+    assert!(vectors_dir().ends_with("tests/vectors"));
+    let v = load_vector("hashes.json");
+    assert_eq!(v["quilt3"], "8.0.0");
+    assert!(venv_bin("python").is_file());
+}
+
+#[test]
+#[should_panic(expected = "bash .ci/run")]
+fn missing_tool_fails_loudly() {
+    venv_bin("no-such-tool-s3quilt");
+}
+
+async fn exercise_server(server: &S3Server) {
+    let client = server.client().await;
+    let bucket = create_bucket(&client, true).await;
+    assert!(bucket.starts_with("t-") && bucket == bucket.to_lowercase());
+
+    let key = "dir/sub/ü a+b.txt";
+    let body = b"hello harness".to_vec();
+    let v1 = seed(
+        &client,
+        &bucket,
+        &[SeedObject::new(key, body.clone())
+            .content_type("text/plain; charset=utf-8")
+            .meta("origin", "self-test")
+            .meta("Mixed-Case", "v")],
+    )
+    .await;
+    assert_eq!(v1.len(), 1);
+    let v1 = v1[0]
+        .clone()
+        .expect("versioned bucket returns a version id");
+
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/plain; charset=utf-8"));
+    let meta = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(meta.get("origin").map(String::as_str), Some("self-test"));
+    assert_eq!(meta.get("mixed-case").map(String::as_str), Some("v"));
+    assert_eq!(
+        head.checksum_sha256().map(str::to_string),
+        Some(sha256_b64(&body))
+    );
+    assert_eq!(get_bytes(&client, &bucket, key).await, body);
+
+    // A second version, an empty object and a delete marker.
+    let v2 = seed(
+        &client,
+        &bucket,
+        &[
+            SeedObject::new(key, b"v2".to_vec()),
+            SeedObject::new("empty", Vec::new()),
+        ],
+    )
+    .await;
+    let del = client
+        .delete_object()
+        .bucket(&bucket)
+        .key("empty")
+        .send()
+        .await
+        .unwrap();
+    let marker = del.version_id().map(str::to_string);
+    assert!(marker.is_some());
+    let versions = list_all_versions(&client, &bucket).await;
+    let mut expected = vec![
+        (key.to_string(), Some(v1), false),
+        (key.to_string(), v2[0].clone(), false),
+        ("empty".to_string(), v2[1].clone(), false),
+        ("empty".to_string(), marker, true),
+    ];
+    expected.sort();
+    assert_eq!(versions, expected);
+    assert_eq!(get_bytes(&client, &bucket, key).await, b"v2");
+
+    // Unversioned buckets are listed without version ids.
+    let plain = create_bucket(&client, false).await;
+    seed(
+        &client,
+        &plain,
+        &[SeedObject::new("b", "2"), SeedObject::new("a", "1")],
+    )
+    .await;
+    assert_eq!(
+        list_all_versions(&client, &plain).await,
+        vec![
+            ("a".to_string(), None, false),
+            ("b".to_string(), None, false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn moto_server_roundtrip() {
+    let server = moto();
+    assert!(server.endpoint().starts_with("http://127.0.0.1:"));
+    assert!(server.endpoint().ends_with(&format!(":{}", server.port())));
+    let env = server.env();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(get("AWS_ENDPOINT_URL").as_deref(), Some(server.endpoint()));
+    assert_eq!(get("QUILT_DISABLE_USAGE_METRICS").as_deref(), Some("true"));
+    assert_eq!(get("AWS_ACCESS_KEY_ID").as_deref(), Some("testing"));
+    exercise_server(server).await;
+}
+
+#[tokio::test]
+async fn listing_paginates() {
+    let client = moto().client().await;
+    for versioned in [true, false] {
+        let bucket = create_bucket(&client, versioned).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..6 {
+            let (client, bucket) = (client.clone(), bucket.clone());
+            tasks.spawn(async move {
+                let objs: Vec<SeedObject> = (0..180)
+                    .map(|i| SeedObject::new(format!("k/{t}/{i:04}"), "x"))
+                    .collect();
+                seed(&client, &bucket, &objs).await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let all = list_all_versions(&client, &bucket).await;
+        assert_eq!(all.len(), 1080, "versioned={versioned}");
+        assert!(all.iter().all(|(_, v, _)| v.is_some() == versioned));
+        // Delete a batch so the versioned listing also has delete markers.
+        if versioned {
+            let ids: Vec<ObjectIdentifier> = all[..5]
+                .iter()
+                .map(|(k, _, _)| ObjectIdentifier::builder().key(k).build().unwrap())
+                .collect();
+            client
+                .delete_objects()
+                .bucket(&bucket)
+                .delete(
+                    aws_sdk_s3::types::Delete::builder()
+                        .set_objects(Some(ids))
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+            let all = list_all_versions(&client, &bucket).await;
+            assert_eq!(all.len(), 1085);
+            assert_eq!(all.iter().filter(|(_, _, d)| *d).count(), 5);
+        }
+    }
+}
+
+#[test]
+fn drop_stops_the_server() {
+    let server = S3Server::start_moto();
+    let (pid, dir) = (server.pid(), server.dir().to_path_buf());
+    assert!(alive(pid));
+    assert!(dir.is_dir());
+    assert_ne!(server.port(), moto().port());
+    drop(server);
+    assert!(!alive(pid), "moto {pid} still running after drop");
+    assert!(!dir.exists(), "{} still exists after drop", dir.display());
+}
+
+/// Helper for `watchdog_stops_server_of_killed_process`: does nothing unless run by it.
+#[test]
+fn watchdog_helper_process() {
+    if std::env::var_os("S3QUILT_WATCHDOG_HELPER").is_none() {
+        return;
+    }
+    let server = moto();
+    println!("SERVER {} {}", server.pid(), server.dir().display());
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn watchdog_stops_server_of_killed_process() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "self_tests::watchdog_helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("S3QUILT_WATCHDOG_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let mut found = None;
+    for l in std::io::BufReader::new(stdout).lines() {
+        line = l.unwrap();
+        if let Some(rest) = line.strip_prefix("SERVER ") {
+            let (pid, dir) = rest.split_once(' ').unwrap();
+            found = Some((pid.parse::<u32>().unwrap(), PathBuf::from(dir)));
+            break;
+        }
+    }
+    let (pid, dir) = found.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("helper printed no SERVER line (last line {line:?})")
+    });
+    assert!(alive(pid));
+    child.kill().unwrap(); // SIGKILL: no Drop, no atexit
+    child.wait().unwrap();
+    wait_until(
+        "the watchdog to stop the orphaned server",
+        Duration::from_secs(20),
+        || !alive(pid),
+    );
+    wait_until(
+        "the watchdog to remove the server dir",
+        Duration::from_secs(10),
+        || !dir.exists(),
+    );
+}
+
+fn check_browse_matches_push(pushed: &Value, browsed: &Value) {
+    assert_eq!(browsed["top_hash"], pushed["top_hash"]);
+    assert_eq!(browsed["loaded_top_hash"], pushed["top_hash"]);
+    assert_eq!(browsed["all_hashes_valid"], true, "{browsed:#}");
+    let (p, b) = (
+        pushed["entries"].as_array().unwrap(),
+        browsed["entries"].as_array().unwrap(),
+    );
+    assert_eq!(p.len(), b.len());
+    for (pe, be) in p.iter().zip(b) {
+        for field in [
+            "logical_key",
+            "physical_key",
+            "size",
+            "hash",
+            "meta",
+            "user_meta",
+        ] {
+            assert_eq!(pe[field], be[field], "{field} of {}", pe["logical_key"]);
+        }
+        assert_eq!(be["hash_valid"], true);
+    }
+}
+
+#[tokio::test]
+async fn oracle_push_and_browse_on_moto() {
+    let server = moto();
+    let client = server.client().await;
+    let src = create_bucket(&client, true).await;
+    let reg = create_bucket(&client, true).await;
+    let objects = [
+        SeedObject::new("data/one.txt", "one")
+            .content_type("text/plain")
+            .meta("m", "1"),
+        SeedObject::new("data/sub/deep/two.csv", "a,b\n1,2\n").content_type("text/csv"),
+        SeedObject::new("data/a b/ü ñ.txt", "unicode ✓"),
+        SeedObject::new("data/empty", Vec::new()),
+        SeedObject::new("data/a-c.txt", vec![7u8; 1000]),
+    ];
+    seed(&client, &src, &objects).await;
+    let in_place = seed(&client, &reg, &[SeedObject::new("inplace/x.bin", "here")]).await;
+
+    let spec = json!([
+        {"logical_key": "one.txt", "source": format!("s3://{src}/data/one.txt"), "meta": {"x": 1, "f": 1.5}},
+        {"logical_key": "sub/deep/two.csv", "source": format!("s3://{src}/data/sub/deep/two.csv"), "meta": null},
+        {"logical_key": "a b/ü ñ.txt", "source": format!("s3://{src}/data/a%20b/%C3%BC%20%C3%B1.txt"), "meta": {"ünï": "cödé"}},
+        {"logical_key": "empty", "source": format!("s3://{src}/data/empty"), "meta": {}},
+        {"logical_key": "a-c.txt", "source": format!("s3://{src}/data/a-c.txt"), "meta": null},
+        {"logical_key": "a/b.txt", "source": format!("s3://{reg}/inplace/x.bin"), "meta": null},
+    ]);
+    let spec_path = scratch_file(&format!("spec-{reg}.json"), spec.to_string().as_bytes());
+    let registry = format!("s3://{reg}");
+    let pushed = run_oracle(
+        server,
+        &[
+            "push",
+            "--registry",
+            &registry,
+            "--name",
+            "team/pkg",
+            "--spec",
+            spec_path.to_str().unwrap(),
+            "--message",
+            "first ✓",
+            "--meta",
+            r#"{"k": [1, 2.5]}"#,
+        ],
+    );
+    let top_hash = pushed["top_hash"].as_str().unwrap().to_string();
+    assert_eq!(top_hash.len(), 64);
+    assert_eq!(
+        pushed["manifest_key"],
+        format!(".quilt/packages/{top_hash}")
+    );
+    assert_eq!(pushed["message"], "first ✓");
+    assert_eq!(pushed["user_meta"], json!({"k": [1, 2.5]}));
+    assert_eq!(
+        pushed["header"],
+        json!({"version": "v0", "user_meta": {"k": [1, 2.5]}, "message": "first ✓"})
+    );
+
+    // Walk order: folder `a` before `a b` before `a-c.txt`.
+    let keys: Vec<&str> = pushed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["logical_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "a/b.txt",
+            "a b/ü ñ.txt",
+            "a-c.txt",
+            "empty",
+            "one.txt",
+            "sub/deep/two.csv"
+        ]
+    );
+    let entry = |lk: &str| {
+        pushed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["logical_key"] == lk)
+            .unwrap()
+            .clone()
+    };
+    // Copied objects land under <name>/<logical key> with a version id; objects already in the
+    // registry bucket are referenced in place.
+    assert!(
+        entry("a b/ü ñ.txt")["physical_key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "s3://{reg}/team/pkg/a%20b/%C3%BC%20%C3%B1.txt?versionId="
+            ))
+    );
+    assert_eq!(
+        entry("a/b.txt")["physical_key"],
+        format!(
+            "s3://{reg}/inplace/x.bin?versionId={}",
+            in_place[0].as_deref().unwrap()
+        )
+    );
+    assert_eq!(
+        entry("one.txt")["meta"],
+        json!({"user_meta": {"x": 1, "f": 1.5}})
+    );
+    assert_eq!(entry("empty")["meta"], json!({"user_meta": {}}));
+    assert_eq!(entry("a-c.txt")["meta"], json!({}));
+    assert_eq!(
+        entry("empty")["hash"],
+        json!({"type": "sha2-256-chunked", "value": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="})
+    );
+
+    let browsed = run_oracle(
+        server,
+        &["browse", "--registry", &registry, "--name", "team/pkg"],
+    );
+    check_browse_matches_push(&pushed, &browsed);
+    let by_hash = run_oracle(
+        server,
+        &[
+            "browse",
+            "--registry",
+            &registry,
+            "--name",
+            "team/pkg",
+            "--top-hash",
+            &top_hash[..10],
+        ],
+    );
+    check_browse_matches_push(&pushed, &by_hash);
+    let be = &browsed["entries"][1];
+    assert_eq!(be["bytes_sha256"], hex_sha256("unicode ✓".as_bytes()));
+
+    // The registry layout.
+    let keys: Vec<String> = list_all_versions(&client, &reg)
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert!(keys.contains(&format!(".quilt/packages/{top_hash}")));
+    assert!(keys.contains(&".quilt/named_packages/team/pkg/latest".to_string()));
+    assert!(keys.contains(&"team/pkg/sub/deep/two.csv".to_string()));
+    assert_eq!(
+        get_bytes(&client, &reg, ".quilt/named_packages/team/pkg/latest").await,
+        top_hash.as_bytes()
+    );
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn oracle_hash_matches_vectors() {
+    let vectors = load_vector("hashes.json");
+    let server = moto();
+    for case in vectors["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let size = case["size"].as_u64().unwrap() as usize;
+        let bytes: Vec<u8> = match name {
+            "empty" => Vec::new(),
+            "a" => b"a".to_vec(),
+            "zeros_1MiB" => vec![0; size],
+            n if n.starts_with("pattern_") && size <= 9 << 20 => {
+                (0..size).map(|i| (i % 251) as u8).collect()
+            }
+            _ => continue,
+        };
+        let path = scratch_file(&format!("hash-{name}"), &bytes);
+        let got = run_oracle(server, &["hash", "--file", path.to_str().unwrap()]);
+        assert_eq!(got["sha2-256-chunked"], case["sha2-256-chunked"], "{name}");
+        assert_eq!(got["CRC64NVME"], case["CRC64NVME"], "{name}");
+        assert_eq!(got["SHA256"], case["SHA256_legacy_hex"], "{name}");
+        assert_eq!(got["size"], size, "{name}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn oracle_failure_is_reported() {
+    let out = run_oracle_output(
+        moto(),
+        &[
+            "browse",
+            "--registry",
+            "s3://no-such-bucket-s3quilt",
+            "--name",
+            "a/b",
+        ],
+    );
+    assert!(!out.success());
+    assert!(out.json.as_ref().unwrap()["error"].is_string(), "{out:?}");
+}
+
+fn assert_gone(pid: u32, dir: &Path) {
+    assert!(!alive(pid), "server {pid} still running after drop");
+    assert!(!dir.exists(), "{} still exists after drop", dir.display());
+}
+
+#[tokio::test]
+async fn seaweedfs_two_instances() {
+    let a = S3Server::start_seaweedfs();
+    let b = S3Server::start_seaweedfs();
+    assert_ne!(a.port(), b.port());
+    assert_eq!(a.credentials(), ("test", "testtest"));
+    exercise_server(&a).await;
+    exercise_server(&b).await;
+    let (pa, da) = (a.pid(), a.dir().to_path_buf());
+    let (pb, db) = (b.pid(), b.dir().to_path_buf());
+    drop(a);
+    drop(b);
+    assert_gone(pa, &da);
+    assert_gone(pb, &db);
+}
