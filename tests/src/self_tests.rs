@@ -35,8 +35,9 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A file in the shared moto server's directory (removed with the server).
 fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("s3quilt-selftest-{}", std::process::id()));
+    let dir = moto().dir().join("scratch");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -246,7 +247,8 @@ fn watchdog_stops_server_of_killed_process() {
     let mut found = None;
     for l in std::io::BufReader::new(stdout).lines() {
         line = l.unwrap();
-        if let Some(rest) = line.strip_prefix("SERVER ") {
+        // The harness prints "test <name> ... " before the helper's own output.
+        if let Some((_, rest)) = line.split_once("SERVER ") {
             let (pid, dir) = rest.split_once(' ').unwrap();
             found = Some((pid.parse::<u32>().unwrap(), PathBuf::from(dir)));
             break;
@@ -511,4 +513,50 @@ async fn seaweedfs_two_instances() {
     drop(b);
     assert_gone(pa, &da);
     assert_gone(pb, &db);
+}
+
+#[tokio::test]
+async fn oracle_verifies_crc64nvme_and_flags_bad_hashes() {
+    let server = moto();
+    let client = server.client().await;
+    let bucket = create_bucket(&client, false).await;
+    let case_a = load_vector("hashes.json")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "a")
+        .unwrap()
+        .clone();
+    let fake_hash = "0".repeat(64);
+    let lines = [
+        json!({"version": "v0", "message": null}),
+        json!({"logical_key": "crc.txt", "physical_keys": [format!("s3://{bucket}/a.txt")], "size": 1,
+               "hash": {"type": "CRC64NVME", "value": case_a["CRC64NVME"]}, "meta": {}}),
+        json!({"logical_key": "wrong.txt", "physical_keys": [format!("s3://{bucket}/a.txt")], "size": 1,
+               "hash": {"type": "sha2-256-chunked", "value": sha256_b64(b"")}, "meta": {}}),
+    ];
+    let manifest: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    seed(
+        &client,
+        &bucket,
+        &[
+            SeedObject::new("a.txt", "a"),
+            SeedObject::new(format!(".quilt/packages/{fake_hash}"), manifest),
+            SeedObject::new(".quilt/named_packages/t/p/latest", fake_hash.clone()),
+        ],
+    )
+    .await;
+    let registry = format!("s3://{bucket}");
+    let got = run_oracle(
+        server,
+        &["browse", "--registry", &registry, "--name", "t/p"],
+    );
+    assert_eq!(got["loaded_top_hash"], fake_hash);
+    assert_ne!(got["top_hash"], fake_hash);
+    assert_eq!(got["entries"][0]["logical_key"], "crc.txt");
+    assert_eq!(got["entries"][0]["hash_valid"], true);
+    assert_eq!(got["entries"][1]["hash_valid"], false);
+    assert_eq!(got["all_hashes_valid"], false);
+    assert_eq!(got["has_user_meta"], false);
+    assert_eq!(got["entries"][0]["bytes_sha256"], hex_sha256(b"a"));
 }

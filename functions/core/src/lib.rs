@@ -1,10 +1,19 @@
-//! s3quilt's core: the Quilt package format, the storage port, and (as they land) selection,
-//! planning, copying, finalizing and the local engine. Binaries hold no domain logic; everything
-//! that decides something lives here, where one test can reach it.
+//! s3quilt's core: the Quilt package format, the storage port, and the steps a packaging run
+//! takes, in the order its data flows: select → plan → copy → finalize (→ registry), with the
+//! local engine that runs them in one process. Binaries hold no domain logic: everything that
+//! decides something lives here, where one test can reach it.
 #![warn(missing_docs)]
 
+pub mod copy;
+pub mod engine;
+pub mod finalize;
+pub mod plan;
 pub mod quilt;
 pub mod registry;
+pub mod request;
+pub mod retry;
+pub mod select;
+pub mod staging;
 pub mod storage;
 
 /// This library's version.

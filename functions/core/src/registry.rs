@@ -97,6 +97,11 @@ impl Registry {
         Registry { store, bucket: bucket.into() }
     }
 
+    /// The store the registry is in.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// The registry bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket

@@ -149,6 +149,8 @@ pub struct CopyRequest<'a> {
     pub checksum: WriteChecksum,
     /// Refuse to overwrite an existing destination (`If-None-Match: *`).
     pub if_none_match: bool,
+    /// Copy only if the source still has this ETag (the one planned).
+    pub src_if_match: Option<&'a str>,
 }
 
 /// What a write produced.
@@ -185,6 +187,8 @@ pub struct PartCopyRequest<'a> {
     pub first_byte: u64,
     /// Inclusive last byte.
     pub last_byte: u64,
+    /// Copy only if the source still has this ETag.
+    pub src_if_match: Option<&'a str>,
 }
 
 /// A finished part.
@@ -260,6 +264,21 @@ pub trait ObjectStore: Send + Sync {
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError>;
     /// DeleteObject (a specific version when given).
     async fn delete(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<(), StoreError>;
+    /// Every version and delete marker under `prefix` (all pages).
+    async fn list_versions(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError>;
+    /// Whether the bucket has versioning enabled (or suspended with versions kept).
+    async fn is_versioned(&self, bucket: &str) -> Result<bool, StoreError>;
+}
+
+/// One entry of ListObjectVersions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectVersion {
+    /// Key.
+    pub key: String,
+    /// Version id (`None` for the `null` version of an unversioned object).
+    pub version_id: Option<String>,
+    /// Whether this is a delete marker.
+    pub is_delete_marker: bool,
 }
 
 /// Reads a whole (small) object into memory.
@@ -545,6 +564,7 @@ impl ObjectStore for S3Store {
             .metadata_directive(MetadataDirective::Copy)
             .checksum_algorithm(sdk_checksum(r.checksum))
             .set_if_none_match(r.if_none_match.then(|| "*".to_string()))
+            .set_copy_source_if_match(r.src_if_match.map(str::to_string))
             .send()
             .await
             .map_err(|e| classify("CopyObject", r.dst_bucket, r.dst_key, e))?;
@@ -591,6 +611,7 @@ impl ObjectStore for S3Store {
             .key(r.dst_key)
             .upload_id(r.upload_id)
             .part_number(r.part_number as i32)
+            .set_copy_source_if_match(r.src_if_match.map(str::to_string))
             .send()
             .await
             .map_err(|e| classify("UploadPartCopy", r.dst_bucket, r.dst_key, e))?;
@@ -665,6 +686,57 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify("DeleteObject", bucket, key, e))?;
         Ok(())
+    }
+
+    async fn list_versions(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListObjectVersions", bucket, prefix, e))?;
+            let version = |v: Option<&str>| v.filter(|v| *v != "null").map(str::to_string);
+            for v in page.versions() {
+                out.push(ObjectVersion {
+                    key: v.key().unwrap_or_default().to_string(),
+                    version_id: version(v.version_id()),
+                    is_delete_marker: false,
+                });
+            }
+            for m in page.delete_markers() {
+                out.push(ObjectVersion {
+                    key: m.key().unwrap_or_default().to_string(),
+                    version_id: version(m.version_id()),
+                    is_delete_marker: true,
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn is_versioned(&self, bucket: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_bucket_versioning()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| classify("GetBucketVersioning", bucket, "", e))?;
+        Ok(out.status().is_some())
     }
 }
 

@@ -230,9 +230,9 @@ pub enum ChecksumError {
 }
 
 fn decode_digest(value: &str, expected_len: usize) -> Result<Vec<u8>, ChecksumError> {
-    // S3 appends `-N` to composite checksums; the digest is before it.
-    let raw = value.split_once('-').map_or(value, |(digest, _)| digest);
-    match B64.decode(raw) {
+    // A `-N` suffix marks a composite over N parts: never a full-object or part digest, so it
+    // is refused rather than stripped (a composite is a different number).
+    match B64.decode(value) {
         Ok(bytes) if bytes.len() == expected_len => Ok(bytes),
         _ => Err(ChecksumError::Malformed { value: value.to_string(), expected_len }),
     }

@@ -1,0 +1,527 @@
+//! Step 1, plan: validate the request, list the source, select and map keys, refuse what
+//! cannot be packaged (with the list of offenders), prove access, and write the shards and the
+//! plan document to staging. Nothing outside staging is written; a dry run writes nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::quilt::checksum::{chunk_count, is_multipart};
+use crate::request::{PackageRequest, RequestError, ValidRequest};
+use crate::retry::RetryPolicy;
+use crate::select::logical_key;
+use crate::staging::{PlannedObject, RunPlan, Shard, ShardRef, Staging, new_run_id};
+use crate::storage::{ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, list_all, unix_now};
+
+/// Limits on planning.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Most objects in one shard.
+    pub shard_max_objects: usize,
+    /// Most bytes in one shard (an object bigger than this gets a shard of its own).
+    pub shard_max_bytes: u64,
+    /// Concurrent listing requests.
+    pub list_concurrency: usize,
+    /// How many offenders of each kind an error lists.
+    pub max_reported: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            shard_max_objects: 1000,
+            shard_max_bytes: 500 * 1024 * 1024 * 1024,
+            list_concurrency: 16,
+            max_reported: 20,
+        }
+    }
+}
+
+/// Objects that cannot go into the package, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PlanProblems {
+    /// Logical keys that several source keys map to (flattening), with those keys.
+    pub collisions: Vec<(String, Vec<String>)>,
+    /// Source keys that are not valid logical keys, with why.
+    pub invalid_keys: Vec<(String, String)>,
+    /// Objects in archive storage that are not restored (key, storage class).
+    pub archived: Vec<(String, String)>,
+    /// Destination keys that already exist on an unversioned target.
+    pub existing_in_target: Vec<String>,
+}
+
+impl PlanProblems {
+    fn is_empty(&self) -> bool {
+        self.collisions.is_empty() && self.invalid_keys.is_empty() && self.archived.is_empty() && self.existing_in_target.is_empty()
+    }
+}
+
+fn list_some<T>(items: &[T], max: usize, show: impl Fn(&T) -> String) -> String {
+    let mut shown: Vec<String> = items.iter().take(max).map(show).collect();
+    if items.len() > max {
+        shown.push(format!("… and {} more", items.len() - max));
+    }
+    shown.join("; ")
+}
+
+impl std::fmt::Display for PlanProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = 20;
+        let mut parts = Vec::new();
+        if !self.collisions.is_empty() {
+            parts.push(format!(
+                "{} logical keys would hold several objects (flattening drops folders; keep the structure or exclude duplicates): {}",
+                self.collisions.len(),
+                list_some(&self.collisions, max, |(lk, keys)| format!("{lk:?} <- {}", keys.join(", ")))
+            ));
+        }
+        if !self.invalid_keys.is_empty() {
+            parts.push(format!(
+                "{} keys cannot be logical keys (exclude them): {}",
+                self.invalid_keys.len(),
+                list_some(&self.invalid_keys, max, |(k, why)| format!("{k:?}: {why}"))
+            ));
+        }
+        if !self.archived.is_empty() {
+            parts.push(format!(
+                "{} objects are in archive storage and not restored (restore them or exclude them): {}",
+                self.archived.len(),
+                list_some(&self.archived, max, |(k, class)| format!("{k:?} ({class})"))
+            ));
+        }
+        if !self.existing_in_target.is_empty() {
+            parts.push(format!(
+                "{} destination keys already exist in the unversioned target bucket and would be overwritten (set `overwrite_existing` to allow it, or use a versioned bucket): {}",
+                self.existing_in_target.len(),
+                list_some(&self.existing_in_target, max, |k| format!("{k:?}"))
+            ));
+        }
+        f.write_str(&parts.join("\n"))
+    }
+}
+
+/// Why planning failed. Nothing outside staging was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The request is invalid.
+    #[error("invalid request: {0}")]
+    Request(#[from] RequestError),
+    /// The source cannot be listed or read.
+    #[error("cannot read the source s3://{bucket}/{prefix}: {source}")]
+    SourceAccess {
+        /// Source bucket.
+        bucket: String,
+        /// Source prefix.
+        prefix: String,
+        /// The failure.
+        source: StoreError,
+    },
+    /// The registry or target cannot be written.
+    #[error("cannot write to s3://{bucket}: {source}")]
+    TargetAccess {
+        /// The bucket.
+        bucket: String,
+        /// The failure.
+        source: StoreError,
+    },
+    /// Some selected objects cannot be packaged.
+    #[error("the selection cannot be packaged:\n{0}")]
+    Problems(PlanProblems),
+    /// The patterns left nothing.
+    #[error(
+        "nothing to package under s3://{bucket}/{prefix}: {listed} objects listed, {folder_markers} folder markers skipped, {not_included} not matched by include_patterns, {excluded} removed by exclude_patterns"
+    )]
+    EmptySelection {
+        /// Source bucket.
+        bucket: String,
+        /// Source prefix.
+        prefix: String,
+        /// Objects listed.
+        listed: u64,
+        /// Folder markers skipped.
+        folder_markers: u64,
+        /// Not matched by includes.
+        not_included: u64,
+        /// Removed by excludes.
+        excluded: u64,
+    },
+    /// Any other S3 failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How many S3 requests a run will make (an estimate shown before it starts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RequestEstimate {
+    /// ListObjectsV2 pages already made.
+    pub list: u64,
+    /// HeadObject (metadata of each source object).
+    pub head: u64,
+    /// CopyObject (objects under 8 MiB).
+    pub copy_object: u64,
+    /// UploadPartCopy (one per 8 MiB+ chunk of large objects).
+    pub upload_part_copy: u64,
+    /// Create/CompleteMultipartUpload.
+    pub multipart_control: u64,
+    /// Staging and registry writes.
+    pub put: u64,
+}
+
+/// What a plan found (returned for dry runs and before a run starts).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanSummary {
+    /// Run id (none for a dry run).
+    pub run_id: Option<String>,
+    /// Package name.
+    pub package_name: String,
+    /// `s3://registry`.
+    pub registry: String,
+    /// Bucket receiving copies.
+    pub target_bucket: String,
+    /// `s3://bucket/prefix`.
+    pub source: String,
+    /// Objects selected.
+    pub objects: u64,
+    /// Bytes selected.
+    pub bytes: u64,
+    /// Shards.
+    pub shards: u32,
+    /// Objects listed under the prefix.
+    pub listed: u64,
+    /// Folder markers skipped.
+    pub folder_markers: u64,
+    /// Not matched by include patterns.
+    pub not_included: u64,
+    /// Removed by exclude patterns.
+    pub excluded: u64,
+    /// The first logical keys in walk order.
+    pub sample_logical_keys: Vec<String>,
+    /// Estimated S3 requests.
+    pub estimated_requests: RequestEstimate,
+    /// Copy or reference in place.
+    pub copy: bool,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// A finished plan: the summary, and for real runs the plan document and shards (already in
+/// staging).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What was found.
+    pub summary: PlanSummary,
+    /// The plan document (`None` for a dry run).
+    pub run: Option<RunPlan>,
+    /// The shards (empty for a dry run).
+    pub shards: Vec<Shard>,
+}
+
+const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
+/// Lists everything under `prefix`, fanning out over common prefixes two levels deep so large
+/// trees are not one serial pagination. Returns the objects (sorted by key) and the pages used.
+pub async fn list_source(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    concurrency: usize,
+    retry: &RetryPolicy,
+) -> Result<(Vec<ListedObject>, u64), StoreError> {
+    async fn delimited(
+        store: &dyn ObjectStore,
+        bucket: &str,
+        prefix: &str,
+        retry: &RetryPolicy,
+    ) -> Result<(Vec<ListedObject>, Vec<String>, u64), StoreError> {
+        let (mut objects, mut prefixes, mut pages, mut token) = (Vec::new(), Vec::new(), 0, None);
+        loop {
+            let page = retry.run(|_| store.list_page(bucket, prefix, Some("/"), token.clone(), None)).await?;
+            pages += 1;
+            objects.extend(page.objects);
+            prefixes.extend(page.common_prefixes);
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => return Ok((objects, prefixes, pages)),
+            }
+        }
+    }
+    let (mut objects, level1, mut pages) = delimited(store, bucket, prefix, retry).await?;
+    let level1_results: Vec<_> = futures::stream::iter(level1.iter().map(|p| delimited(store, bucket, p, retry)))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut level2 = Vec::new();
+    for (found, prefixes, used) in level1_results {
+        objects.extend(found);
+        level2.extend(prefixes);
+        pages += used;
+    }
+    let full = |p: String| async move {
+        let found = retry.run(|_| list_all(store, bucket, &p)).await?;
+        let used = (found.len() as u64).div_ceil(1000).max(1);
+        Ok::<_, StoreError>((found, used))
+    };
+    let level2_results: Vec<_> = futures::stream::iter(level2.into_iter().map(full))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    for (found, used) in level2_results {
+        objects.extend(found);
+        pages += used;
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((objects, pages))
+}
+
+/// Splits objects into shards bounded by count and bytes.
+pub fn make_shards(objects: Vec<PlannedObject>, max_objects: usize, max_bytes: u64) -> Vec<Shard> {
+    let mut shards: Vec<Shard> = Vec::new();
+    let mut current: Vec<PlannedObject> = Vec::new();
+    let mut bytes = 0u64;
+    for object in objects {
+        if !current.is_empty() && (current.len() >= max_objects.max(1) || bytes + object.size > max_bytes) {
+            shards.push(Shard { shard: shards.len() as u32, objects: std::mem::take(&mut current) });
+            bytes = 0;
+        }
+        bytes += object.size;
+        current.push(object);
+    }
+    if !current.is_empty() {
+        shards.push(Shard { shard: shards.len() as u32, objects: current });
+    }
+    shards
+}
+
+fn estimate(objects: &[PlannedObject], list_pages: u64, shards: u64, copy: bool) -> RequestEstimate {
+    let mut e = RequestEstimate { list: list_pages, put: shards * 2 + 5, ..Default::default() };
+    for o in objects {
+        e.head += 1;
+        if !copy {
+            continue;
+        }
+        if is_multipart(o.size) {
+            e.upload_part_copy += chunk_count(o.size);
+            e.multipart_control += 2;
+        } else {
+            e.copy_object += 1;
+        }
+    }
+    e
+}
+
+/// Plans a run: see the module docs. With `dry_run`, nothing is written.
+pub async fn plan(store: Arc<dyn ObjectStore>, request: &PackageRequest, options: &PlanOptions) -> Result<Plan, PlanError> {
+    let valid = request.validate()?;
+    plan_valid(store, valid, options).await
+}
+
+async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &PlanOptions) -> Result<Plan, PlanError> {
+    let retry = RetryPolicy::default();
+    let started_at = unix_now();
+    let source_error = |source: StoreError| PlanError::SourceAccess {
+        bucket: valid.source_bucket.clone(),
+        prefix: valid.source_prefix.clone(),
+        source,
+    };
+    let (listed, list_pages) =
+        list_source(store.as_ref(), &valid.source_bucket, &valid.source_prefix, options.list_concurrency, &retry)
+            .await
+            .map_err(source_error)?;
+
+    // Select and map.
+    let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
+    let mut problems = PlanProblems::default();
+    let mut selected: Vec<PlannedObject> = Vec::new();
+    let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[]).map_err(RequestError::from)?;
+    for object in &listed {
+        let relative = &object.key[valid.source_prefix.len()..];
+        if relative.is_empty() || relative.ends_with('/') {
+            folder_markers += 1;
+            continue;
+        }
+        if !valid.selector.is_selected(relative) {
+            if include_only.is_selected(relative) {
+                excluded += 1;
+            } else {
+                not_included += 1;
+            }
+            continue;
+        }
+        match logical_key(relative, valid.flatten) {
+            Ok(lk) => selected.push(PlannedObject {
+                key: object.key.clone(),
+                size: object.size,
+                etag: object.etag.clone(),
+                storage_class: object.storage_class.clone(),
+                last_modified: object.last_modified.clone(),
+                logical_key: lk,
+            }),
+            Err(e) => problems.invalid_keys.push((object.key.clone(), e.to_string())),
+        }
+    }
+    if selected.is_empty() && problems.is_empty() {
+        return Err(PlanError::EmptySelection {
+            bucket: valid.source_bucket.clone(),
+            prefix: valid.source_prefix.clone(),
+            listed: listed.len() as u64,
+            folder_markers,
+            not_included,
+            excluded,
+        });
+    }
+
+    // Collisions (only possible when flattening, but checked always).
+    let mut by_logical: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for o in &selected {
+        by_logical.entry(o.logical_key.as_str()).or_default().push(o.key.as_str());
+    }
+    problems.collisions = by_logical
+        .into_iter()
+        .filter(|(_, keys)| keys.len() > 1)
+        .map(|(lk, keys)| (lk.to_string(), keys.into_iter().map(str::to_string).collect()))
+        .collect();
+
+    // Archived objects: readable only once restored.
+    for o in selected.iter().filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str())) {
+        let info = retry.run(|_| store.head(&valid.source_bucket, &o.key, None)).await.map_err(source_error)?;
+        let restored = info.restore.as_deref().is_some_and(|r| r.contains("ongoing-request=\"false\""));
+        if !restored {
+            problems.archived.push((o.key.clone(), o.storage_class.clone()));
+        }
+    }
+
+    selected.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
+    let objects = selected.len() as u64;
+    let bytes = selected.iter().map(|o| o.size).sum();
+    let mut summary = PlanSummary {
+        run_id: None,
+        package_name: valid.package_name.to_string(),
+        registry: format!("s3://{}", valid.registry_bucket),
+        target_bucket: valid.target_bucket.clone(),
+        source: format!("s3://{}/{}", valid.source_bucket, valid.source_prefix),
+        objects,
+        bytes,
+        shards: 0,
+        listed: listed.len() as u64,
+        folder_markers,
+        not_included,
+        excluded,
+        sample_logical_keys: selected.iter().take(10).map(|o| o.logical_key.to_string()).collect(),
+        estimated_requests: RequestEstimate::default(),
+        copy: valid.copy,
+        dry_run: valid.dry_run,
+    };
+
+    // Read access: listing does not prove GetObject permission; one HEAD does.
+    if let Some(first) = selected.first() {
+        retry.run(|_| store.head(&valid.source_bucket, &first.key, None)).await.map_err(source_error)?;
+    }
+
+    // The target: versioning decides rollback and overwrite rules.
+    let target_versioned = if valid.copy {
+        match retry.run(|_| store.is_versioned(&valid.target_bucket)).await {
+            Ok(v) => v,
+            // Unknown: assume unversioned, the stricter case (existing keys are refused).
+            Err(e) if e.kind == StoreErrorKind::AccessDenied => false,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(PlanError::TargetAccess { bucket: valid.target_bucket.clone(), source: e });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        false
+    };
+    let package_prefix = format!("{}/{}/", valid.package_name.namespace(), valid.package_name.name());
+    if valid.copy && !target_versioned && !valid.overwrite_existing {
+        let existing: HashSet<String> = retry
+            .run(|_| list_all(store.as_ref(), &valid.target_bucket, &package_prefix))
+            .await
+            .map_err(|e| PlanError::TargetAccess { bucket: valid.target_bucket.clone(), source: e })?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        problems.existing_in_target = selected
+            .iter()
+            .map(|o| format!("{package_prefix}{}", o.logical_key))
+            .filter(|k| existing.contains(k))
+            .collect();
+    }
+    if !problems.is_empty() {
+        return Err(PlanError::Problems(problems));
+    }
+
+    let shards = make_shards(selected, options.shard_max_objects, options.shard_max_bytes);
+    summary.shards = shards.len() as u32;
+    let all: Vec<&PlannedObject> = shards.iter().flat_map(|s| &s.objects).collect();
+    summary.estimated_requests = estimate(&all.into_iter().cloned().collect::<Vec<_>>(), list_pages, shards.len() as u64, valid.copy);
+    if valid.dry_run {
+        return Ok(Plan { summary, run: None, shards: Vec::new() });
+    }
+
+    // Write staging: shards, then the index, then the plan document (its presence means the
+    // staging area is complete). The first write proves write access to the registry.
+    let run_id = new_run_id();
+    let staging = Staging::new(store.clone(), &valid.registry_bucket, &run_id);
+    let target_error = |bucket: &str| {
+        let bucket = bucket.to_string();
+        move |source: StoreError| PlanError::TargetAccess { bucket: bucket.clone(), source }
+    };
+    let mut probes = Vec::new();
+    if valid.copy && valid.target_bucket != valid.registry_bucket {
+        let probe_key = format!("{}probe", staging.prefix());
+        let written = retry
+            .run(|_| {
+                store.put(
+                    &valid.target_bucket,
+                    &probe_key,
+                    bytes::Bytes::from_static(b"s3quilt write probe"),
+                    PutOptions { content_type: None, if_none_match: true },
+                )
+            })
+            .await
+            .map_err(target_error(&valid.target_bucket))?;
+        probes.push(crate::registry::WrittenObject { key: probe_key, version_id: written.version_id });
+    }
+    let index: Vec<ShardRef> = shards
+        .iter()
+        .map(|s| ShardRef {
+            run_id: run_id.clone(),
+            registry_bucket: valid.registry_bucket.clone(),
+            shard: s.shard,
+            objects: s.objects.len(),
+            bytes: s.objects.iter().map(|o| o.size).sum(),
+        })
+        .collect();
+    futures::stream::iter(shards.iter().map(|s| {
+        let staging = &staging;
+        async move { staging.put(&staging.shard_key(s.shard), s).await }
+    }))
+    .buffer_unordered(options.list_concurrency.max(1))
+    .try_collect::<Vec<_>>()
+    .await
+    .map_err(target_error(&valid.registry_bucket))?;
+    staging.put(&staging.shard_index_key(), &index).await.map_err(target_error(&valid.registry_bucket))?;
+    let run = RunPlan {
+        run_id: run_id.clone(),
+        request: valid.original.clone(),
+        package_name: valid.package_name.clone(),
+        registry_bucket: valid.registry_bucket.clone(),
+        target_bucket: valid.target_bucket.clone(),
+        source_bucket: valid.source_bucket.clone(),
+        source_prefix: valid.source_prefix.clone(),
+        copy: valid.copy,
+        hash_type: valid.hash_type,
+        target_versioned,
+        overwrite_existing: valid.overwrite_existing,
+        shards: shards.len() as u32,
+        objects,
+        bytes,
+        started_at,
+        probes,
+    };
+    staging.put(&staging.plan_key(), &run).await.map_err(target_error(&valid.registry_bucket))?;
+    summary.run_id = Some(run_id);
+    Ok(Plan { summary, run: Some(run), shards })
+}

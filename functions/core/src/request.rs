@@ -1,0 +1,297 @@
+//! The packaging request: one type shared by the CLI, the Lambdas and the MCP server, and its
+//! validation into a [`ValidRequest`] before anything is read or written.
+
+use serde::{Deserialize, Serialize};
+
+use crate::quilt::checksum::HashType;
+use crate::quilt::json::{Json, JsonObject};
+use crate::quilt::names::PackageName;
+use crate::select::{Selector, SelectorError};
+
+/// Largest package metadata accepted (its JSON text), well under quilt3's 1 MB record limit.
+pub const MAX_METADATA_BYTES: usize = 512 * 1024;
+
+/// A request to package `s3://source_bucket/source_prefix` as `package_name` in `target_registry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRequest {
+    /// Bucket holding the objects (a name, or `s3://bucket`).
+    pub source_bucket: String,
+    /// Folder inside the source bucket; `""` is the whole bucket. Treated as a folder: `data`
+    /// means `data/`.
+    #[serde(default)]
+    pub source_prefix: String,
+    /// `namespace/name`.
+    pub package_name: String,
+    /// Registry bucket (`s3://bucket` or `bucket`).
+    pub target_registry: String,
+    /// Where copies go (default: the registry bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bucket: Option<String>,
+    /// The package message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Globs selecting keys (relative to the prefix); none selects everything.
+    #[serde(default)]
+    pub include_patterns: Vec<String>,
+    /// Globs removing keys; exclusion wins over inclusion.
+    #[serde(default)]
+    pub exclude_patterns: Vec<String>,
+    /// Keep the folder layout (`true`) or flatten to base names (`false`).
+    #[serde(default = "default_true")]
+    pub preserve_structure: bool,
+    /// Package metadata (`user_meta`); must be a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Copy objects into the target bucket (`true`) or reference them in place (`false`).
+    #[serde(default = "default_true")]
+    pub copy: bool,
+    /// Plan only: list, select and report, write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Entry hash type: `sha2-256-chunked` (default) or `CRC64NVME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_type: Option<HashType>,
+    /// On an unversioned target bucket, allow replacing keys that already exist.
+    #[serde(default)]
+    pub overwrite_existing: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl PackageRequest {
+    /// A request with defaults for everything but the four required fields.
+    pub fn new(source_bucket: &str, source_prefix: &str, package_name: &str, target_registry: &str) -> Self {
+        PackageRequest {
+            source_bucket: source_bucket.to_string(),
+            source_prefix: source_prefix.to_string(),
+            package_name: package_name.to_string(),
+            target_registry: target_registry.to_string(),
+            target_bucket: None,
+            description: None,
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+            preserve_structure: true,
+            metadata: None,
+            copy: true,
+            dry_run: false,
+            hash_type: None,
+            overwrite_existing: false,
+        }
+    }
+}
+
+/// A field of the request that is not acceptable, named, with what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// A field's value is invalid.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The request field, as spelt in the request JSON.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+    /// A pattern does not compile.
+    #[error(transparent)]
+    Pattern(#[from] SelectorError),
+}
+
+impl RequestError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RequestError::Invalid { field, .. } => field,
+            RequestError::Pattern(e) => e.field(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> RequestError {
+    RequestError::Invalid { field, problem: problem.into() }
+}
+
+/// Validates an S3 bucket name (general-purpose bucket rules), accepting an `s3://` prefix.
+pub fn parse_bucket(field: &'static str, value: &str) -> Result<String, RequestError> {
+    let name = value.strip_prefix("s3://").unwrap_or(value);
+    let name = name.strip_suffix('/').unwrap_or(name);
+    let allowed = "bucket names are 3-63 characters of lowercase letters, digits, `.` and `-`, starting and ending with a letter or digit (e.g. `my-data-bucket`)";
+    if name.contains('/') {
+        return Err(invalid(field, format!("{value:?} has a path; give only the bucket name ({allowed})")));
+    }
+    if !(3..=63).contains(&name.len()) {
+        return Err(invalid(field, format!("{value:?} is {} characters; {allowed}", name.len())));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-')) {
+        return Err(invalid(field, format!("{value:?} contains {bad:?}; {allowed}")));
+    }
+    let first_last_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_last_ok(name.chars().next()) || !first_last_ok(name.chars().last()) {
+        return Err(invalid(field, format!("{value:?} must start and end with a letter or digit; {allowed}")));
+    }
+    if name.contains("..") || name.contains(".-") || name.contains("-.") {
+        return Err(invalid(field, format!("{value:?} has adjacent `.`/`-` characters; {allowed}")));
+    }
+    if name.split('.').count() == 4 && name.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return Err(invalid(field, format!("{value:?} looks like an IP address; {allowed}")));
+    }
+    Ok(name.to_string())
+}
+
+/// A request that passed validation: every field typed.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    /// Source bucket.
+    pub source_bucket: String,
+    /// Source folder, empty or ending in `/`.
+    pub source_prefix: String,
+    /// Package name.
+    pub package_name: PackageName,
+    /// Registry bucket.
+    pub registry_bucket: String,
+    /// Bucket receiving copies.
+    pub target_bucket: String,
+    /// Package message.
+    pub message: Option<String>,
+    /// Include/exclude rules.
+    pub selector: Selector,
+    /// Flatten to base names.
+    pub flatten: bool,
+    /// Package `user_meta` (absent when not given).
+    pub user_meta: Option<JsonObject>,
+    /// Copy (`true`) or reference in place.
+    pub copy: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Entry hash type.
+    pub hash_type: HashType,
+    /// Allow replacing existing keys on an unversioned target.
+    pub overwrite_existing: bool,
+    /// The request as given, for the plan document.
+    pub original: PackageRequest,
+}
+
+impl PackageRequest {
+    /// Checks every field; the error names the first bad field and what is allowed.
+    pub fn validate(&self) -> Result<ValidRequest, RequestError> {
+        let source_bucket = parse_bucket("source_bucket", &self.source_bucket)?;
+        let package_name: PackageName =
+            self.package_name.parse().map_err(|e: crate::quilt::names::NameError| invalid("package_name", e.to_string()))?;
+        let registry_bucket = parse_bucket("target_registry", &self.target_registry)?;
+        let target_bucket = match &self.target_bucket {
+            Some(b) if !b.is_empty() => parse_bucket("target_bucket", b)?,
+            _ => registry_bucket.clone(),
+        };
+        let mut prefix = self.source_prefix.trim_start_matches('/').to_string();
+        if prefix.contains("//") {
+            return Err(invalid("source_prefix", format!("{:?} contains `//`; give a folder such as `data/2024/`", self.source_prefix)));
+        }
+        if prefix.len() > 1024 {
+            return Err(invalid("source_prefix", "is longer than S3's 1024-byte key limit"));
+        }
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        if let Some(message) = &self.description
+            && message.len() > MAX_METADATA_BYTES
+        {
+            return Err(invalid("description", format!("is {} bytes; at most {MAX_METADATA_BYTES} are allowed", message.len())));
+        }
+        let user_meta = match &self.metadata {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Object(_)) => {
+                let json = Json::from_serde(self.metadata.as_ref().expect("matched Some"));
+                let size = json.to_manifest_string().len();
+                if size > MAX_METADATA_BYTES {
+                    return Err(invalid("metadata", format!("is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are allowed")));
+                }
+                json.as_object().cloned()
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "metadata",
+                    format!("must be a JSON object such as {{\"project\": \"x\"}}, not a {}", Json::from_serde(other).type_name()),
+                ));
+            }
+        };
+        let selector = Selector::new(&self.include_patterns, &self.exclude_patterns)?;
+        let hash_type = self.hash_type.unwrap_or(HashType::Sha2_256Chunked);
+        if hash_type == HashType::Sha256Legacy {
+            return Err(invalid("hash_type", "SHA256 is read-only in Quilt; use `sha2-256-chunked` or `CRC64NVME`"));
+        }
+        if !self.copy && self.target_bucket.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(invalid("target_bucket", "is only used when copying; with `copy: false` objects stay where they are"));
+        }
+        Ok(ValidRequest {
+            source_bucket,
+            source_prefix: prefix,
+            package_name,
+            registry_bucket,
+            target_bucket,
+            message: self.description.clone(),
+            selector,
+            flatten: !self.preserve_structure,
+            user_meta,
+            copy: self.copy,
+            dry_run: self.dry_run,
+            hash_type,
+            overwrite_existing: self.overwrite_existing,
+            original: self.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> PackageRequest {
+        PackageRequest::new("src-bucket", "data", "team/pkg", "s3://registry")
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut PackageRequest)>)> = vec![
+            ("source_bucket", Box::new(|r| r.source_bucket = "Bad_Bucket".into())),
+            ("source_bucket", Box::new(|r| r.source_bucket = "ab".into())),
+            ("source_bucket", Box::new(|r| r.source_bucket = "s3://bucket/with/path".into())),
+            ("source_bucket", Box::new(|r| r.source_bucket = "192.168.1.1".into())),
+            ("package_name", Box::new(|r| r.package_name = "nopkg".into())),
+            ("package_name", Box::new(|r| r.package_name = "team/pkg.v2".into())),
+            ("target_registry", Box::new(|r| r.target_registry = "s3://-bad".into())),
+            ("target_bucket", Box::new(|r| r.target_bucket = Some("x".into()))),
+            ("metadata", Box::new(|r| r.metadata = Some(serde_json::json!([1, 2])))),
+            ("metadata", Box::new(|r| r.metadata = Some(serde_json::json!("text")))),
+            ("include_patterns", Box::new(|r| r.include_patterns = vec!["[unclosed".into()])),
+            ("exclude_patterns", Box::new(|r| r.exclude_patterns = vec!["a/{b".into()])),
+            ("source_prefix", Box::new(|r| r.source_prefix = "a//b".into())),
+            ("hash_type", Box::new(|r| r.hash_type = Some(HashType::Sha256Legacy))),
+        ];
+        for (field, mutate) in cases {
+            let mut request = base();
+            mutate(&mut request);
+            let err = request.validate().unwrap_err();
+            assert_eq!(err.field(), field, "{err}");
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let valid = base().validate().unwrap();
+        assert_eq!(valid.source_prefix, "data/");
+        assert_eq!(valid.target_bucket, "registry");
+        assert!(valid.user_meta.is_none());
+        let request: PackageRequest = serde_json::from_value(serde_json::json!({
+            "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg"
+        }))
+        .unwrap();
+        assert!(request.preserve_structure && request.copy && !request.dry_run);
+        let unknown = serde_json::from_value::<PackageRequest>(serde_json::json!({
+            "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg", "flaten": true
+        }));
+        assert!(unknown.unwrap_err().to_string().contains("flaten"));
+    }
+}

@@ -1,0 +1,178 @@
+//! Selection: which listed keys go into the package, with the gitignore-like glob rules users
+//! already know, and how a selected key becomes a logical key.
+//!
+//! Rules (keys are matched relative to the source prefix):
+//! * a pattern without `/` matches a name at any depth: `*.csv` selects `a.csv` and `x/y/a.csv`;
+//!   `tmp` matches a file or folder named `tmp` anywhere (a folder match covers its contents);
+//! * a pattern with `/` matches the relative path from the top (a leading `/` is allowed and
+//!   ignored); it also matches a folder, covering its contents: `raw/2024` selects `raw/2024/x`;
+//! * a trailing `/` restricts a pattern to folders: `logs/` matches folders named `logs`;
+//! * `*` and `?` never cross `/`; `**` does; `[abc]` and `{a,b}` work as in shells;
+//! * no include pattern selects everything; an exclude always wins;
+//! * keys are matched whatever characters they hold (`%`, `#`, `[`, `]`, `~`, `{` …): they are
+//!   data, never parsed as patterns.
+
+use globset::{GlobBuilder, GlobMatcher};
+
+use crate::quilt::names::{LogicalKey, NameError};
+
+/// A pattern that does not compile.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: pattern {pattern:?} is not a valid glob ({reason}); use `*` within a folder, `**` across folders, `?`, `[abc]`, `{{a,b}}`")]
+pub struct SelectorError {
+    field: &'static str,
+    /// The pattern.
+    pub pattern: String,
+    /// The glob parser's complaint.
+    pub reason: String,
+}
+
+impl SelectorError {
+    /// The request field holding the pattern.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Pattern {
+    matcher: GlobMatcher,
+    /// No `/` inside: match single path parts at any depth.
+    any_depth: bool,
+    /// Trailing `/`: folders only.
+    folders_only: bool,
+}
+
+impl Pattern {
+    fn new(field: &'static str, text: &str) -> Result<Self, SelectorError> {
+        let error = |reason: String| SelectorError { field, pattern: text.to_string(), reason };
+        let folders_only = text.ends_with('/');
+        let body = text.trim_end_matches('/');
+        let body = body.strip_prefix('/').map_or(body, |b| b);
+        let anchored = text.trim_end_matches('/').starts_with('/');
+        if body.is_empty() {
+            return Err(error("it is empty".into()));
+        }
+        let matcher = GlobBuilder::new(body)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .empty_alternates(true)
+            .build()
+            .map_err(|e| error(e.kind().to_string()))?
+            .compile_matcher();
+        Ok(Pattern { matcher, any_depth: !anchored && !body.contains('/'), folders_only })
+    }
+
+    /// Whether the pattern matches `relative` or one of the folders that contain it.
+    fn matches(&self, relative: &str) -> bool {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let last = parts.len() - 1;
+        if self.any_depth {
+            parts
+                .iter()
+                .enumerate()
+                .any(|(i, part)| (i < last || !self.folders_only) && self.matcher.is_match(part))
+        } else {
+            // The whole path (unless folders only), or any folder prefix of it.
+            let mut end = 0;
+            for (i, part) in parts.iter().enumerate() {
+                end += part.len();
+                let candidate = &relative[..end];
+                if (i < last || !self.folders_only) && self.matcher.is_match(candidate) {
+                    return true;
+                }
+                end += 1; // the `/`
+            }
+            false
+        }
+    }
+}
+
+/// Compiled include/exclude rules.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    include: Vec<Pattern>,
+    exclude: Vec<Pattern>,
+}
+
+impl Selector {
+    /// Compiles the patterns; an error names the field and the pattern.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, SelectorError> {
+        Ok(Selector {
+            include: include.iter().map(|p| Pattern::new("include_patterns", p)).collect::<Result<_, _>>()?,
+            exclude: exclude.iter().map(|p| Pattern::new("exclude_patterns", p)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether a key (relative to the source prefix) is selected.
+    pub fn is_selected(&self, relative: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| p.matches(relative)))
+            && !self.exclude.iter().any(|p| p.matches(relative))
+    }
+
+    /// Whether any include pattern is set.
+    pub fn has_includes(&self) -> bool {
+        !self.include.is_empty()
+    }
+}
+
+/// The logical key of a selected object: its path relative to the prefix, or its base name
+/// when flattening.
+pub fn logical_key(relative: &str, flatten: bool) -> Result<LogicalKey, NameError> {
+    if flatten {
+        relative.rsplit('/').next().unwrap_or(relative).parse()
+    } else {
+        relative.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(include: &[&str], exclude: &[&str]) -> Selector {
+        let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        Selector::new(&s(include), &s(exclude)).unwrap()
+    }
+
+    #[test]
+    fn gitignore_like_rules() {
+        let csv = sel(&["*.csv"], &[]);
+        assert!(csv.is_selected("a.csv") && csv.is_selected("x/y/a.csv"));
+        assert!(!csv.is_selected("a.csv.gz"));
+        let anchored = sel(&["raw/*.csv"], &[]);
+        assert!(anchored.is_selected("raw/a.csv"));
+        assert!(!anchored.is_selected("raw/2024/a.csv"), "`*` never crosses `/`");
+        assert!(!anchored.is_selected("x/raw/a.csv"), "a pattern with `/` is anchored");
+        assert!(sel(&["raw/**/*.csv"], &[]).is_selected("raw/2024/01/a.csv"));
+        assert!(sel(&["raw/**"], &[]).is_selected("raw/a/b"));
+        let folder = sel(&[], &["tmp"]);
+        assert!(!folder.is_selected("tmp/x.bin") && !folder.is_selected("a/tmp/b/x.bin"));
+        assert!(folder.is_selected("tmpx/y"));
+        let prefix_folder = sel(&["raw/2024"], &[]);
+        assert!(prefix_folder.is_selected("raw/2024/x") && !prefix_folder.is_selected("raw/2025/x"));
+        let folders_only = sel(&[], &["logs/"]);
+        assert!(!folders_only.is_selected("logs/a") && folders_only.is_selected("x/logs"));
+        let exclude_wins = sel(&["*.csv"], &["secret*"]);
+        assert!(!exclude_wins.is_selected("secret.csv"));
+        assert!(sel(&["/top.txt"], &[]).is_selected("top.txt"));
+    }
+
+    #[test]
+    fn keys_with_pattern_characters_are_data() {
+        let all = sel(&[], &[]);
+        for key in ["100%/a#b.txt", "[x]/{y}.txt", "~user/a b+c.txt", "ü/😀"] {
+            assert!(all.is_selected(key), "{key}");
+        }
+        assert!(sel(&["*.txt"], &[]).is_selected("[x]/{y}.txt"));
+        assert!(sel(&["\\[x\\]/*"], &[]).is_selected("[x]/{y}.txt"));
+    }
+
+    #[test]
+    fn bad_patterns_name_their_field() {
+        let err = Selector::new(&[], &["[".to_string()]).unwrap_err();
+        assert_eq!(err.field(), "exclude_patterns");
+        assert!(err.to_string().contains("\"[\""));
+        assert!(Selector::new(&["".to_string()], &[]).is_err());
+    }
+}

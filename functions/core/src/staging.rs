@@ -1,0 +1,333 @@
+//! The run's staging area in the registry bucket: the small documents the steps hand each
+//! other (plan, shards, shard index, manifest fragments, failure records), under
+//! `.s3quilt/runs/<run_id>/`. Steps pass only the run id and shard numbers; everything large
+//! lives here. Finalize and rollback remove it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::quilt::checksum::HashType;
+use crate::quilt::json::JsonObject;
+use crate::quilt::names::{LogicalKey, PackageName};
+use crate::registry::WrittenObject;
+use crate::request::PackageRequest;
+use crate::retry::RetryPolicy;
+use crate::storage::{ObjectStore, PutOptions, StoreError, StoreErrorKind, get_bytes, list_all};
+
+/// Root of every run's staging area.
+pub const STAGING_ROOT: &str = ".s3quilt/runs/";
+
+/// A run's identity: `<UTC yyyymmddThhmmssZ>-<8 hex>`, sortable and unique.
+pub fn new_run_id() -> String {
+    let now = crate::storage::unix_now();
+    let (days, secs) = (now / 86_400, now % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{:08x}",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60,
+        rand::random::<u32>()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Checks that a run id has the shape [`new_run_id`] gives (so it can be used in keys safely).
+pub fn is_valid_run_id(run_id: &str) -> bool {
+    run_id.len() <= 64 && !run_id.is_empty() && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// An object chosen by the planner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedObject {
+    /// Source key.
+    pub key: String,
+    /// Size in bytes at listing time.
+    pub size: u64,
+    /// ETag at listing time (the copy is pinned to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Storage class.
+    pub storage_class: String,
+    /// Last-modified at listing time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// Its path in the package.
+    pub logical_key: LogicalKey,
+}
+
+/// A shard: a bounded list of objects for one copier invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Shard number (0-based).
+    pub shard: u32,
+    /// The objects.
+    pub objects: Vec<PlannedObject>,
+}
+
+/// One item of the shard index (what the Distributed Map iterates over).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRef {
+    /// Run id.
+    pub run_id: String,
+    /// Registry bucket holding the staging area.
+    pub registry_bucket: String,
+    /// Shard number.
+    pub shard: u32,
+    /// Objects in the shard.
+    pub objects: usize,
+    /// Bytes in the shard.
+    pub bytes: u64,
+}
+
+/// The plan document: everything later steps need to know about the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPlan {
+    /// Run id.
+    pub run_id: String,
+    /// The request as given.
+    pub request: PackageRequest,
+    /// Package name.
+    pub package_name: PackageName,
+    /// Registry bucket.
+    pub registry_bucket: String,
+    /// Bucket receiving copies.
+    pub target_bucket: String,
+    /// Source bucket.
+    pub source_bucket: String,
+    /// Source folder (empty or ending in `/`).
+    pub source_prefix: String,
+    /// Copy or reference in place.
+    pub copy: bool,
+    /// Hash type for entries.
+    pub hash_type: HashType,
+    /// Whether the target bucket keeps versions (decides rollback and overwrite rules).
+    pub target_versioned: bool,
+    /// Replace existing keys on an unversioned target.
+    pub overwrite_existing: bool,
+    /// Number of shards.
+    pub shards: u32,
+    /// Objects in the package.
+    pub objects: u64,
+    /// Bytes in the package.
+    pub bytes: u64,
+    /// Unix seconds when planning started.
+    pub started_at: u64,
+    /// Objects the plan itself created outside staging (e.g. a write probe), to remove at the end.
+    #[serde(default)]
+    pub probes: Vec<WrittenObject>,
+}
+
+impl RunPlan {
+    /// Where a copy of `logical_key` goes: `namespace/name/logical_key`.
+    pub fn destination_key(&self, logical_key: &LogicalKey) -> String {
+        format!("{}/{}/{}", self.package_name.namespace(), self.package_name.name(), logical_key)
+    }
+}
+
+/// One entry of a fragment: the manifest line's parts, plus rollback facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FragmentEntry {
+    /// Logical key.
+    pub logical_key: LogicalKey,
+    /// Physical key URL.
+    pub physical_key: String,
+    /// Size.
+    pub size: u64,
+    /// Hash type.
+    pub hash_type: HashType,
+    /// Hash value.
+    pub hash_value: String,
+    /// Entry `meta` as a manifest-form JSON text (kept as text so numbers stay exact).
+    pub meta: String,
+}
+
+/// What one copier produced for one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestFragment {
+    /// Shard number.
+    pub shard: u32,
+    /// Entries, in shard order.
+    pub entries: Vec<FragmentEntry>,
+    /// Objects this shard created in the target (for rollback).
+    pub created: Vec<WrittenObject>,
+}
+
+/// A copier's record of what it created before it failed, so rollback can remove it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Shard number.
+    pub shard: u32,
+    /// What was created before the failure.
+    pub created: Vec<WrittenObject>,
+    /// The error.
+    pub error: String,
+}
+
+/// Parses a fragment entry's `meta` text.
+pub fn parse_meta(text: &str) -> Option<JsonObject> {
+    crate::quilt::json::Json::parse(text).ok()?.as_object().cloned()
+}
+
+/// Why a staging document could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// S3 failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A document is missing.
+    #[error("staging document s3://{bucket}/{key} is missing")]
+    Missing {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A document is not what we wrote.
+    #[error("staging document s3://{bucket}/{key} is corrupt: {reason}")]
+    Corrupt {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Parse error.
+        reason: String,
+    },
+}
+
+/// A run's staging area.
+#[derive(Clone)]
+pub struct Staging {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    run_id: String,
+    retry: RetryPolicy,
+}
+
+impl Staging {
+    /// The staging area of `run_id` in `registry_bucket`.
+    pub fn new(store: Arc<dyn ObjectStore>, registry_bucket: &str, run_id: &str) -> Self {
+        Staging { store, bucket: registry_bucket.to_string(), run_id: run_id.to_string(), retry: RetryPolicy::default() }
+    }
+
+    /// `.s3quilt/runs/<run_id>/`.
+    pub fn prefix(&self) -> String {
+        format!("{STAGING_ROOT}{}/", self.run_id)
+    }
+
+    /// Key of the plan document.
+    pub fn plan_key(&self) -> String {
+        format!("{}plan.json", self.prefix())
+    }
+
+    /// Key of the shard index (a JSON array of [`ShardRef`]).
+    pub fn shard_index_key(&self) -> String {
+        format!("{}shards.json", self.prefix())
+    }
+
+    /// Key of a shard.
+    pub fn shard_key(&self, shard: u32) -> String {
+        format!("{}shards/{shard:06}.json", self.prefix())
+    }
+
+    /// Key of a shard's fragment.
+    pub fn fragment_key(&self, shard: u32) -> String {
+        format!("{}fragments/{shard:06}.json", self.prefix())
+    }
+
+    /// Key of a shard's failure record.
+    pub fn failure_key(&self, shard: u32) -> String {
+        format!("{}failures/{shard:06}.json", self.prefix())
+    }
+
+    /// The registry bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Writes a document.
+    pub async fn put<T: Serialize>(&self, key: &str, doc: &T) -> Result<WrittenObject, StoreError> {
+        let body = Bytes::from(serde_json::to_vec(doc).expect("staging documents serialize"));
+        let result = self
+            .retry
+            .run(|_| {
+                self.store.put(
+                    &self.bucket,
+                    key,
+                    body.clone(),
+                    PutOptions { content_type: Some("application/json".into()), if_none_match: false },
+                )
+            })
+            .await?;
+        Ok(WrittenObject { key: key.to_string(), version_id: result.version_id })
+    }
+
+    /// Reads a document; `Ok(None)` when it does not exist.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StagingError> {
+        let bytes = match self.retry.run(|_| get_bytes(self.store.as_ref(), &self.bucket, key, None)).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StagingError::Corrupt {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a document that must exist.
+    pub async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T, StagingError> {
+        self.get(key)
+            .await?
+            .ok_or_else(|| StagingError::Missing { bucket: self.bucket.clone(), key: key.to_string() })
+    }
+
+    /// The plan document.
+    pub async fn plan(&self) -> Result<RunPlan, StagingError> {
+        self.require(&self.plan_key()).await
+    }
+
+    /// Shard numbers that have a fragment.
+    pub async fn fragments_present(&self) -> Result<Vec<u32>, StoreError> {
+        let prefix = format!("{}fragments/", self.prefix());
+        let listed = self.retry.run(|_| list_all(self.store.as_ref(), &self.bucket, &prefix)).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
+            .collect())
+    }
+
+    /// Deletes every version (and delete marker) under the staging prefix, so a versioned
+    /// registry keeps no trace of the run. Returns what could not be deleted.
+    pub async fn remove_all(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        let prefix = self.prefix();
+        let listed = match self.retry.run(|_| self.store.list_versions(&self.bucket, &prefix)).await {
+            Ok(listed) => listed,
+            Err(e) => return vec![format!("{prefix} ({e})")],
+        };
+        for object in listed {
+            let version = object.version_id.as_deref();
+            if let Err(e) = self.retry.run(|_| self.store.delete(&self.bucket, &object.key, version)).await {
+                failed.push(format!("{} ({e})", object.key));
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,254 @@
+//! Conformance with quilt3 8.0.0 on a real S3 server (moto):
+//! (a) a package written by our registry code with our hashes is read by quilt3, which computes
+//!     the same top hash and finds every entry's hash valid;
+//! (b) a package pushed by quilt3 is read by our code with the same entries and top hash.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use s3quilt_core::quilt::checksum::{HashType, ObjectHasher};
+use s3quilt_core::quilt::{
+    Json, JsonObject, LogicalKey, Manifest, ManifestEntry, PackageHeader, PackageName, PhysicalKey,
+};
+use s3quilt_core::registry::Registry;
+use s3quilt_core::storage::{ObjectStore, S3Store, unix_now};
+use s3quilt_tests::{SeedObject, create_bucket, moto, run_oracle, seed};
+use serde_json::{Value, json};
+
+/// Objects covering the traps: nesting, space + unicode, empty, larger than one chunk.
+fn dataset() -> Vec<SeedObject> {
+    let big: Vec<u8> = (0..(8 * 1024 * 1024 + 4321))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    vec![
+        SeedObject::new("data/README.md", b"# conformance\n".to_vec())
+            .content_type("text/markdown"),
+        SeedObject::new("data/a b/ünï ñ.csv", b"x,y\n1,2\n".to_vec()).meta("origin", "lab-7"),
+        SeedObject::new(
+            "data/nested/deep/er/values.json",
+            b"{\"k\": [1, 2, 3]}\n".to_vec(),
+        ),
+        SeedObject::new("data/empty.txt", Vec::new()),
+        SeedObject::new("data/a-c.txt", b"a-c".to_vec()),
+        SeedObject::new("data/big/pattern.bin", big),
+    ]
+}
+
+async fn stream_hash(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+    size: u64,
+) -> s3quilt_core::quilt::QuiltHash {
+    let mut hasher = ObjectHasher::new(HashType::Sha2_256Chunked, size);
+    let mut body = store.get(bucket, key, version, None).await.unwrap();
+    while let Some(chunk) = body.try_next().await.unwrap() {
+        hasher.update(&chunk);
+    }
+    hasher.finish()
+}
+
+fn entry_user_meta() -> JsonObject {
+    match Json::parse(r#"{"source": "conformance", "ratio": 0.1, "big": 1e+16, "whole": 1.0, "huge": 1180591620717411303424, "ünï": "ö 😀", "nested": {"z": 1, "a": [null, true]}}"#).unwrap() {
+        Json::Object(o) => o,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quilt3_reads_what_we_write() {
+    let server = moto();
+    let client = server.client().await;
+    let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
+    let source = create_bucket(&client, true).await;
+    let registry_bucket = create_bucket(&client, true).await;
+    let objects = dataset();
+    let versions = seed(&client, &source, &objects).await;
+
+    let mut entries = Vec::new();
+    for (object, version) in objects.iter().zip(&versions) {
+        let size = object.body.len() as u64;
+        let hash = stream_hash(
+            store.as_ref(),
+            &source,
+            &object.key,
+            version.as_deref(),
+            size,
+        )
+        .await;
+        let logical_key: LogicalKey = object.key.strip_prefix("data/").unwrap().parse().unwrap();
+        let mut meta = JsonObject::new();
+        if logical_key.as_str() == "nested/deep/er/values.json" {
+            meta.insert("user_meta", Json::Object(entry_user_meta()));
+        }
+        let physical = PhysicalKey::new(&source, &object.key, version.clone());
+        entries.push(ManifestEntry::new(
+            logical_key,
+            physical.to_string(),
+            size,
+            &hash,
+            meta,
+        ));
+    }
+    let package_meta = match Json::parse(r#"{"description": "written by s3quilt", "pi": 3.14159, "tags": ["x"], "nested": {"b": 1, "a": null}}"#).unwrap() {
+        Json::Object(o) => o,
+        _ => unreachable!(),
+    };
+    let manifest = Manifest::new(
+        PackageHeader::new(Some("from rust ✓"), Some(package_meta)),
+        entries,
+    )
+    .unwrap();
+    let name: PackageName = "team/conformance".parse().unwrap();
+    let registry = Registry::new(store.clone(), &registry_bucket);
+    let (top_hash, written) = registry.push(&name, &manifest, unix_now()).await.unwrap();
+    assert_eq!(written.len(), 3, "manifest, timestamped pointer, latest");
+    assert_eq!(registry.latest(&name).await.unwrap(), top_hash);
+
+    let browsed = run_oracle(
+        server,
+        &[
+            "browse",
+            "--registry",
+            &format!("s3://{registry_bucket}"),
+            "--name",
+            name.as_str(),
+        ],
+    );
+    assert_eq!(
+        browsed["top_hash"].as_str().unwrap(),
+        top_hash,
+        "quilt3 recomputes our top hash"
+    );
+    assert_eq!(browsed["message"], json!("from rust ✓"));
+    assert_eq!(browsed["user_meta"]["pi"], json!(3.14159));
+    let entries = browsed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), objects.len());
+    let walk: Vec<&str> = entries
+        .iter()
+        .map(|e| e["logical_key"].as_str().unwrap())
+        .collect();
+    let ours: Vec<&str> = manifest
+        .entries
+        .iter()
+        .map(|e| e.logical_key.as_str())
+        .collect();
+    assert_eq!(walk, ours, "same walk order");
+    for entry in entries {
+        assert_eq!(entry["hash_valid"], json!(true), "quilt3 verified {entry}");
+    }
+    let nested = entries
+        .iter()
+        .find(|e| e["logical_key"] == json!("nested/deep/er/values.json"))
+        .unwrap();
+    assert_eq!(
+        nested["user_meta"]["huge"].as_f64().unwrap(),
+        1180591620717411303424.0
+    );
+    assert_eq!(nested["user_meta"]["ünï"], json!("ö 😀"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn we_read_what_quilt3_pushes() {
+    let server = moto();
+    let client = server.client().await;
+    let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
+    let source = create_bucket(&client, true).await;
+    let registry_bucket = create_bucket(&client, true).await;
+    // quilt3's own push cannot copy objects of 8 MiB or more on moto (no part checksums).
+    let objects: Vec<SeedObject> = dataset()
+        .into_iter()
+        .filter(|o| o.body.len() < 8 * 1024 * 1024)
+        .collect();
+    seed(&client, &source, &objects).await;
+
+    let spec: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let logical_key = o.key.strip_prefix("data/").unwrap();
+            let meta = if logical_key == "a b/ünï ñ.csv" { json!({"columns": ["x", "y"], "w": 1.0}) } else { Value::Null };
+            json!({"logical_key": logical_key, "source": format!("s3://{source}/{}", o.key), "meta": meta})
+        })
+        .collect();
+    let spec_file = std::env::temp_dir().join(format!(
+        "s3quilt-spec-{}-{}.json",
+        std::process::id(),
+        source
+    ));
+    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let pushed = run_oracle(
+        server,
+        &[
+            "push",
+            "--registry",
+            &format!("s3://{registry_bucket}"),
+            "--name",
+            "team/from-quilt3",
+            "--spec",
+            spec_file.to_str().unwrap(),
+            "--message",
+            "pushed by quilt3",
+            "--meta",
+            r#"{"k": 1, "f": 0.5, "nested": {"ü": [1e-05]}}"#,
+        ],
+    );
+    std::fs::remove_file(&spec_file).ok();
+    let quilt3_top_hash = pushed["top_hash"].as_str().unwrap();
+
+    let registry = Registry::new(store.clone(), &registry_bucket);
+    let name: PackageName = "team/from-quilt3".parse().unwrap();
+    assert_eq!(registry.packages().await.unwrap(), vec![name.clone()]);
+    let versions = registry.versions(&name).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].top_hash, quilt3_top_hash);
+    // `manifest` refuses content that does not hash to its name, so reading it proves our
+    // top-hash function recomputes quilt3's.
+    let (top_hash, manifest) = registry.latest_manifest(&name).await.unwrap();
+    assert_eq!(top_hash, quilt3_top_hash);
+    assert_eq!(manifest.top_hash(), quilt3_top_hash);
+    assert_eq!(manifest.header.message(), Some("pushed by quilt3"));
+
+    let theirs = pushed["entries"].as_array().unwrap();
+    assert_eq!(manifest.entries.len(), theirs.len());
+    for (ours, theirs) in manifest.entries.iter().zip(theirs) {
+        assert_eq!(
+            ours.logical_key.as_str(),
+            theirs["logical_key"].as_str().unwrap()
+        );
+        assert_eq!(ours.size, theirs["size"].as_u64().unwrap());
+        assert_eq!(ours.hash().value, theirs["hash"]["value"].as_str().unwrap());
+        assert_eq!(
+            ours.physical_keys[0],
+            theirs["physical_key"].as_str().unwrap()
+        );
+        // Our hash of the bytes quilt3 copied equals the hash quilt3 recorded.
+        let physical: PhysicalKey = ours.physical_keys[0].parse().unwrap();
+        let hash = stream_hash(
+            store.as_ref(),
+            &physical.bucket,
+            &physical.key,
+            physical.version_id.as_deref(),
+            ours.size,
+        )
+        .await;
+        assert_eq!(hash, ours.hash(), "{}", ours.logical_key);
+    }
+    let csv = manifest
+        .entries
+        .iter()
+        .find(|e| e.logical_key.as_str() == "a b/ünï ñ.csv")
+        .unwrap();
+    assert_eq!(
+        csv.meta.get("user_meta").unwrap().to_hash_string(),
+        r#"{"columns":["x","y"],"w":1.0}"#
+    );
+    // Writing it back gives the same bytes quilt3 stored.
+    let stored = s3quilt_tests::get_bytes(
+        &client,
+        &registry_bucket,
+        &format!(".quilt/packages/{quilt3_top_hash}"),
+    )
+    .await;
+    assert_eq!(manifest.to_jsonl().unwrap().as_bytes(), stored.as_slice());
+}
