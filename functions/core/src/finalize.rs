@@ -43,7 +43,9 @@ pub enum FinalizeError {
     #[error(transparent)]
     Staging(#[from] StagingError),
     /// Some shards have no fragment (their copier failed or never ran).
-    #[error("shards {missing:?} of run {run_id} have no manifest fragment: their copies did not finish, so no package is written")]
+    #[error(
+        "shards {missing:?} of run {run_id} have no manifest fragment: their copies did not finish, so no package is written"
+    )]
     MissingFragments {
         /// Run id.
         run_id: String,
@@ -80,9 +82,8 @@ impl FinalizeError {
     /// Whether running finalize again may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            FinalizeError::Staging(StagingError::Store(e)) | FinalizeError::Registry(RegistryError::Store(e)) => {
-                e.kind.is_retryable()
-            }
+            FinalizeError::Staging(StagingError::Store(e))
+            | FinalizeError::Registry(RegistryError::Store(e)) => e.kind.is_retryable(),
             _ => false,
         }
     }
@@ -90,7 +91,9 @@ impl FinalizeError {
 
 /// The quilt3 call that opens a package version.
 pub fn browse_command(name: &str, registry: &str, top_hash: &str) -> String {
-    format!("python -c \"import quilt3; quilt3.Package.browse('{name}', registry='{registry}', top_hash='{top_hash}')\"")
+    format!(
+        "python -c \"import quilt3; quilt3.Package.browse('{name}', registry='{registry}', top_hash='{top_hash}')\""
+    )
 }
 
 fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, FinalizeError> {
@@ -100,27 +103,55 @@ fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, F
         .map(|e| {
             let meta = parse_meta(&e.meta).ok_or_else(|| FinalizeError::Fragment {
                 shard: fragment.shard,
-                reason: format!("entry {:?} has meta that is not a JSON object", e.logical_key.as_str()),
+                reason: format!(
+                    "entry {:?} has meta that is not a JSON object",
+                    e.logical_key.as_str()
+                ),
             })?;
-            let hash = QuiltHash { kind: e.hash_type, value: e.hash_value.clone() };
-            Ok(ManifestEntry::new(e.logical_key.clone(), e.physical_key.clone(), e.size, &hash, meta))
+            let hash = QuiltHash {
+                kind: e.hash_type,
+                value: e.hash_value.clone(),
+            };
+            Ok(ManifestEntry::new(
+                e.logical_key.clone(),
+                e.physical_key.clone(),
+                e.size,
+                &hash,
+                meta,
+            ))
         })
         .collect()
 }
 
 /// Finalizes run `run_id`: see the module docs. Registry writes made before a failure are
 /// undone here, so a failed finalize leaves no partial version.
-pub async fn finalize(store: Arc<dyn ObjectStore>, registry_bucket: &str, run_id: &str) -> Result<PackageResult, FinalizeError> {
+pub async fn finalize(
+    store: Arc<dyn ObjectStore>,
+    registry_bucket: &str,
+    run_id: &str,
+) -> Result<PackageResult, FinalizeError> {
     let staging = Staging::new(store.clone(), registry_bucket, run_id);
     let plan = staging.plan().await?;
-    let present: HashSet<u32> = staging.fragments_present().await.map_err(StagingError::from)?.into_iter().collect();
+    let present: HashSet<u32> = staging
+        .fragments_present()
+        .await
+        .map_err(StagingError::from)?
+        .into_iter()
+        .collect();
     let missing: Vec<u32> = (0..plan.shards).filter(|s| !present.contains(s)).collect();
     if !missing.is_empty() {
-        return Err(FinalizeError::MissingFragments { run_id: run_id.to_string(), missing });
+        return Err(FinalizeError::MissingFragments {
+            run_id: run_id.to_string(),
+            missing,
+        });
     }
     let fragments: Vec<ManifestFragment> = futures::stream::iter((0..plan.shards).map(|s| {
         let staging = &staging;
-        async move { staging.require::<ManifestFragment>(&staging.fragment_key(s)).await }
+        async move {
+            staging
+                .require::<ManifestFragment>(&staging.fragment_key(s))
+                .await
+        }
     }))
     .buffered(16)
     .try_collect()
@@ -131,10 +162,20 @@ pub async fn finalize(store: Arc<dyn ObjectStore>, registry_bucket: &str, run_id
     }
     drop(fragments);
     if entries.len() as u64 != plan.objects {
-        return Err(FinalizeError::CountMismatch { run_id: run_id.to_string(), found: entries.len() as u64, planned: plan.objects });
+        return Err(FinalizeError::CountMismatch {
+            run_id: run_id.to_string(),
+            found: entries.len() as u64,
+            planned: plan.objects,
+        });
     }
     let bytes = entries.iter().map(|e| e.size).sum();
-    let valid = plan.request.validate().map_err(|e| FinalizeError::Fragment { shard: 0, reason: e.to_string() })?;
+    let valid = plan
+        .request
+        .validate()
+        .map_err(|e| FinalizeError::Fragment {
+            shard: 0,
+            reason: e.to_string(),
+        })?;
     let header = PackageHeader::new(valid.message.as_deref(), valid.user_meta);
     // Sorting into walk order is n log n; the manifest is the only thing held in memory.
     let manifest = Manifest::new(header, entries)?;
@@ -158,7 +199,12 @@ pub async fn finalize(store: Arc<dyn ObjectStore>, registry_bucket: &str, run_id
     })
 }
 
-async fn write_version(registry: &Registry, plan: &RunPlan, manifest: &Manifest, timestamp: u64) -> Result<String, FinalizeError> {
+async fn write_version(
+    registry: &Registry,
+    plan: &RunPlan,
+    manifest: &Manifest,
+    timestamp: u64,
+) -> Result<String, FinalizeError> {
     let retry = RetryPolicy::default();
     let top_hash = manifest.top_hash();
     let manifest_key = format!("{}{top_hash}", crate::registry::PACKAGES_PREFIX);
@@ -176,14 +222,20 @@ async fn write_version(registry: &Registry, plan: &RunPlan, manifest: &Manifest,
         if !existed {
             created.push(object);
         }
-        let pointers = retry_registry(&retry, || registry.put_pointers(&plan.package_name, &top_hash, timestamp)).await?;
+        let pointers = retry_registry(&retry, || {
+            registry.put_pointers(&plan.package_name, &top_hash, timestamp)
+        })
+        .await?;
         created.extend(pointers);
         Ok(())
     }
     .await;
     if let Err(e) = result {
         for object in &created {
-            if let Err(undo) = store.delete(registry.bucket(), &object.key, object.version_id.as_deref()).await {
+            if let Err(undo) = store
+                .delete(registry.bucket(), &object.key, object.version_id.as_deref())
+                .await
+            {
                 tracing::warn!(key = %object.key, error = %undo, "could not undo a registry write");
             }
         }
@@ -200,7 +252,9 @@ where
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(RegistryError::Store(e)) if e.kind.is_retryable() && attempt < retry.max_attempts => {
+            Err(RegistryError::Store(e))
+                if e.kind.is_retryable() && attempt < retry.max_attempts =>
+            {
                 tokio::time::sleep(retry.delay(attempt, e.kind == StoreErrorKind::Throttled)).await;
                 attempt += 1;
             }
@@ -211,7 +265,10 @@ where
 
 async fn remove_probes(store: &dyn ObjectStore, plan: &RunPlan) {
     for probe in &plan.probes {
-        if let Err(e) = store.delete(&plan.target_bucket, &probe.key, probe.version_id.as_deref()).await {
+        if let Err(e) = store
+            .delete(&plan.target_bucket, &probe.key, probe.version_id.as_deref())
+            .await
+        {
             tracing::warn!(key = %probe.key, error = %e, "could not remove write probe");
         }
     }
@@ -242,22 +299,34 @@ pub async fn rollback(
         Ok(plan) => Some(plan),
         Err(StagingError::Missing { .. }) => None,
         Err(e) => {
-            report.not_deleted.push(format!("run {run_id}: cannot read its plan ({e}); nothing was deleted"));
+            report.not_deleted.push(format!(
+                "run {run_id}: cannot read its plan ({e}); nothing was deleted"
+            ));
             return report;
         }
     };
     if let Some(plan) = &plan {
         let mut created: Vec<WrittenObject> = also_created.to_vec();
         for shard in 0..plan.shards {
-            match staging.get::<ManifestFragment>(&staging.fragment_key(shard)).await {
+            match staging
+                .get::<ManifestFragment>(&staging.fragment_key(shard))
+                .await
+            {
                 Ok(Some(fragment)) => created.extend(fragment.created),
                 Ok(None) => {}
-                Err(e) => report.not_deleted.push(format!("fragment of shard {shard} unreadable: {e}")),
+                Err(e) => report
+                    .not_deleted
+                    .push(format!("fragment of shard {shard} unreadable: {e}")),
             }
-            match staging.get::<FailureRecord>(&staging.failure_key(shard)).await {
+            match staging
+                .get::<FailureRecord>(&staging.failure_key(shard))
+                .await
+            {
                 Ok(Some(record)) => created.extend(record.created),
                 Ok(None) => {}
-                Err(e) => report.not_deleted.push(format!("failure record of shard {shard} unreadable: {e}")),
+                Err(e) => report
+                    .not_deleted
+                    .push(format!("failure record of shard {shard} unreadable: {e}")),
             }
         }
         created.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
@@ -266,7 +335,9 @@ pub async fn rollback(
             futures::stream::iter(created.into_iter().map(|object| {
                 let (store, retry, bucket) = (store.clone(), retry, plan.target_bucket.clone());
                 async move {
-                    let result = retry.run(|_| store.delete(&bucket, &object.key, object.version_id.as_deref())).await;
+                    let result = retry
+                        .run(|_| store.delete(&bucket, &object.key, object.version_id.as_deref()))
+                        .await;
                     (object, result)
                 }
             }))
@@ -281,7 +352,10 @@ pub async fn rollback(
                     "s3://{}/{}{} ({e})",
                     plan.target_bucket,
                     object.key,
-                    object.version_id.map(|v| format!("?versionId={v}")).unwrap_or_default()
+                    object
+                        .version_id
+                        .map(|v| format!("?versionId={v}"))
+                        .unwrap_or_default()
                 )),
             }
         }

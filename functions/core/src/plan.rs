@@ -13,7 +13,9 @@ use crate::request::{PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
 use crate::select::logical_key;
 use crate::staging::{PlannedObject, RunPlan, Shard, ShardRef, Staging, new_run_id};
-use crate::storage::{ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, list_all, unix_now};
+use crate::storage::{
+    ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, list_all, unix_now,
+};
 
 /// Limits on planning.
 #[derive(Debug, Clone)]
@@ -54,7 +56,10 @@ pub struct PlanProblems {
 
 impl PlanProblems {
     fn is_empty(&self) -> bool {
-        self.collisions.is_empty() && self.invalid_keys.is_empty() && self.archived.is_empty() && self.existing_in_target.is_empty()
+        self.collisions.is_empty()
+            && self.invalid_keys.is_empty()
+            && self.archived.is_empty()
+            && self.existing_in_target.is_empty()
     }
 }
 
@@ -237,7 +242,9 @@ pub async fn list_source(
     ) -> Result<(Vec<ListedObject>, Vec<String>, u64), StoreError> {
         let (mut objects, mut prefixes, mut pages, mut token) = (Vec::new(), Vec::new(), 0, None);
         loop {
-            let page = retry.run(|_| store.list_page(bucket, prefix, Some("/"), token.clone(), None)).await?;
+            let page = retry
+                .run(|_| store.list_page(bucket, prefix, Some("/"), token.clone(), None))
+                .await?;
             pages += 1;
             objects.extend(page.objects);
             prefixes.extend(page.common_prefixes);
@@ -248,10 +255,11 @@ pub async fn list_source(
         }
     }
     let (mut objects, level1, mut pages) = delimited(store, bucket, prefix, retry).await?;
-    let level1_results: Vec<_> = futures::stream::iter(level1.iter().map(|p| delimited(store, bucket, p, retry)))
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
+    let level1_results: Vec<_> =
+        futures::stream::iter(level1.iter().map(|p| delimited(store, bucket, p, retry)))
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
     let mut level2 = Vec::new();
     for (found, prefixes, used) in level1_results {
         objects.extend(found);
@@ -281,21 +289,38 @@ pub fn make_shards(objects: Vec<PlannedObject>, max_objects: usize, max_bytes: u
     let mut current: Vec<PlannedObject> = Vec::new();
     let mut bytes = 0u64;
     for object in objects {
-        if !current.is_empty() && (current.len() >= max_objects.max(1) || bytes + object.size > max_bytes) {
-            shards.push(Shard { shard: shards.len() as u32, objects: std::mem::take(&mut current) });
+        if !current.is_empty()
+            && (current.len() >= max_objects.max(1) || bytes + object.size > max_bytes)
+        {
+            shards.push(Shard {
+                shard: shards.len() as u32,
+                objects: std::mem::take(&mut current),
+            });
             bytes = 0;
         }
         bytes += object.size;
         current.push(object);
     }
     if !current.is_empty() {
-        shards.push(Shard { shard: shards.len() as u32, objects: current });
+        shards.push(Shard {
+            shard: shards.len() as u32,
+            objects: current,
+        });
     }
     shards
 }
 
-fn estimate(objects: &[PlannedObject], list_pages: u64, shards: u64, copy: bool) -> RequestEstimate {
-    let mut e = RequestEstimate { list: list_pages, put: shards * 2 + 5, ..Default::default() };
+fn estimate(
+    objects: &[PlannedObject],
+    list_pages: u64,
+    shards: u64,
+    copy: bool,
+) -> RequestEstimate {
+    let mut e = RequestEstimate {
+        list: list_pages,
+        put: shards * 2 + 5,
+        ..Default::default()
+    };
     for o in objects {
         e.head += 1;
         if !copy {
@@ -312,12 +337,20 @@ fn estimate(objects: &[PlannedObject], list_pages: u64, shards: u64, copy: bool)
 }
 
 /// Plans a run: see the module docs. With `dry_run`, nothing is written.
-pub async fn plan(store: Arc<dyn ObjectStore>, request: &PackageRequest, options: &PlanOptions) -> Result<Plan, PlanError> {
+pub async fn plan(
+    store: Arc<dyn ObjectStore>,
+    request: &PackageRequest,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
     let valid = request.validate()?;
     plan_valid(store, valid, options).await
 }
 
-async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &PlanOptions) -> Result<Plan, PlanError> {
+async fn plan_valid(
+    store: Arc<dyn ObjectStore>,
+    valid: ValidRequest,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
     let retry = RetryPolicy::default();
     let started_at = unix_now();
     let source_error = |source: StoreError| PlanError::SourceAccess {
@@ -325,16 +358,22 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
         prefix: valid.source_prefix.clone(),
         source,
     };
-    let (listed, list_pages) =
-        list_source(store.as_ref(), &valid.source_bucket, &valid.source_prefix, options.list_concurrency, &retry)
-            .await
-            .map_err(source_error)?;
+    let (listed, list_pages) = list_source(
+        store.as_ref(),
+        &valid.source_bucket,
+        &valid.source_prefix,
+        options.list_concurrency,
+        &retry,
+    )
+    .await
+    .map_err(source_error)?;
 
     // Select and map.
     let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
     let mut problems = PlanProblems::default();
     let mut selected: Vec<PlannedObject> = Vec::new();
-    let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[]).map_err(RequestError::from)?;
+    let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[])
+        .map_err(RequestError::from)?;
     for object in &listed {
         let relative = &object.key[valid.source_prefix.len()..];
         if relative.is_empty() || relative.ends_with('/') {
@@ -358,7 +397,9 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
                 last_modified: object.last_modified.clone(),
                 logical_key: lk,
             }),
-            Err(e) => problems.invalid_keys.push((object.key.clone(), e.to_string())),
+            Err(e) => problems
+                .invalid_keys
+                .push((object.key.clone(), e.to_string())),
         }
     }
     if selected.is_empty() && problems.is_empty() {
@@ -375,20 +416,39 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
     // Collisions (only possible when flattening, but checked always).
     let mut by_logical: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for o in &selected {
-        by_logical.entry(o.logical_key.as_str()).or_default().push(o.key.as_str());
+        by_logical
+            .entry(o.logical_key.as_str())
+            .or_default()
+            .push(o.key.as_str());
     }
     problems.collisions = by_logical
         .into_iter()
         .filter(|(_, keys)| keys.len() > 1)
-        .map(|(lk, keys)| (lk.to_string(), keys.into_iter().map(str::to_string).collect()))
+        .map(|(lk, keys)| {
+            (
+                lk.to_string(),
+                keys.into_iter().map(str::to_string).collect(),
+            )
+        })
         .collect();
 
     // Archived objects: readable only once restored.
-    for o in selected.iter().filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str())) {
-        let info = retry.run(|_| store.head(&valid.source_bucket, &o.key, None)).await.map_err(source_error)?;
-        let restored = info.restore.as_deref().is_some_and(|r| r.contains("ongoing-request=\"false\""));
+    for o in selected
+        .iter()
+        .filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str()))
+    {
+        let info = retry
+            .run(|_| store.head(&valid.source_bucket, &o.key, None))
+            .await
+            .map_err(source_error)?;
+        let restored = info
+            .restore
+            .as_deref()
+            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
         if !restored {
-            problems.archived.push((o.key.clone(), o.storage_class.clone()));
+            problems
+                .archived
+                .push((o.key.clone(), o.storage_class.clone()));
         }
     }
 
@@ -408,7 +468,11 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
         folder_markers,
         not_included,
         excluded,
-        sample_logical_keys: selected.iter().take(10).map(|o| o.logical_key.to_string()).collect(),
+        sample_logical_keys: selected
+            .iter()
+            .take(10)
+            .map(|o| o.logical_key.to_string())
+            .collect(),
         estimated_requests: RequestEstimate::default(),
         copy: valid.copy,
         dry_run: valid.dry_run,
@@ -416,29 +480,52 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
 
     // Read access: listing does not prove GetObject permission; one HEAD does.
     if let Some(first) = selected.first() {
-        retry.run(|_| store.head(&valid.source_bucket, &first.key, None)).await.map_err(source_error)?;
+        retry
+            .run(|_| store.head(&valid.source_bucket, &first.key, None))
+            .await
+            .map_err(source_error)?;
     }
 
     // The target: versioning decides rollback and overwrite rules.
+    let package_prefix = format!(
+        "{}/{}/",
+        valid.package_name.namespace(),
+        valid.package_name.name()
+    );
     let target_versioned = if valid.copy {
-        match retry.run(|_| store.is_versioned(&valid.target_bucket)).await {
-            Ok(v) => v,
+        match retry
+            .run(|_| store.is_versioned(&valid.target_bucket))
+            .await
+        {
+            Ok(Some(v)) => v,
+            // The server's answer was unreadable: versions under the package's own prefix tell
+            // (no versions there means no key can be overwritten either way).
+            Ok(None) => retry
+                .run(|_| store.list_versions(&valid.target_bucket, &package_prefix))
+                .await
+                .map(|versions| versions.iter().any(|v| v.version_id.is_some()))
+                .unwrap_or(false),
             // Unknown: assume unversioned, the stricter case (existing keys are refused).
             Err(e) if e.kind == StoreErrorKind::AccessDenied => false,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
-                return Err(PlanError::TargetAccess { bucket: valid.target_bucket.clone(), source: e });
+                return Err(PlanError::TargetAccess {
+                    bucket: valid.target_bucket.clone(),
+                    source: e,
+                });
             }
             Err(e) => return Err(e.into()),
         }
     } else {
         false
     };
-    let package_prefix = format!("{}/{}/", valid.package_name.namespace(), valid.package_name.name());
     if valid.copy && !target_versioned && !valid.overwrite_existing {
         let existing: HashSet<String> = retry
             .run(|_| list_all(store.as_ref(), &valid.target_bucket, &package_prefix))
             .await
-            .map_err(|e| PlanError::TargetAccess { bucket: valid.target_bucket.clone(), source: e })?
+            .map_err(|e| PlanError::TargetAccess {
+                bucket: valid.target_bucket.clone(),
+                source: e,
+            })?
             .into_iter()
             .map(|o| o.key)
             .collect();
@@ -455,9 +542,18 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
     let shards = make_shards(selected, options.shard_max_objects, options.shard_max_bytes);
     summary.shards = shards.len() as u32;
     let all: Vec<&PlannedObject> = shards.iter().flat_map(|s| &s.objects).collect();
-    summary.estimated_requests = estimate(&all.into_iter().cloned().collect::<Vec<_>>(), list_pages, shards.len() as u64, valid.copy);
+    summary.estimated_requests = estimate(
+        &all.into_iter().cloned().collect::<Vec<_>>(),
+        list_pages,
+        shards.len() as u64,
+        valid.copy,
+    );
     if valid.dry_run {
-        return Ok(Plan { summary, run: None, shards: Vec::new() });
+        return Ok(Plan {
+            summary,
+            run: None,
+            shards: Vec::new(),
+        });
     }
 
     // Write staging: shards, then the index, then the plan document (its presence means the
@@ -466,7 +562,10 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
     let staging = Staging::new(store.clone(), &valid.registry_bucket, &run_id);
     let target_error = |bucket: &str| {
         let bucket = bucket.to_string();
-        move |source: StoreError| PlanError::TargetAccess { bucket: bucket.clone(), source }
+        move |source: StoreError| PlanError::TargetAccess {
+            bucket: bucket.clone(),
+            source,
+        }
     };
     let mut probes = Vec::new();
     if valid.copy && valid.target_bucket != valid.registry_bucket {
@@ -477,12 +576,18 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
                     &valid.target_bucket,
                     &probe_key,
                     bytes::Bytes::from_static(b"s3quilt write probe"),
-                    PutOptions { content_type: None, if_none_match: true },
+                    PutOptions {
+                        content_type: None,
+                        if_none_match: true,
+                    },
                 )
             })
             .await
             .map_err(target_error(&valid.target_bucket))?;
-        probes.push(crate::registry::WrittenObject { key: probe_key, version_id: written.version_id });
+        probes.push(crate::registry::WrittenObject {
+            key: probe_key,
+            version_id: written.version_id,
+        });
     }
     let index: Vec<ShardRef> = shards
         .iter()
@@ -502,7 +607,10 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
     .try_collect::<Vec<_>>()
     .await
     .map_err(target_error(&valid.registry_bucket))?;
-    staging.put(&staging.shard_index_key(), &index).await.map_err(target_error(&valid.registry_bucket))?;
+    staging
+        .put(&staging.shard_index_key(), &index)
+        .await
+        .map_err(target_error(&valid.registry_bucket))?;
     let run = RunPlan {
         run_id: run_id.clone(),
         request: valid.original.clone(),
@@ -521,7 +629,14 @@ async fn plan_valid(store: Arc<dyn ObjectStore>, valid: ValidRequest, options: &
         started_at,
         probes,
     };
-    staging.put(&staging.plan_key(), &run).await.map_err(target_error(&valid.registry_bucket))?;
+    staging
+        .put(&staging.plan_key(), &run)
+        .await
+        .map_err(target_error(&valid.registry_bucket))?;
     summary.run_id = Some(run_id);
-    Ok(Plan { summary, run: Some(run), shards })
+    Ok(Plan {
+        summary,
+        run: Some(run),
+        shards,
+    })
 }

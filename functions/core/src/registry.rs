@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use crate::quilt::manifest::{Manifest, ManifestError};
 use crate::quilt::names::PackageName;
-use crate::storage::{ObjectStore, PutOptions, StoreError, StoreErrorKind, WriteResult, get_bytes, list_all};
+use crate::storage::{
+    ObjectStore, PutOptions, StoreError, StoreErrorKind, WriteResult, get_bytes, list_all,
+};
 
 /// Prefix of manifests.
 pub const PACKAGES_PREFIX: &str = ".quilt/packages/";
@@ -88,13 +90,18 @@ pub struct Registry {
 }
 
 fn is_top_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Registry {
     /// The registry in `bucket`.
     pub fn new(store: Arc<dyn ObjectStore>, bucket: impl Into<String>) -> Self {
-        Registry { store, bucket: bucket.into() }
+        Registry {
+            store,
+            bucket: bucket.into(),
+        }
     }
 
     /// The store the registry is in.
@@ -113,25 +120,40 @@ impl Registry {
     }
 
     fn pointer_prefix(name: &PackageName) -> String {
-        format!("{NAMED_PACKAGES_PREFIX}{}/{}/", name.namespace(), name.name())
+        format!(
+            "{NAMED_PACKAGES_PREFIX}{}/{}/",
+            name.namespace(),
+            name.name()
+        )
     }
 
     /// Writes the manifest under its top hash; returns the top hash and what was written.
-    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<(String, WrittenObject), RegistryError> {
+    pub async fn put_manifest(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<(String, WrittenObject), RegistryError> {
         let top_hash = manifest.top_hash();
-        let body = manifest.to_jsonl().map_err(|source| RegistryError::Manifest {
-            bucket: self.bucket.clone(),
-            top_hash: top_hash.clone(),
-            source,
-        })?;
+        let body = manifest
+            .to_jsonl()
+            .map_err(|source| RegistryError::Manifest {
+                bucket: self.bucket.clone(),
+                top_hash: top_hash.clone(),
+                source,
+            })?;
         let key = format!("{PACKAGES_PREFIX}{top_hash}");
         let written = self.put(&key, Bytes::from(body)).await?;
         Ok((top_hash, written))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {
-        let WriteResult { version_id, .. } = self.store.put(&self.bucket, key, body, PutOptions::default()).await?;
-        Ok(WrittenObject { key: key.to_string(), version_id })
+        let WriteResult { version_id, .. } = self
+            .store
+            .put(&self.bucket, key, body, PutOptions::default())
+            .await?;
+        Ok(WrittenObject {
+            key: key.to_string(),
+            version_id,
+        })
     }
 
     /// Writes the named-package pointers: the timestamped one, then `latest` (last, so a
@@ -144,7 +166,9 @@ impl Registry {
     ) -> Result<Vec<WrittenObject>, RegistryError> {
         let prefix = Self::pointer_prefix(name);
         let body = Bytes::from(top_hash.to_string());
-        let stamped = self.put(&format!("{prefix}{timestamp}"), body.clone()).await?;
+        let stamped = self
+            .put(&format!("{prefix}{timestamp}"), body.clone())
+            .await?;
         let latest = self.put(&format!("{prefix}latest"), body).await?;
         Ok(vec![stamped, latest])
     }
@@ -163,17 +187,27 @@ impl Registry {
         Ok((top_hash, written))
     }
 
-    async fn read_pointer(&self, key: &str, what: impl FnOnce() -> String) -> Result<String, RegistryError> {
+    async fn read_pointer(
+        &self,
+        key: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<String, RegistryError> {
         let bytes = match get_bytes(self.store.as_ref(), &self.bucket, key, None).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
-                return Err(RegistryError::NotFound { bucket: self.bucket.clone(), what: what() });
+                return Err(RegistryError::NotFound {
+                    bucket: self.bucket.clone(),
+                    what: what(),
+                });
             }
             Err(e) => return Err(e.into()),
         };
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
         if !is_top_hash(&text) {
-            return Err(RegistryError::BadPointer { bucket: self.bucket.clone(), key: key.to_string() });
+            return Err(RegistryError::BadPointer {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+            });
         }
         Ok(text)
     }
@@ -196,29 +230,38 @@ impl Registry {
             })
             .collect();
         if stamps.is_empty() {
-            return Err(RegistryError::NotFound { bucket: self.bucket.clone(), what: format!("package {name}") });
+            return Err(RegistryError::NotFound {
+                bucket: self.bucket.clone(),
+                what: format!("package {name}"),
+            });
         }
         stamps.sort();
         let mut versions = Vec::with_capacity(stamps.len());
         for (_, stamp) in stamps {
             let key = format!("{prefix}{stamp}");
-            let top_hash = self.read_pointer(&key, || format!("version {stamp} of {name}")).await?;
-            versions.push(PackageVersion { timestamp: stamp, top_hash });
+            let top_hash = self
+                .read_pointer(&key, || format!("version {stamp} of {name}"))
+                .await?;
+            versions.push(PackageVersion {
+                timestamp: stamp,
+                top_hash,
+            });
         }
         Ok(versions)
     }
 
     /// The packages in this registry (those with a `latest` pointer), sorted.
     pub async fn packages(&self) -> Result<Vec<PackageName>, RegistryError> {
-        let mut names: Vec<PackageName> = list_all(self.store.as_ref(), &self.bucket, NAMED_PACKAGES_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|o| {
-                let rest = o.key.strip_prefix(NAMED_PACKAGES_PREFIX)?;
-                let name = rest.strip_suffix("/latest")?;
-                name.parse().ok()
-            })
-            .collect();
+        let mut names: Vec<PackageName> =
+            list_all(self.store.as_ref(), &self.bucket, NAMED_PACKAGES_PREFIX)
+                .await?
+                .into_iter()
+                .filter_map(|o| {
+                    let rest = o.key.strip_prefix(NAMED_PACKAGES_PREFIX)?;
+                    let name = rest.strip_suffix("/latest")?;
+                    name.parse().ok()
+                })
+                .collect();
         names.sort();
         names.dedup();
         Ok(names)
@@ -227,13 +270,19 @@ impl Registry {
     /// Reads the manifest stored under `top_hash`, checking that its content hashes to it.
     pub async fn manifest(&self, top_hash: &str) -> Result<Manifest, RegistryError> {
         if !is_top_hash(top_hash) {
-            return Err(RegistryError::NotFound { bucket: self.bucket.clone(), what: format!("top hash {top_hash:?}") });
+            return Err(RegistryError::NotFound {
+                bucket: self.bucket.clone(),
+                what: format!("top hash {top_hash:?}"),
+            });
         }
         let key = format!("{PACKAGES_PREFIX}{top_hash}");
         let bytes = match get_bytes(self.store.as_ref(), &self.bucket, &key, None).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
-                return Err(RegistryError::NotFound { bucket: self.bucket.clone(), what: format!("manifest {top_hash}") });
+                return Err(RegistryError::NotFound {
+                    bucket: self.bucket.clone(),
+                    what: format!("manifest {top_hash}"),
+                });
             }
             Err(e) => return Err(e.into()),
         };
@@ -243,7 +292,10 @@ impl Registry {
             source,
         };
         let text = std::str::from_utf8(&bytes).map_err(|_| {
-            manifest_error(ManifestError::Shape { line: 0, reason: "the manifest is not UTF-8".into() })
+            manifest_error(ManifestError::Shape {
+                line: 0,
+                reason: "the manifest is not UTF-8".into(),
+            })
         })?;
         let manifest = Manifest::parse(text).map_err(manifest_error)?;
         let computed = manifest.top_hash();
@@ -258,7 +310,10 @@ impl Registry {
     }
 
     /// The manifest `latest` points to, with its top hash.
-    pub async fn latest_manifest(&self, name: &PackageName) -> Result<(String, Manifest), RegistryError> {
+    pub async fn latest_manifest(
+        &self,
+        name: &PackageName,
+    ) -> Result<(String, Manifest), RegistryError> {
         let top_hash = self.latest(name).await?;
         let manifest = self.manifest(&top_hash).await?;
         Ok((top_hash, manifest))

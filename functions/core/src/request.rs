@@ -63,7 +63,12 @@ fn default_true() -> bool {
 
 impl PackageRequest {
     /// A request with defaults for everything but the four required fields.
-    pub fn new(source_bucket: &str, source_prefix: &str, package_name: &str, target_registry: &str) -> Self {
+    pub fn new(
+        source_bucket: &str,
+        source_prefix: &str,
+        package_name: &str,
+        target_registry: &str,
+    ) -> Self {
         PackageRequest {
             source_bucket: source_bucket.to_string(),
             source_prefix: source_prefix.to_string(),
@@ -110,7 +115,10 @@ impl RequestError {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> RequestError {
-    RequestError::Invalid { field, problem: problem.into() }
+    RequestError::Invalid {
+        field,
+        problem: problem.into(),
+    }
 }
 
 /// Validates an S3 bucket name (general-purpose bucket rules), accepting an `s3://` prefix.
@@ -119,23 +127,45 @@ pub fn parse_bucket(field: &'static str, value: &str) -> Result<String, RequestE
     let name = name.strip_suffix('/').unwrap_or(name);
     let allowed = "bucket names are 3-63 characters of lowercase letters, digits, `.` and `-`, starting and ending with a letter or digit (e.g. `my-data-bucket`)";
     if name.contains('/') {
-        return Err(invalid(field, format!("{value:?} has a path; give only the bucket name ({allowed})")));
+        return Err(invalid(
+            field,
+            format!("{value:?} has a path; give only the bucket name ({allowed})"),
+        ));
     }
     if !(3..=63).contains(&name.len()) {
-        return Err(invalid(field, format!("{value:?} is {} characters; {allowed}", name.len())));
+        return Err(invalid(
+            field,
+            format!("{value:?} is {} characters; {allowed}", name.len()),
+        ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-')) {
-        return Err(invalid(field, format!("{value:?} contains {bad:?}; {allowed}")));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+    {
+        return Err(invalid(
+            field,
+            format!("{value:?} contains {bad:?}; {allowed}"),
+        ));
     }
-    let first_last_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_last_ok =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !first_last_ok(name.chars().next()) || !first_last_ok(name.chars().last()) {
-        return Err(invalid(field, format!("{value:?} must start and end with a letter or digit; {allowed}")));
+        return Err(invalid(
+            field,
+            format!("{value:?} must start and end with a letter or digit; {allowed}"),
+        ));
     }
     if name.contains("..") || name.contains(".-") || name.contains("-.") {
-        return Err(invalid(field, format!("{value:?} has adjacent `.`/`-` characters; {allowed}")));
+        return Err(invalid(
+            field,
+            format!("{value:?} has adjacent `.`/`-` characters; {allowed}"),
+        ));
     }
     if name.split('.').count() == 4 && name.split('.').all(|p| p.parse::<u8>().is_ok()) {
-        return Err(invalid(field, format!("{value:?} looks like an IP address; {allowed}")));
+        return Err(invalid(
+            field,
+            format!("{value:?} looks like an IP address; {allowed}"),
+        ));
     }
     Ok(name.to_string())
 }
@@ -177,8 +207,10 @@ impl PackageRequest {
     /// Checks every field; the error names the first bad field and what is allowed.
     pub fn validate(&self) -> Result<ValidRequest, RequestError> {
         let source_bucket = parse_bucket("source_bucket", &self.source_bucket)?;
-        let package_name: PackageName =
-            self.package_name.parse().map_err(|e: crate::quilt::names::NameError| invalid("package_name", e.to_string()))?;
+        let package_name: PackageName = self
+            .package_name
+            .parse()
+            .map_err(|e: crate::quilt::names::NameError| invalid("package_name", e.to_string()))?;
         let registry_bucket = parse_bucket("target_registry", &self.target_registry)?;
         let target_bucket = match &self.target_bucket {
             Some(b) if !b.is_empty() => parse_bucket("target_bucket", b)?,
@@ -186,10 +218,19 @@ impl PackageRequest {
         };
         let mut prefix = self.source_prefix.trim_start_matches('/').to_string();
         if prefix.contains("//") {
-            return Err(invalid("source_prefix", format!("{:?} contains `//`; give a folder such as `data/2024/`", self.source_prefix)));
+            return Err(invalid(
+                "source_prefix",
+                format!(
+                    "{:?} contains `//`; give a folder such as `data/2024/`",
+                    self.source_prefix
+                ),
+            ));
         }
         if prefix.len() > 1024 {
-            return Err(invalid("source_prefix", "is longer than S3's 1024-byte key limit"));
+            return Err(invalid(
+                "source_prefix",
+                "is longer than S3's 1024-byte key limit",
+            ));
         }
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -197,7 +238,13 @@ impl PackageRequest {
         if let Some(message) = &self.description
             && message.len() > MAX_METADATA_BYTES
         {
-            return Err(invalid("description", format!("is {} bytes; at most {MAX_METADATA_BYTES} are allowed", message.len())));
+            return Err(invalid(
+                "description",
+                format!(
+                    "is {} bytes; at most {MAX_METADATA_BYTES} are allowed",
+                    message.len()
+                ),
+            ));
         }
         let user_meta = match &self.metadata {
             None | Some(serde_json::Value::Null) => None,
@@ -205,24 +252,38 @@ impl PackageRequest {
                 let json = Json::from_serde(self.metadata.as_ref().expect("matched Some"));
                 let size = json.to_manifest_string().len();
                 if size > MAX_METADATA_BYTES {
-                    return Err(invalid("metadata", format!("is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are allowed")));
+                    return Err(invalid(
+                        "metadata",
+                        format!(
+                            "is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are allowed"
+                        ),
+                    ));
                 }
                 json.as_object().cloned()
             }
             Some(other) => {
                 return Err(invalid(
                     "metadata",
-                    format!("must be a JSON object such as {{\"project\": \"x\"}}, not a {}", Json::from_serde(other).type_name()),
+                    format!(
+                        "must be a JSON object such as {{\"project\": \"x\"}}, not a {}",
+                        Json::from_serde(other).type_name()
+                    ),
                 ));
             }
         };
         let selector = Selector::new(&self.include_patterns, &self.exclude_patterns)?;
         let hash_type = self.hash_type.unwrap_or(HashType::Sha2_256Chunked);
         if hash_type == HashType::Sha256Legacy {
-            return Err(invalid("hash_type", "SHA256 is read-only in Quilt; use `sha2-256-chunked` or `CRC64NVME`"));
+            return Err(invalid(
+                "hash_type",
+                "SHA256 is read-only in Quilt; use `sha2-256-chunked` or `CRC64NVME`",
+            ));
         }
         if !self.copy && self.target_bucket.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(invalid("target_bucket", "is only used when copying; with `copy: false` objects stay where they are"));
+            return Err(invalid(
+                "target_bucket",
+                "is only used when copying; with `copy: false` objects stay where they are",
+            ));
         }
         Ok(ValidRequest {
             source_bucket,
@@ -251,23 +312,64 @@ mod tests {
         PackageRequest::new("src-bucket", "data", "team/pkg", "s3://registry")
     }
 
+    type Mutation = Box<dyn Fn(&mut PackageRequest)>;
+
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut PackageRequest)>)> = vec![
-            ("source_bucket", Box::new(|r| r.source_bucket = "Bad_Bucket".into())),
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "source_bucket",
+                Box::new(|r| r.source_bucket = "Bad_Bucket".into()),
+            ),
             ("source_bucket", Box::new(|r| r.source_bucket = "ab".into())),
-            ("source_bucket", Box::new(|r| r.source_bucket = "s3://bucket/with/path".into())),
-            ("source_bucket", Box::new(|r| r.source_bucket = "192.168.1.1".into())),
-            ("package_name", Box::new(|r| r.package_name = "nopkg".into())),
-            ("package_name", Box::new(|r| r.package_name = "team/pkg.v2".into())),
-            ("target_registry", Box::new(|r| r.target_registry = "s3://-bad".into())),
-            ("target_bucket", Box::new(|r| r.target_bucket = Some("x".into()))),
-            ("metadata", Box::new(|r| r.metadata = Some(serde_json::json!([1, 2])))),
-            ("metadata", Box::new(|r| r.metadata = Some(serde_json::json!("text")))),
-            ("include_patterns", Box::new(|r| r.include_patterns = vec!["[unclosed".into()])),
-            ("exclude_patterns", Box::new(|r| r.exclude_patterns = vec!["a/{b".into()])),
-            ("source_prefix", Box::new(|r| r.source_prefix = "a//b".into())),
-            ("hash_type", Box::new(|r| r.hash_type = Some(HashType::Sha256Legacy))),
+            (
+                "source_bucket",
+                Box::new(|r| r.source_bucket = "s3://bucket/with/path".into()),
+            ),
+            (
+                "source_bucket",
+                Box::new(|r| r.source_bucket = "192.168.1.1".into()),
+            ),
+            (
+                "package_name",
+                Box::new(|r| r.package_name = "nopkg".into()),
+            ),
+            (
+                "package_name",
+                Box::new(|r| r.package_name = "team/pkg.v2".into()),
+            ),
+            (
+                "target_registry",
+                Box::new(|r| r.target_registry = "s3://-bad".into()),
+            ),
+            (
+                "target_bucket",
+                Box::new(|r| r.target_bucket = Some("x".into())),
+            ),
+            (
+                "metadata",
+                Box::new(|r| r.metadata = Some(serde_json::json!([1, 2]))),
+            ),
+            (
+                "metadata",
+                Box::new(|r| r.metadata = Some(serde_json::json!("text"))),
+            ),
+            (
+                "include_patterns",
+                Box::new(|r| r.include_patterns = vec!["[unclosed".into()]),
+            ),
+            (
+                "exclude_patterns",
+                Box::new(|r| r.exclude_patterns = vec!["a/{b".into()]),
+            ),
+            (
+                "source_prefix",
+                Box::new(|r| r.source_prefix = "a//b".into()),
+            ),
+            (
+                "hash_type",
+                Box::new(|r| r.hash_type = Some(HashType::Sha256Legacy)),
+            ),
         ];
         for (field, mutate) in cases {
             let mut request = base();

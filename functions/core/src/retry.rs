@@ -21,7 +21,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 6, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(10) }
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+        }
     }
 }
 
@@ -30,7 +34,9 @@ impl RetryPolicy {
     /// a throttle so that S3 gets the pause it asked for.
     pub fn delay(&self, attempt: u32, throttled: bool) -> Duration {
         let factor = if throttled { 4 } else { 1 };
-        let exp = self.base_delay.saturating_mul(factor * 2u32.saturating_pow(attempt.saturating_sub(1)));
+        let exp = self
+            .base_delay
+            .saturating_mul(factor * 2u32.saturating_pow(attempt.saturating_sub(1)));
         let cap = exp.min(self.max_delay);
         let millis = cap.as_millis() as u64;
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
@@ -47,7 +53,8 @@ impl RetryPolicy {
             match op(attempt).await {
                 Ok(value) => return Ok(value),
                 Err(e) if e.kind.is_retryable() && attempt < self.max_attempts => {
-                    let delay = self.delay(attempt, e.kind == crate::storage::StoreErrorKind::Throttled);
+                    let delay =
+                        self.delay(attempt, e.kind == crate::storage::StoreErrorKind::Throttled);
                     tracing::warn!(operation = e.operation, bucket = %e.bucket, key = %e.key, attempt, ?delay, error = %e.message, "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -75,7 +82,11 @@ mod tests {
         let out = policy
             .run(|_| async {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                if n < 3 { Err(err(StoreErrorKind::Throttled)) } else { Ok(n) }
+                if n < 3 {
+                    Err(err(StoreErrorKind::Throttled))
+                } else {
+                    Ok(n)
+                }
             })
             .await;
         assert_eq!(out.unwrap(), 3);

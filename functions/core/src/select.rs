@@ -18,7 +18,9 @@ use crate::quilt::names::{LogicalKey, NameError};
 
 /// A pattern that does not compile.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: pattern {pattern:?} is not a valid glob ({reason}); use `*` within a folder, `**` across folders, `?`, `[abc]`, `{{a,b}}`")]
+#[error(
+    "{field}: pattern {pattern:?} is not a valid glob ({reason}); use `*` within a folder, `**` across folders, `?`, `[abc]`, `{{a,b}}`"
+)]
 pub struct SelectorError {
     field: &'static str,
     /// The pattern.
@@ -45,7 +47,11 @@ struct Pattern {
 
 impl Pattern {
     fn new(field: &'static str, text: &str) -> Result<Self, SelectorError> {
-        let error = |reason: String| SelectorError { field, pattern: text.to_string(), reason };
+        let error = |reason: String| SelectorError {
+            field,
+            pattern: text.to_string(),
+            reason,
+        };
         let folders_only = text.ends_with('/');
         let body = text.trim_end_matches('/');
         let body = body.strip_prefix('/').map_or(body, |b| b);
@@ -60,7 +66,11 @@ impl Pattern {
             .build()
             .map_err(|e| error(e.kind().to_string()))?
             .compile_matcher();
-        Ok(Pattern { matcher, any_depth: !anchored && !body.contains('/'), folders_only })
+        Ok(Pattern {
+            matcher,
+            any_depth: !anchored && !body.contains('/'),
+            folders_only,
+        })
     }
 
     /// Whether the pattern matches `relative` or one of the folders that contain it.
@@ -99,8 +109,14 @@ impl Selector {
     /// Compiles the patterns; an error names the field and the pattern.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, SelectorError> {
         Ok(Selector {
-            include: include.iter().map(|p| Pattern::new("include_patterns", p)).collect::<Result<_, _>>()?,
-            exclude: exclude.iter().map(|p| Pattern::new("exclude_patterns", p)).collect::<Result<_, _>>()?,
+            include: include
+                .iter()
+                .map(|p| Pattern::new("include_patterns", p))
+                .collect::<Result<_, _>>()?,
+            exclude: exclude
+                .iter()
+                .map(|p| Pattern::new("exclude_patterns", p))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -142,15 +158,23 @@ mod tests {
         assert!(!csv.is_selected("a.csv.gz"));
         let anchored = sel(&["raw/*.csv"], &[]);
         assert!(anchored.is_selected("raw/a.csv"));
-        assert!(!anchored.is_selected("raw/2024/a.csv"), "`*` never crosses `/`");
-        assert!(!anchored.is_selected("x/raw/a.csv"), "a pattern with `/` is anchored");
+        assert!(
+            !anchored.is_selected("raw/2024/a.csv"),
+            "`*` never crosses `/`"
+        );
+        assert!(
+            !anchored.is_selected("x/raw/a.csv"),
+            "a pattern with `/` is anchored"
+        );
         assert!(sel(&["raw/**/*.csv"], &[]).is_selected("raw/2024/01/a.csv"));
         assert!(sel(&["raw/**"], &[]).is_selected("raw/a/b"));
         let folder = sel(&[], &["tmp"]);
         assert!(!folder.is_selected("tmp/x.bin") && !folder.is_selected("a/tmp/b/x.bin"));
         assert!(folder.is_selected("tmpx/y"));
         let prefix_folder = sel(&["raw/2024"], &[]);
-        assert!(prefix_folder.is_selected("raw/2024/x") && !prefix_folder.is_selected("raw/2025/x"));
+        assert!(
+            prefix_folder.is_selected("raw/2024/x") && !prefix_folder.is_selected("raw/2025/x")
+        );
         let folders_only = sel(&[], &["logs/"]);
         assert!(!folders_only.is_selected("logs/a") && folders_only.is_selected("x/logs"));
         let exclude_wins = sel(&["*.csv"], &["secret*"]);

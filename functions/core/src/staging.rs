@@ -49,7 +49,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Checks that a run id has the shape [`new_run_id`] gives (so it can be used in keys safely).
 pub fn is_valid_run_id(run_id: &str) -> bool {
-    run_id.len() <= 64 && !run_id.is_empty() && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    run_id.len() <= 64
+        && !run_id.is_empty()
+        && run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// An object chosen by the planner.
@@ -136,7 +140,12 @@ pub struct RunPlan {
 impl RunPlan {
     /// Where a copy of `logical_key` goes: `namespace/name/logical_key`.
     pub fn destination_key(&self, logical_key: &LogicalKey) -> String {
-        format!("{}/{}/{}", self.package_name.namespace(), self.package_name.name(), logical_key)
+        format!(
+            "{}/{}/{}",
+            self.package_name.namespace(),
+            self.package_name.name(),
+            logical_key
+        )
     }
 }
 
@@ -181,7 +190,10 @@ pub struct FailureRecord {
 
 /// Parses a fragment entry's `meta` text.
 pub fn parse_meta(text: &str) -> Option<JsonObject> {
-    crate::quilt::json::Json::parse(text).ok()?.as_object().cloned()
+    crate::quilt::json::Json::parse(text)
+        .ok()?
+        .as_object()
+        .cloned()
 }
 
 /// Why a staging document could not be read or written.
@@ -222,7 +234,12 @@ pub struct Staging {
 impl Staging {
     /// The staging area of `run_id` in `registry_bucket`.
     pub fn new(store: Arc<dyn ObjectStore>, registry_bucket: &str, run_id: &str) -> Self {
-        Staging { store, bucket: registry_bucket.to_string(), run_id: run_id.to_string(), retry: RetryPolicy::default() }
+        Staging {
+            store,
+            bucket: registry_bucket.to_string(),
+            run_id: run_id.to_string(),
+            retry: RetryPolicy::default(),
+        }
     }
 
     /// `.s3quilt/runs/<run_id>/`.
@@ -270,32 +287,45 @@ impl Staging {
                     &self.bucket,
                     key,
                     body.clone(),
-                    PutOptions { content_type: Some("application/json".into()), if_none_match: false },
+                    PutOptions {
+                        content_type: Some("application/json".into()),
+                        if_none_match: false,
+                    },
                 )
             })
             .await?;
-        Ok(WrittenObject { key: key.to_string(), version_id: result.version_id })
+        Ok(WrittenObject {
+            key: key.to_string(),
+            version_id: result.version_id,
+        })
     }
 
     /// Reads a document; `Ok(None)` when it does not exist.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StagingError> {
-        let bytes = match self.retry.run(|_| get_bytes(self.store.as_ref(), &self.bucket, key, None)).await {
+        let bytes = match self
+            .retry
+            .run(|_| get_bytes(self.store.as_ref(), &self.bucket, key, None))
+            .await
+        {
             Ok(bytes) => bytes,
             Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StagingError::Corrupt {
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StagingError::Corrupt {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// Reads a document that must exist.
     pub async fn require<T: DeserializeOwned>(&self, key: &str) -> Result<T, StagingError> {
-        self.get(key)
-            .await?
-            .ok_or_else(|| StagingError::Missing { bucket: self.bucket.clone(), key: key.to_string() })
+        self.get(key).await?.ok_or_else(|| StagingError::Missing {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+        })
     }
 
     /// The plan document.
@@ -306,10 +336,19 @@ impl Staging {
     /// Shard numbers that have a fragment.
     pub async fn fragments_present(&self) -> Result<Vec<u32>, StoreError> {
         let prefix = format!("{}fragments/", self.prefix());
-        let listed = self.retry.run(|_| list_all(self.store.as_ref(), &self.bucket, &prefix)).await?;
+        let listed = self
+            .retry
+            .run(|_| list_all(self.store.as_ref(), &self.bucket, &prefix))
+            .await?;
         Ok(listed
             .iter()
-            .filter_map(|o| o.key.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
             .collect())
     }
 
@@ -318,13 +357,21 @@ impl Staging {
     pub async fn remove_all(&self) -> Vec<String> {
         let mut failed = Vec::new();
         let prefix = self.prefix();
-        let listed = match self.retry.run(|_| self.store.list_versions(&self.bucket, &prefix)).await {
+        let listed = match self
+            .retry
+            .run(|_| self.store.list_versions(&self.bucket, &prefix))
+            .await
+        {
             Ok(listed) => listed,
             Err(e) => return vec![format!("{prefix} ({e})")],
         };
         for object in listed {
             let version = object.version_id.as_deref();
-            if let Err(e) = self.retry.run(|_| self.store.delete(&self.bucket, &object.key, version)).await {
+            if let Err(e) = self
+                .retry
+                .run(|_| self.store.delete(&self.bucket, &object.key, version))
+                .await
+            {
                 failed.push(format!("{} ({e})", object.key));
             }
         }

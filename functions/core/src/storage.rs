@@ -63,8 +63,20 @@ pub struct StoreError {
 
 impl StoreError {
     /// A new error.
-    pub fn new(kind: StoreErrorKind, operation: &'static str, bucket: &str, key: &str, message: impl Into<String>) -> Self {
-        StoreError { kind, operation, bucket: bucket.to_string(), key: key.to_string(), message: message.into() }
+    pub fn new(
+        kind: StoreErrorKind,
+        operation: &'static str,
+        bucket: &str,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        StoreError {
+            kind,
+            operation,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -227,7 +239,12 @@ pub trait ObjectStore: Send + Sync {
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError>;
     /// HeadObject with checksum mode enabled.
-    async fn head(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError>;
+    async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<ObjectInfo, StoreError>;
     /// GetObject, streamed (optionally a byte range, inclusive).
     async fn get(
         &self,
@@ -237,7 +254,13 @@ pub trait ObjectStore: Send + Sync {
         range: Option<(u64, u64)>,
     ) -> Result<ByteChunks, StoreError>;
     /// PutObject of a small body (manifests, pointers, staging documents) with a SHA-256 checksum.
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<WriteResult, StoreError>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        options: PutOptions,
+    ) -> Result<WriteResult, StoreError>;
     /// CopyObject with the source's metadata and a requested checksum.
     async fn copy(&self, request: CopyRequest<'_>) -> Result<WriteResult, StoreError>;
     /// CreateMultipartUpload with a requested checksum algorithm, copying content type and metadata.
@@ -250,7 +273,10 @@ pub trait ObjectStore: Send + Sync {
         metadata: &BTreeMap<String, String>,
     ) -> Result<String, StoreError>;
     /// UploadPartCopy of one range.
-    async fn upload_part_copy(&self, request: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError>;
+    async fn upload_part_copy(
+        &self,
+        request: PartCopyRequest<'_>,
+    ) -> Result<CopiedPart, StoreError>;
     /// CompleteMultipartUpload.
     async fn complete_multipart(
         &self,
@@ -261,13 +287,28 @@ pub trait ObjectStore: Send + Sync {
         if_none_match: bool,
     ) -> Result<WriteResult, StoreError>;
     /// AbortMultipartUpload.
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError>;
     /// DeleteObject (a specific version when given).
-    async fn delete(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<(), StoreError>;
+    async fn delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// Every version and delete marker under `prefix` (all pages).
-    async fn list_versions(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError>;
-    /// Whether the bucket has versioning enabled (or suspended with versions kept).
-    async fn is_versioned(&self, bucket: &str) -> Result<bool, StoreError>;
+    async fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ObjectVersion>, StoreError>;
+    /// Whether the bucket has versioning enabled (or suspended); `None` when the server's
+    /// answer cannot be read (moto 5.2.5 answers with a root element the SDK refuses).
+    async fn is_versioned(&self, bucket: &str) -> Result<Option<bool>, StoreError>;
 }
 
 /// One entry of ListObjectVersions.
@@ -282,13 +323,26 @@ pub struct ObjectVersion {
 }
 
 /// Reads a whole (small) object into memory.
-pub async fn get_bytes(store: &dyn ObjectStore, bucket: &str, key: &str, version_id: Option<&str>) -> Result<Bytes, StoreError> {
-    let chunks: Vec<Bytes> = store.get(bucket, key, version_id, None).await?.try_collect().await?;
+pub async fn get_bytes(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<Bytes, StoreError> {
+    let chunks: Vec<Bytes> = store
+        .get(bucket, key, version_id, None)
+        .await?
+        .try_collect()
+        .await?;
     Ok(chunks.concat().into())
 }
 
 /// Lists every object under `prefix` (all pages, no delimiter).
-pub async fn list_all(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+pub async fn list_all(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<ListedObject>, StoreError> {
     let mut out = Vec::new();
     let mut token = None;
     loop {
@@ -309,7 +363,11 @@ pub fn copy_source(bucket: &str, key: &str, version_id: Option<&str>) -> String 
         .remove(b'_')
         .remove(b'.')
         .remove(b'~');
-    let mut source = format!("{}/{}", bucket, percent_encoding::utf8_percent_encode(key, SET));
+    let mut source = format!(
+        "{}/{}",
+        bucket,
+        percent_encoding::utf8_percent_encode(key, SET)
+    );
     if let Some(v) = version_id {
         source.push_str("?versionId=");
         source.push_str(&percent_encoding::utf8_percent_encode(v, SET).to_string());
@@ -339,7 +397,8 @@ impl S3Settings {
             endpoint_url: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
             profile: var("AWS_PROFILE"),
-            force_path_style: var("S3QUILT_FORCE_PATH_STYLE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            force_path_style: var("S3QUILT_FORCE_PATH_STYLE")
+                .map(|v| v == "1" || v.eq_ignore_ascii_case("true")),
         }
     }
 
@@ -353,7 +412,10 @@ impl S3Settings {
             loader = loader.region(aws_config::Region::new(region.clone()));
         } else if self.endpoint_url.is_some() {
             // Local servers do not care, but the SDK needs some region to sign with.
-            loader = loader.region(aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1"));
+            loader = loader.region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else("us-east-1"),
+            );
         }
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);
@@ -364,8 +426,12 @@ impl S3Settings {
     /// An S3 client from these settings.
     pub async fn client(&self) -> aws_sdk_s3::Client {
         let config = self.sdk_config().await;
-        let path_style = self.force_path_style.unwrap_or(self.endpoint_url.is_some() || config.endpoint_url().is_some());
-        let s3_config = aws_sdk_s3::config::Builder::from(&config).force_path_style(path_style).build();
+        let path_style = self
+            .force_path_style
+            .unwrap_or(self.endpoint_url.is_some() || config.endpoint_url().is_some());
+        let s3_config = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(path_style)
+            .build();
         aws_sdk_s3::Client::from_conf(s3_config)
     }
 }
@@ -388,7 +454,12 @@ impl S3Store {
     }
 }
 
-fn classify<E>(operation: &'static str, bucket: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+fn classify<E>(
+    operation: &'static str,
+    bucket: &str,
+    key: &str,
+    err: SdkError<E, HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -398,16 +469,24 @@ where
             let code = service.err().code().unwrap_or("").to_string();
             let text = service.err().message().unwrap_or("").to_string();
             let kind = match (status, code.as_str()) {
-                (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") | (429, _) => {
-                    StoreErrorKind::Throttled
+                (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded")
+                | (429, _) => StoreErrorKind::Throttled,
+                (
+                    _,
+                    "NoSuchKey" | "NoSuchBucket" | "NoSuchVersion" | "NotFound" | "NoSuchUpload",
+                )
+                | (404, _) => StoreErrorKind::NotFound,
+                (
+                    _,
+                    "AccessDenied"
+                    | "AllAccessDisabled"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch",
+                )
+                | (403, _) => StoreErrorKind::AccessDenied,
+                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => {
+                    StoreErrorKind::PreconditionFailed
                 }
-                (_, "NoSuchKey" | "NoSuchBucket" | "NoSuchVersion" | "NotFound" | "NoSuchUpload") | (404, _) => {
-                    StoreErrorKind::NotFound
-                }
-                (_, "AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") | (403, _) => {
-                    StoreErrorKind::AccessDenied
-                }
-                (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => StoreErrorKind::PreconditionFailed,
                 (_, "InvalidObjectState") => StoreErrorKind::InvalidObjectState,
                 (s, _) if s >= 500 => StoreErrorKind::Transient,
                 _ => StoreErrorKind::Permanent,
@@ -420,8 +499,14 @@ where
             (kind, detail)
         }
         SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "request timed out".to_string()),
-        SdkError::DispatchFailure(failure) => (StoreErrorKind::Transient, format!("could not reach S3: {failure:?}")),
-        SdkError::ResponseError(_) => (StoreErrorKind::Transient, "malformed or truncated response".to_string()),
+        SdkError::DispatchFailure(failure) => (
+            StoreErrorKind::Transient,
+            format!("could not reach S3: {failure:?}"),
+        ),
+        SdkError::ResponseError(_) => (
+            StoreErrorKind::Transient,
+            "malformed or truncated response".to_string(),
+        ),
         other => (StoreErrorKind::Permanent, other.to_string()),
     };
     StoreError::new(kind, operation, bucket, key, message)
@@ -467,16 +552,31 @@ impl ObjectStore for S3Store {
                     key: o.key().unwrap_or_default().to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
-                    storage_class: o.storage_class().map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
+                    storage_class: o
+                        .storage_class()
+                        .map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
                     last_modified: timestamp(o.last_modified()),
                 })
                 .collect(),
-            common_prefixes: out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect(),
-            next_token: if out.is_truncated() == Some(true) { out.next_continuation_token().map(str::to_string) } else { None },
+            common_prefixes: out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string))
+                .collect(),
+            next_token: if out.is_truncated() == Some(true) {
+                out.next_continuation_token().map(str::to_string)
+            } else {
+                None
+            },
         })
     }
 
-    async fn head(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError> {
+    async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<ObjectInfo, StoreError> {
         let out = self
             .client
             .head_object()
@@ -492,8 +592,15 @@ impl ObjectStore for S3Store {
             version_id: out.version_id().map(str::to_string),
             etag: out.e_tag().map(str::to_string),
             content_type: out.content_type().map(str::to_string),
-            metadata: out.metadata().cloned().unwrap_or_default().into_iter().collect(),
-            storage_class: out.storage_class().map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
+            metadata: out
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            storage_class: out
+                .storage_class()
+                .map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
             last_modified: timestamp(out.last_modified()),
             checksum_sha256: out.checksum_sha256().map(str::to_string),
             checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
@@ -529,11 +636,25 @@ impl ObjectStore for S3Store {
                 Err(e) => Err(e),
             }
         })
-        .map_err(move |e| StoreError::new(StoreErrorKind::Transient, "GetObject", &bucket, &key, e.to_string()));
+        .map_err(move |e| {
+            StoreError::new(
+                StoreErrorKind::Transient,
+                "GetObject",
+                &bucket,
+                &key,
+                e.to_string(),
+            )
+        });
         Ok(stream.boxed())
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, options: PutOptions) -> Result<WriteResult, StoreError> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        options: PutOptions,
+    ) -> Result<WriteResult, StoreError> {
         let out = self
             .client
             .put_object()
@@ -573,7 +694,9 @@ impl ObjectStore for S3Store {
             version_id: out.version_id().map(str::to_string),
             etag: result.and_then(|r| r.e_tag()).map(str::to_string),
             checksum_sha256: result.and_then(|r| r.checksum_sha256()).map(str::to_string),
-            checksum_crc64nvme: result.and_then(|r| r.checksum_crc64_nvme()).map(str::to_string),
+            checksum_crc64nvme: result
+                .and_then(|r| r.checksum_crc64_nvme())
+                .map(str::to_string),
         })
     }
 
@@ -596,9 +719,15 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("CreateMultipartUpload", bucket, key, e))?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Transient, "CreateMultipartUpload", bucket, key, "no upload id"))
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Transient,
+                "CreateMultipartUpload",
+                bucket,
+                key,
+                "no upload id",
+            )
+        })
     }
 
     async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
@@ -618,7 +747,10 @@ impl ObjectStore for S3Store {
         let result = out.copy_part_result();
         Ok(CopiedPart {
             part_number: r.part_number,
-            etag: result.and_then(|p| p.e_tag()).unwrap_or_default().to_string(),
+            etag: result
+                .and_then(|p| p.e_tag())
+                .unwrap_or_default()
+                .to_string(),
             checksum_sha256: result.and_then(|p| p.checksum_sha256()).map(str::to_string),
         })
     }
@@ -664,7 +796,12 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
         self.client
             .abort_multipart_upload()
             .bucket(bucket)
@@ -676,7 +813,12 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn delete(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<(), StoreError> {
+    async fn delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.client
             .delete_object()
             .bucket(bucket)
@@ -688,7 +830,11 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn list_versions(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+    async fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ObjectVersion>, StoreError> {
         let mut out = Vec::new();
         let (mut key_marker, mut version_marker) = (None, None);
         loop {
@@ -728,19 +874,26 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn is_versioned(&self, bucket: &str) -> Result<bool, StoreError> {
-        let out = self
+    async fn is_versioned(&self, bucket: &str) -> Result<Option<bool>, StoreError> {
+        match self
             .client
             .get_bucket_versioning()
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| classify("GetBucketVersioning", bucket, "", e))?;
-        Ok(out.status().is_some())
+        {
+            Ok(out) => Ok(Some(out.status().is_some())),
+            Err(SdkError::ResponseError(_)) => Ok(None),
+            Err(SdkError::ServiceError(e)) if e.raw().status().is_success() => Ok(None),
+            Err(e) => Err(classify("GetBucketVersioning", bucket, "", e)),
+        }
     }
 }
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use s3quilt_core::quilt::checksum::{
-    ChecksumError, ChunkedSha256, HashType, ObjectHasher, chunk_count, chunk_size, hash_from_s3_full_object_sha256,
-    hash_from_s3_parts, is_multipart,
+    ChecksumError, ChunkedSha256, HashType, ObjectHasher, chunk_count, chunk_size,
+    hash_from_s3_full_object_sha256, hash_from_s3_parts, is_multipart,
 };
 use s3quilt_core::quilt::json::{Json, JsonError};
 use s3quilt_core::quilt::manifest::{Manifest, ManifestEntry, PackageHeader, walk_order};
@@ -15,8 +15,11 @@ use s3quilt_core::quilt::{LogicalKey, PackageName, PhysicalKey};
 use serde_json::Value;
 
 fn vector(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/vectors")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -40,9 +43,21 @@ fn chunk_sizes() {
     assert!(cases.len() >= 10);
     for case in cases {
         let size = case["size"].as_u64().unwrap();
-        assert_eq!(chunk_size(size), case["chunk_size"].as_u64().unwrap(), "chunk size of {size}");
-        assert_eq!(chunk_count(size), case["num_chunks"].as_u64().unwrap(), "chunks of {size}");
-        assert_eq!(is_multipart(size), case["is_mpu"].as_bool().unwrap(), "is_mpu of {size}");
+        assert_eq!(
+            chunk_size(size),
+            case["chunk_size"].as_u64().unwrap(),
+            "chunk size of {size}"
+        );
+        assert_eq!(
+            chunk_count(size),
+            case["num_chunks"].as_u64().unwrap(),
+            "chunks of {size}"
+        );
+        assert_eq!(
+            is_multipart(size),
+            case["is_mpu"].as_bool().unwrap(),
+            "is_mpu of {size}"
+        );
     }
 }
 
@@ -54,17 +69,33 @@ fn object_hashes() {
             let name = case["name"].as_str().unwrap();
             let size = case["size"].as_u64().unwrap();
             let bytes = vector_bytes(name, size as usize);
-            let expect = |k: &str| case[k].as_str().unwrap_or_else(|| panic!("{file} {name}: no {k}")).to_string();
+            let expect = |k: &str| {
+                case[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{file} {name}: no {k}"))
+                    .to_string()
+            };
 
             // Streaming, in uneven slices.
             let mut chunked = ChunkedSha256::new(size);
             for piece in bytes.chunks(1_000_003) {
                 chunked.update(piece);
             }
-            assert_eq!(chunked.finish(), expect("sha2-256-chunked"), "{file} {name} sha2-256-chunked");
+            assert_eq!(
+                chunked.finish(),
+                expect("sha2-256-chunked"),
+                "{file} {name} sha2-256-chunked"
+            );
             for (kind, key) in [
                 (HashType::Crc64Nvme, "CRC64NVME"),
-                (HashType::Sha256Legacy, if file == "hashes.json" { "SHA256_legacy_hex" } else { "legacy_SHA256_hex" }),
+                (
+                    HashType::Sha256Legacy,
+                    if file == "hashes.json" {
+                        "SHA256_legacy_hex"
+                    } else {
+                        "legacy_SHA256_hex"
+                    },
+                ),
             ] {
                 let mut hasher = ObjectHasher::new(kind, size);
                 hasher.update(&bytes);
@@ -73,19 +104,32 @@ fn object_hashes() {
 
             // From S3's full-object SHA-256: meaningful for objects of at most one chunk only.
             let (full_key, from_full_key) = if file == "hashes.json" {
-                ("s3_full_object_sha256_b64", "quilt_from_s3_full_object_sha256")
+                (
+                    "s3_full_object_sha256_b64",
+                    "quilt_from_s3_full_object_sha256",
+                )
             } else {
-                ("s3_full_object_ChecksumSHA256", "quilt_from_s3_full_object_checksum")
+                (
+                    "s3_full_object_ChecksumSHA256",
+                    "quilt_from_s3_full_object_checksum",
+                )
             };
             let derived = hash_from_s3_full_object_sha256(size, &expect(full_key));
             if chunk_count(size) <= 1 {
                 let derived = derived.unwrap();
-                assert_eq!(derived, expect("sha2-256-chunked"), "{file} {name} from full-object SHA-256");
+                assert_eq!(
+                    derived,
+                    expect("sha2-256-chunked"),
+                    "{file} {name} from full-object SHA-256"
+                );
                 if let Some(quilt3_derived) = case[from_full_key].as_str() {
                     assert_eq!(derived, quilt3_derived);
                 }
             } else {
-                assert!(matches!(derived, Err(ChecksumError::NotSingleChunk { .. })), "{file} {name}");
+                assert!(
+                    matches!(derived, Err(ChecksumError::NotSingleChunk { .. })),
+                    "{file} {name}"
+                );
             }
 
             // From S3 part checksums laid out as Quilt's chunks.
@@ -97,12 +141,23 @@ fn object_hashes() {
                     .map(|(i, h)| {
                         let digest = hex::decode(h.as_str().unwrap()).unwrap();
                         let part_size = chunk.min(size - i as u64 * chunk);
-                        (part_size, base64::engine::general_purpose::STANDARD.encode(digest))
+                        (
+                            part_size,
+                            base64::engine::general_purpose::STANDARD.encode(digest),
+                        )
                     })
                     .collect();
-                assert_eq!(hash_from_s3_parts(size, &parts).unwrap(), expect("sha2-256-chunked"), "{file} {name} from parts");
                 assert_eq!(
-                    hex::encode(base64::engine::general_purpose::STANDARD.decode(expect("sha2-256-chunked")).unwrap()),
+                    hash_from_s3_parts(size, &parts).unwrap(),
+                    expect("sha2-256-chunked"),
+                    "{file} {name} from parts"
+                );
+                assert_eq!(
+                    hex::encode(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(expect("sha2-256-chunked"))
+                            .unwrap()
+                    ),
                     expect("sha2-256-chunked_hex")
                 );
             }
@@ -121,7 +176,12 @@ fn package_names() {
             // Python's `$` admits one trailing newline; s3quilt is stricter on purpose.
             assert!(ours.is_err(), "{name:?} must be refused");
         } else {
-            assert_eq!(ours.is_ok(), quilt3_valid, "{name:?} ({:?}): {ours:?}", case["codepoints"]);
+            assert_eq!(
+                ours.is_ok(),
+                quilt3_valid,
+                "{name:?} ({:?}): {ours:?}",
+                case["codepoints"]
+            );
         }
     }
 }
@@ -159,7 +219,11 @@ fn physical_keys() {
             let parsed = parsed.unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(parsed.bucket, case["bucket"].as_str().unwrap(), "{url}");
             assert_eq!(parsed.key, case["key"].as_str().unwrap(), "{url}");
-            assert_eq!(parsed.version_id.as_deref(), case["version_id"].as_str(), "{url}");
+            assert_eq!(
+                parsed.version_id.as_deref(),
+                case["version_id"].as_str(),
+                "{url}"
+            );
         }
     }
 }
@@ -167,25 +231,44 @@ fn physical_keys() {
 #[test]
 fn walk_order_is_a_tree_walk() {
     let v = vector("walk_order.json");
-    let mut keys: Vec<LogicalKey> =
-        v["inserted"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().parse().unwrap()).collect();
+    let mut keys: Vec<LogicalKey> = v["inserted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().parse().unwrap())
+        .collect();
     keys.sort_by(walk_order);
     let ours: Vec<&str> = keys.iter().map(LogicalKey::as_str).collect();
-    let want: Vec<&str> = v["walk_order"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    let want: Vec<&str> = v["walk_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
     assert_eq!(ours, want);
     let mut plain = want.clone();
     plain.sort();
-    assert_ne!(plain, want, "the vector must show walk order differing from plain sorting");
+    assert_ne!(
+        plain, want,
+        "the vector must show walk order differing from plain sorting"
+    );
 }
 
 /// Finds every object in a vector file that holds a whole manifest and its top hash.
-fn manifests_in(value: &Value, path: String, out: &mut Vec<(String, String, String, Option<Vec<String>>)>) {
+fn manifests_in(
+    value: &Value,
+    path: String,
+    out: &mut Vec<(String, String, String, Option<Vec<String>>)>,
+) {
     match value {
         Value::Object(map) => {
-            if let (Some(Value::String(jsonl)), Some(Value::String(top))) = (map.get("manifest_jsonl"), map.get("top_hash")) {
-                let parts = map.get("top_hash_parts").and_then(Value::as_array).map(|a| {
-                    a.iter().map(|p| p.as_str().unwrap().to_string()).collect()
-                });
+            if let (Some(Value::String(jsonl)), Some(Value::String(top))) =
+                (map.get("manifest_jsonl"), map.get("top_hash"))
+            {
+                let parts = map
+                    .get("top_hash_parts")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect());
                 out.push((path.clone(), jsonl.clone(), top.clone(), parts));
             }
             for (k, v) in map {
@@ -224,7 +307,11 @@ fn every_manifest_round_trips_with_its_top_hash() {
         assert!(!found.is_empty(), "{file} has no manifest vectors");
         for (path, jsonl, top_hash, parts) in found {
             let manifest = Manifest::parse(&jsonl).unwrap_or_else(|e| panic!("{path}: {e}"));
-            assert_eq!(manifest.to_jsonl().unwrap(), jsonl, "{path}: bytes differ after a round trip");
+            assert_eq!(
+                manifest.to_jsonl().unwrap(),
+                jsonl,
+                "{path}: bytes differ after a round trip"
+            );
             assert_eq!(manifest.top_hash(), top_hash, "{path}: top hash");
             if let Some(parts) = parts {
                 assert_eq!(parts_of(&manifest), parts, "{path}: top-hash parts");
@@ -239,8 +326,16 @@ fn every_manifest_round_trips_with_its_top_hash() {
 fn load_roundtrip_normalises_like_quilt3() {
     let v = vector("load_roundtrip.json");
     let manifest = Manifest::parse(v["input_jsonl"].as_str().unwrap()).unwrap();
-    assert_eq!(manifest.to_jsonl().unwrap(), v["redumped_jsonl"].as_str().unwrap());
-    let parts: Vec<String> = v["top_hash_parts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
+    assert_eq!(
+        manifest.to_jsonl().unwrap(),
+        v["redumped_jsonl"].as_str().unwrap()
+    );
+    let parts: Vec<String> = v["top_hash_parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().into())
+        .collect();
     assert_eq!(parts_of(&manifest), parts);
     assert_eq!(manifest.top_hash(), v["top_hash"].as_str().unwrap());
 }
@@ -251,8 +346,16 @@ fn registry_push_manifest_hashes_to_its_pointer() {
     let manifest = Manifest::parse(v["manifest_jsonl"].as_str().unwrap()).unwrap();
     let latest = v["latest"].as_str().unwrap();
     assert_eq!(manifest.top_hash(), latest);
-    assert_eq!(manifest.to_jsonl().unwrap(), v["manifest_jsonl"].as_str().unwrap());
-    let keys: Vec<&str> = v["registry_keys_after_push"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(
+        manifest.to_jsonl().unwrap(),
+        v["manifest_jsonl"].as_str().unwrap()
+    );
+    let keys: Vec<&str> = v["registry_keys_after_push"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
     assert!(keys.contains(&format!(".quilt/packages/{latest}").as_str()));
     assert!(keys.contains(&".quilt/named_packages/team/vec/latest"));
 }
@@ -268,10 +371,18 @@ fn workflow_headers_hash_like_quilt3() {
         // the vector does not list, so they cannot be recomputed from it; quilt3's own
         // `Package.load` of the bare header gives the value asserted here (checked 2026-11-24).
         assert_eq!(manifest.to_jsonl().unwrap(), format!("{header}\n"));
-        let keys: Vec<&str> = manifest.header.as_object().iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = manifest
+            .header
+            .as_object()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
         assert_eq!(keys, ["version", "user_meta", "workflow", "message"]);
         if case["case"] == "default_workflow" {
-            assert_eq!(manifest.top_hash(), "0c45b5cbd82fb4374352df3a18549e9d7dc295e8b9ac6add27f19cc856f651c8");
+            assert_eq!(
+                manifest.top_hash(),
+                "0c45b5cbd82fb4374352df3a18549e9d7dc295e8b9ac6add27f19cc856f651c8"
+            );
         }
     }
     let [a, b, c] = [0, 1, 2].map(|i| v["cases"][i]["top_hash"].as_str().unwrap());
@@ -291,14 +402,31 @@ fn manifests_built_from_parts_match_quilt3_bytes() {
     let mut entries: Vec<ManifestEntry> = read
         .entries
         .iter()
-        .map(|e| ManifestEntry::new(e.logical_key.clone(), e.physical_keys[0].clone(), e.size, &e.hash(), e.meta.clone()))
+        .map(|e| {
+            ManifestEntry::new(
+                e.logical_key.clone(),
+                e.physical_keys[0].clone(),
+                e.size,
+                &e.hash(),
+                e.meta.clone(),
+            )
+        })
         .collect();
     entries.reverse();
     let built = Manifest::new(header, entries).unwrap();
     assert_eq!(built.to_jsonl().unwrap(), jsonl);
     assert_eq!(built.top_hash(), v["top_hash"].as_str().unwrap());
-    let order: Vec<&str> = built.entries.iter().map(|e| e.logical_key.as_str()).collect();
-    let want: Vec<&str> = v["walk_order"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    let order: Vec<&str> = built
+        .entries
+        .iter()
+        .map(|e| e.logical_key.as_str())
+        .collect();
+    let want: Vec<&str> = v["walk_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
     assert_eq!(order, want);
 }
 
@@ -306,9 +434,16 @@ fn manifests_built_from_parts_match_quilt3_bytes() {
 fn json_edge_cases_and_non_finite_numbers() {
     let v = vector("json_edge_cases.json");
     let non_finite = v["non_finite_floats"].as_object().unwrap();
-    assert!(non_finite.values().all(|c| c["dump_error"].as_str().unwrap().contains("Out of range")));
+    assert!(
+        non_finite
+            .values()
+            .all(|c| c["dump_error"].as_str().unwrap().contains("Out of range"))
+    );
     for text in ["NaN", "Infinity", "-Infinity", "[1e999]"] {
-        assert!(matches!(Json::parse(text), Err(JsonError::NonFinite(_))), "{text}");
+        assert!(
+            matches!(Json::parse(text), Err(JsonError::NonFinite(_))),
+            "{text}"
+        );
     }
     assert!(Json::float(f64::NAN).is_none());
 }

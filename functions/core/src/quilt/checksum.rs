@@ -88,7 +88,10 @@ pub struct QuiltHash {
 impl QuiltHash {
     /// A `sha2-256-chunked` hash from its base64 value.
     pub fn chunked(value: impl Into<String>) -> Self {
-        QuiltHash { kind: HashType::Sha2_256Chunked, value: value.into() }
+        QuiltHash {
+            kind: HashType::Sha2_256Chunked,
+            value: value.into(),
+        }
     }
 
     /// Checks `bytes` against this hash.
@@ -212,7 +215,9 @@ pub enum ChecksumError {
         expected_len: usize,
     },
     /// The parts do not follow Quilt's chunk layout for this size.
-    #[error("part layout {parts:?} of a {size}-byte object is not Quilt's chunk layout (chunk size {chunk_size})")]
+    #[error(
+        "part layout {parts:?} of a {size}-byte object is not Quilt's chunk layout (chunk size {chunk_size})"
+    )]
     LayoutMismatch {
         /// Object size.
         size: u64,
@@ -222,7 +227,9 @@ pub enum ChecksumError {
         chunk_size: u64,
     },
     /// A full-object checksum describes a multi-chunk object, whose Quilt hash needs part digests.
-    #[error("a full-object SHA-256 gives the Quilt hash only for objects of one chunk; this one has {chunks} chunks")]
+    #[error(
+        "a full-object SHA-256 gives the Quilt hash only for objects of one chunk; this one has {chunks} chunks"
+    )]
     NotSingleChunk {
         /// Number of chunks.
         chunks: u64,
@@ -234,7 +241,10 @@ fn decode_digest(value: &str, expected_len: usize) -> Result<Vec<u8>, ChecksumEr
     // is refused rather than stripped (a composite is a different number).
     match B64.decode(value) {
         Ok(bytes) if bytes.len() == expected_len => Ok(bytes),
-        _ => Err(ChecksumError::Malformed { value: value.to_string(), expected_len }),
+        _ => Err(ChecksumError::Malformed {
+            value: value.to_string(),
+            expected_len,
+        }),
     }
 }
 
@@ -248,12 +258,19 @@ pub fn hash_from_s3_parts(size: u64, parts: &[(u64, String)]) -> Result<String, 
     let sizes: Vec<u64> = parts.iter().map(|(s, _)| *s).collect();
     let layout_ok = parts.len() as u64 == expected
         && sizes.iter().sum::<u64>() == size
-        && sizes
-            .iter()
-            .enumerate()
-            .all(|(i, s)| if (i as u64) + 1 < expected { *s == chunk } else { *s > 0 && *s <= chunk });
+        && sizes.iter().enumerate().all(|(i, s)| {
+            if (i as u64) + 1 < expected {
+                *s == chunk
+            } else {
+                *s > 0 && *s <= chunk
+            }
+        });
     if !layout_ok {
-        return Err(ChecksumError::LayoutMismatch { size, parts: sizes, chunk_size: chunk });
+        return Err(ChecksumError::LayoutMismatch {
+            size,
+            parts: sizes,
+            chunk_size: chunk,
+        });
     }
     let mut outer = Sha256::new();
     for (_, digest) in parts {
@@ -265,7 +282,10 @@ pub fn hash_from_s3_parts(size: u64, parts: &[(u64, String)]) -> Result<String, 
 /// The Quilt `sha2-256-chunked` value from S3's full-object SHA-256 (base64) of an object of at
 /// most one chunk: the Quilt value is then SHA-256 of that digest (an empty object's is the
 /// digest itself, because it has no chunks).
-pub fn hash_from_s3_full_object_sha256(size: u64, sha256_b64: &str) -> Result<String, ChecksumError> {
+pub fn hash_from_s3_full_object_sha256(
+    size: u64,
+    sha256_b64: &str,
+) -> Result<String, ChecksumError> {
     let digest = decode_digest(sha256_b64, 32)?;
     match chunk_count(size) {
         0 => Ok(B64.encode(Sha256::digest(b""))),
@@ -287,7 +307,9 @@ mod tests {
 
     #[test]
     fn hasher_is_independent_of_slicing() {
-        let data: Vec<u8> = (0..(MIN_CHUNK_SIZE as usize + 1000)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(MIN_CHUNK_SIZE as usize + 1000))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let mut whole = ChunkedSha256::new(data.len() as u64);
         whole.update(&data);
         let whole = whole.finish();

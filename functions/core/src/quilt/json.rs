@@ -122,7 +122,11 @@ impl Json {
     /// no raw control characters in strings — what Python's `json.loads` accepts, minus what
     /// cannot round-trip through a Rust string or be written back by quilt3).
     pub fn parse(text: &str) -> Result<Json, JsonError> {
-        let mut parser = Parser { src: text.as_bytes(), text, pos: 0 };
+        let mut parser = Parser {
+            src: text.as_bytes(),
+            text,
+            pos: 0,
+        };
         parser.skip_ws();
         let value = parser.value(0)?;
         parser.skip_ws();
@@ -381,7 +385,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: &str) -> JsonError {
-        JsonError::Syntax { offset: self.pos, reason: reason.to_string() }
+        JsonError::Syntax {
+            offset: self.pos,
+            reason: reason.to_string(),
+        }
     }
 
     fn skip_ws(&mut self) {
@@ -567,7 +574,10 @@ impl Parser<'_> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    let escape = *self.src.get(self.pos).ok_or_else(|| self.error("truncated escape"))?;
+                    let escape = *self
+                        .src
+                        .get(self.pos)
+                        .ok_or_else(|| self.error("truncated escape"))?;
                     self.pos += 1;
                     match escape {
                         b'"' => out.push('"'),
@@ -587,10 +597,15 @@ impl Parser<'_> {
                                 self.pos += 2;
                                 let low = self.hex4()?;
                                 if !(0xDC00..0xE000).contains(&low) {
-                                    return Err(self.error("high surrogate not followed by a low one"));
+                                    return Err(
+                                        self.error("high surrogate not followed by a low one")
+                                    );
                                 }
-                                let code = 0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
-                                char::from_u32(code).ok_or_else(|| self.error("invalid surrogate pair"))?
+                                let code = 0x10000
+                                    + ((u32::from(unit) - 0xD800) << 10)
+                                    + (u32::from(low) - 0xDC00);
+                                char::from_u32(code)
+                                    .ok_or_else(|| self.error("invalid surrogate pair"))?
                             } else {
                                 char::from_u32(u32::from(unit))
                                     .ok_or_else(|| self.error("lone low surrogate in string"))?
@@ -638,11 +653,23 @@ mod tests {
     #[test]
     fn parse_refuses_what_quilt_cannot_write() {
         assert!(matches!(Json::parse("NaN"), Err(JsonError::NonFinite(_))));
-        assert!(matches!(Json::parse("[-Infinity]"), Err(JsonError::NonFinite(_))));
+        assert!(matches!(
+            Json::parse("[-Infinity]"),
+            Err(JsonError::NonFinite(_))
+        ));
         assert!(matches!(Json::parse("1e400"), Err(JsonError::NonFinite(_))));
-        assert!(matches!(Json::parse("\"\\ud800\""), Err(JsonError::Syntax { .. })));
-        assert!(matches!(Json::parse("{\"a\": 1} x"), Err(JsonError::Syntax { .. })));
-        assert!(matches!(Json::parse("\"a\nb\""), Err(JsonError::Syntax { .. })));
+        assert!(matches!(
+            Json::parse("\"\\ud800\""),
+            Err(JsonError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Json::parse("{\"a\": 1} x"),
+            Err(JsonError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Json::parse("\"a\nb\""),
+            Err(JsonError::Syntax { .. })
+        ));
         assert!(matches!(Json::parse("01"), Err(JsonError::Syntax { .. })));
     }
 
@@ -655,6 +682,9 @@ mod tests {
     #[test]
     fn big_integers_and_negative_zero() {
         let v = Json::parse("[18446744073709551616, -0, -1180591620717411303424]").unwrap();
-        assert_eq!(v.to_hash_string(), "[18446744073709551616,0,-1180591620717411303424]");
+        assert_eq!(
+            v.to_hash_string(),
+            "[18446744073709551616,0,-1180591620717411303424]"
+        );
     }
 }

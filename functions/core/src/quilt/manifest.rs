@@ -46,7 +46,9 @@ pub enum ManifestError {
     #[error("manifest has logical key {0:?} twice")]
     DuplicateKey(String),
     /// A line too long for quilt3 to read.
-    #[error("manifest record for {what} is {bytes} bytes; quilt3 accepts records under {MAX_LINE_BYTES} bytes (shrink its metadata)")]
+    #[error(
+        "manifest record for {what} is {bytes} bytes; quilt3 accepts records under {MAX_LINE_BYTES} bytes (shrink its metadata)"
+    )]
     LineTooLong {
         /// Which record.
         what: String,
@@ -122,11 +124,23 @@ pub struct ManifestEntry {
 
 impl ManifestEntry {
     /// A new entry.
-    pub fn new(logical_key: LogicalKey, physical_key: String, size: u64, hash: &QuiltHash, meta: JsonObject) -> Self {
+    pub fn new(
+        logical_key: LogicalKey,
+        physical_key: String,
+        size: u64,
+        hash: &QuiltHash,
+        meta: JsonObject,
+    ) -> Self {
         let mut hash_object = JsonObject::new();
         hash_object.insert("type", Json::str(hash.kind.as_str()));
         hash_object.insert("value", Json::str(hash.value.clone()));
-        ManifestEntry { logical_key, physical_keys: vec![physical_key], size, hash: Json::Object(hash_object), meta }
+        ManifestEntry {
+            logical_key,
+            physical_keys: vec![physical_key],
+            size,
+            hash: Json::Object(hash_object),
+            meta,
+        }
     }
 
     /// The entry's hash.
@@ -138,7 +152,15 @@ impl ManifestEntry {
     pub fn to_line(&self) -> String {
         let mut line = JsonObject::new();
         line.insert("logical_key", Json::str(self.logical_key.as_str()));
-        line.insert("physical_keys", Json::Array(self.physical_keys.iter().map(|k| Json::str(k.as_str())).collect()));
+        line.insert(
+            "physical_keys",
+            Json::Array(
+                self.physical_keys
+                    .iter()
+                    .map(|k| Json::str(k.as_str()))
+                    .collect(),
+            ),
+        );
         line.insert("size", Json::int(self.size));
         line.insert("hash", self.hash.clone());
         line.insert("meta", Json::Object(self.meta.clone()));
@@ -157,25 +179,38 @@ impl ManifestEntry {
 
     /// Parses an entry line.
     pub fn from_line(line_no: usize, object: JsonObject) -> Result<Self, ManifestError> {
-        let shape = |reason: String| ManifestError::Shape { line: line_no, reason };
+        let shape = |reason: String| ManifestError::Shape {
+            line: line_no,
+            reason,
+        };
         let key = object
             .get("logical_key")
             .and_then(Json::as_str)
             .ok_or_else(|| shape("entry has no string `logical_key`".into()))?;
-        let logical_key: LogicalKey = key.parse().map_err(|source| ManifestError::Key { line: line_no, source })?;
+        let logical_key: LogicalKey = key.parse().map_err(|source| ManifestError::Key {
+            line: line_no,
+            source,
+        })?;
         let physical_keys = match object.get("physical_keys") {
             Some(Json::Array(keys)) if !keys.is_empty() => keys
                 .iter()
                 .map(|k| k.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| shape(format!("entry {key:?}: `physical_keys` must be strings")))?,
-            _ => return Err(shape(format!("entry {key:?} has no non-empty `physical_keys` array"))),
+            _ => {
+                return Err(shape(format!(
+                    "entry {key:?} has no non-empty `physical_keys` array"
+                )));
+            }
         };
         let size = object
             .get("size")
             .and_then(Json::as_u64)
             .ok_or_else(|| shape(format!("entry {key:?} has no non-negative integer `size`")))?;
-        let hash = object.get("hash").cloned().ok_or_else(|| shape(format!("entry {key:?} has no `hash`")))?;
+        let hash = object
+            .get("hash")
+            .cloned()
+            .ok_or_else(|| shape(format!("entry {key:?} has no `hash`")))?;
         parse_hash(&hash).ok_or_else(|| {
             shape(format!(
                 "entry {key:?}: `hash` must be {{\"type\": T, \"value\": V}} with T one of sha2-256-chunked, CRC64NVME, SHA256"
@@ -184,9 +219,20 @@ impl ManifestEntry {
         let meta = match object.get("meta") {
             None | Some(Json::Null) => JsonObject::new(),
             Some(Json::Object(meta)) => meta.clone(),
-            Some(other) => return Err(shape(format!("entry {key:?}: `meta` is a {}, not an object", other.type_name()))),
+            Some(other) => {
+                return Err(shape(format!(
+                    "entry {key:?}: `meta` is a {}, not an object",
+                    other.type_name()
+                )));
+            }
         };
-        Ok(ManifestEntry { logical_key, physical_keys, size, hash, meta })
+        Ok(ManifestEntry {
+            logical_key,
+            physical_keys,
+            size,
+            hash,
+            meta,
+        })
     }
 }
 
@@ -217,32 +263,52 @@ pub struct Manifest {
 impl Manifest {
     /// A manifest from a header and entries in any order (sorted here into walk order).
     /// Fails on a duplicate logical key.
-    pub fn new(header: PackageHeader, mut entries: Vec<ManifestEntry>) -> Result<Self, ManifestError> {
+    pub fn new(
+        header: PackageHeader,
+        mut entries: Vec<ManifestEntry>,
+    ) -> Result<Self, ManifestError> {
         entries.sort_by(|a, b| walk_order(&a.logical_key, &b.logical_key));
-        if let Some(pair) = entries.windows(2).find(|w| w[0].logical_key == w[1].logical_key) {
+        if let Some(pair) = entries
+            .windows(2)
+            .find(|w| w[0].logical_key == w[1].logical_key)
+        {
             return Err(ManifestError::DuplicateKey(pair[0].logical_key.to_string()));
         }
-        Ok(Manifest { header, directories: Vec::new(), entries })
+        Ok(Manifest {
+            header,
+            directories: Vec::new(),
+            entries,
+        })
     }
 
     /// Parses JSONL bytes as quilt3's `Package.load` does (entries end up in walk order).
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         let (_, first) = lines.next().ok_or(ManifestError::Empty)?;
-        let header = match Json::parse(first).map_err(|source| ManifestError::Json { line: 1, source })? {
-            Json::Object(object) => PackageHeader::from_object(object),
-            other => {
-                return Err(ManifestError::Shape {
-                    line: 1,
-                    reason: format!("the package header must be an object, not a {}", other.type_name()),
-                });
-            }
-        };
+        let header =
+            match Json::parse(first).map_err(|source| ManifestError::Json { line: 1, source })? {
+                Json::Object(object) => PackageHeader::from_object(object),
+                other => {
+                    return Err(ManifestError::Shape {
+                        line: 1,
+                        reason: format!(
+                            "the package header must be an object, not a {}",
+                            other.type_name()
+                        ),
+                    });
+                }
+            };
         let mut directories = Vec::new();
         let mut entries = Vec::new();
         for (index, line) in lines {
             let line_no = index + 1;
-            let object = match Json::parse(line).map_err(|source| ManifestError::Json { line: line_no, source })? {
+            let object = match Json::parse(line).map_err(|source| ManifestError::Json {
+                line: line_no,
+                source,
+            })? {
                 Json::Object(object) => object,
                 other => {
                     return Err(ManifestError::Shape {
@@ -271,21 +337,31 @@ impl Manifest {
         let mut out = String::new();
         let mut push = |line: String, what: &dyn Fn() -> String| {
             if line.len() >= MAX_LINE_BYTES {
-                return Err(ManifestError::LineTooLong { what: what(), bytes: line.len() });
+                return Err(ManifestError::LineTooLong {
+                    what: what(),
+                    bytes: line.len(),
+                });
             }
             out.push_str(&line);
             out.push('\n');
             Ok(())
         };
-        push(Json::Object(self.header.as_object().clone()).to_manifest_string(), &|| "the package header".into())?;
+        push(
+            Json::Object(self.header.as_object().clone()).to_manifest_string(),
+            &|| "the package header".into(),
+        )?;
         for dir in &self.directories {
             let mut line = JsonObject::new();
             line.insert("logical_key", Json::str(dir.logical_key.as_str()));
             line.insert("meta", dir.meta.clone());
-            push(Json::Object(line).to_manifest_string(), &|| format!("directory {:?}", dir.logical_key))?;
+            push(Json::Object(line).to_manifest_string(), &|| {
+                format!("directory {:?}", dir.logical_key)
+            })?;
         }
         for entry in &self.entries {
-            push(entry.to_line(), &|| format!("entry {:?}", entry.logical_key.as_str()))?;
+            push(entry.to_line(), &|| {
+                format!("entry {:?}", entry.logical_key.as_str())
+            })?;
         }
         Ok(out)
     }
@@ -308,7 +384,11 @@ impl TopHasher {
     /// Starts with the header.
     pub fn new(header: &PackageHeader) -> Self {
         let mut sha = Sha256::new();
-        sha.update(Json::Object(header.as_object().clone()).to_hash_string().as_bytes());
+        sha.update(
+            Json::Object(header.as_object().clone())
+                .to_hash_string()
+                .as_bytes(),
+        );
         TopHasher(sha)
     }
 
@@ -329,13 +409,17 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_the_line() {
-        let err = Manifest::parse("{\"version\": \"v0\"}\n{\"logical_key\": \"a\", \"size\": 1}\n").unwrap_err();
+        let err = Manifest::parse("{\"version\": \"v0\"}\n{\"logical_key\": \"a\", \"size\": 1}\n")
+            .unwrap_err();
         assert!(matches!(err, ManifestError::Shape { line: 2, .. }), "{err}");
         let err = Manifest::parse("{\"version\": \"v0\"}\n{not json\n").unwrap_err();
         assert!(matches!(err, ManifestError::Json { line: 2, .. }), "{err}");
         let err = Manifest::parse("").unwrap_err();
         assert!(matches!(err, ManifestError::Empty), "{err}");
         let bad_key = "{\"version\": \"v0\"}\n{\"logical_key\": \"a//b\", \"physical_keys\": [\"s3://b/k\"], \"size\": 0, \"hash\": {\"type\": \"SHA256\", \"value\": \"x\"}, \"meta\": {}}\n";
-        assert!(matches!(Manifest::parse(bad_key).unwrap_err(), ManifestError::Key { line: 2, .. }));
+        assert!(matches!(
+            Manifest::parse(bad_key).unwrap_err(),
+            ManifestError::Key { line: 2, .. }
+        ));
     }
 }

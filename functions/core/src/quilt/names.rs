@@ -81,7 +81,10 @@ impl FromStr for PackageName {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let fail = |reason: &str| NameError::PackageName { name: s.to_string(), reason: reason.to_string() };
+        let fail = |reason: &str| NameError::PackageName {
+            name: s.to_string(),
+            reason: reason.to_string(),
+        };
         let Some((namespace, name)) = s.split_once('/') else {
             return Err(fail("it has no `/` between namespace and name"));
         };
@@ -92,11 +95,20 @@ impl FromStr for PackageName {
             if part.is_empty() {
                 return Err(fail(&format!("the {label} is empty")));
             }
-            if let Some(bad) = part.chars().find(|c| !(*c == '-' || is_python_word_char(*c))) {
-                return Err(fail(&format!("the {label} contains {bad:?} (U+{:04X})", bad as u32)));
+            if let Some(bad) = part
+                .chars()
+                .find(|c| !(*c == '-' || is_python_word_char(*c)))
+            {
+                return Err(fail(&format!(
+                    "the {label} contains {bad:?} (U+{:04X})",
+                    bad as u32
+                )));
             }
         }
-        Ok(PackageName { full: s.to_string(), slash: namespace.len() })
+        Ok(PackageName {
+            full: s.to_string(),
+            slash: namespace.len(),
+        })
     }
 }
 
@@ -144,7 +156,10 @@ impl FromStr for LogicalKey {
     type Err = NameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let fail = |reason: &str| NameError::LogicalKey { key: s.to_string(), reason: reason.to_string() };
+        let fail = |reason: &str| NameError::LogicalKey {
+            key: s.to_string(),
+            reason: reason.to_string(),
+        };
         if s.is_empty() {
             return Err(fail("it is empty"));
         }
@@ -192,8 +207,14 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        let err = "team/pkg.v2".parse::<PackageName>().unwrap_err().to_string();
-        assert!(err.contains("'.'") && err.contains("namespace/name"), "{err}");
+        let err = "team/pkg.v2"
+            .parse::<PackageName>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'.'") && err.contains("namespace/name"),
+            "{err}"
+        );
         let err = "a//b".parse::<LogicalKey>().unwrap_err().to_string();
         assert!(err.contains("`//`"), "{err}");
         let err = "a/../b".parse::<LogicalKey>().unwrap_err().to_string();

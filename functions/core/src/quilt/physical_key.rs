@@ -7,9 +7,18 @@ use std::str::FromStr;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 /// Python's `urllib.parse.quote(s, safe='/')`: everything but ASCII letters, digits, `_.-~`, `/`.
-const QUOTE_PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'_').remove(b'.').remove(b'-').remove(b'~').remove(b'/');
+const QUOTE_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~')
+    .remove(b'/');
 /// Python's `urlencode` value quoting (`quote_plus`): as above but `/` is escaped too and space is `+`.
-const QUOTE_QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'_').remove(b'.').remove(b'-').remove(b'~');
+const QUOTE_QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~');
 
 /// Why a URL is not a physical key s3quilt can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,17 +60,32 @@ pub struct PhysicalKey {
 
 impl PhysicalKey {
     /// A physical key for `bucket`/`key` at `version_id`.
-    pub fn new(bucket: impl Into<String>, key: impl Into<String>, version_id: Option<String>) -> Self {
-        PhysicalKey { bucket: bucket.into(), key: key.into(), version_id }
+    pub fn new(
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        version_id: Option<String>,
+    ) -> Self {
+        PhysicalKey {
+            bucket: bucket.into(),
+            key: key.into(),
+            version_id,
+        }
     }
 }
 
 impl fmt::Display for PhysicalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = format!("/{}", self.key);
-        write!(f, "s3://{}{}", self.bucket, utf8_percent_encode(&path, QUOTE_PATH))?;
+        write!(
+            f,
+            "s3://{}{}",
+            self.bucket,
+            utf8_percent_encode(&path, QUOTE_PATH)
+        )?;
         if let Some(version) = &self.version_id {
-            let encoded = utf8_percent_encode(version, QUOTE_QUERY).to_string().replace("%20", "+");
+            let encoded = utf8_percent_encode(version, QUOTE_QUERY)
+                .to_string()
+                .replace("%20", "+");
             write!(f, "?versionId={encoded}")?;
         }
         Ok(())
@@ -69,19 +93,30 @@ impl fmt::Display for PhysicalKey {
 }
 
 fn decode(url: &str, text: &str, plus_is_space: bool) -> Result<String, PhysicalKeyError> {
-    let text = if plus_is_space { text.replace('+', " ") } else { text.to_string() };
+    let text = if plus_is_space {
+        text.replace('+', " ")
+    } else {
+        text.to_string()
+    };
     percent_decode_str(&text)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| PhysicalKeyError::Encoding { url: url.to_string() })
+        .map_err(|_| PhysicalKeyError::Encoding {
+            url: url.to_string(),
+        })
 }
 
 impl FromStr for PhysicalKey {
     type Err = PhysicalKeyError;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let not_s3 = |reason: &str| PhysicalKeyError::NotS3 { url: url.to_string(), reason: reason.to_string() };
-        let rest = url.strip_prefix("s3://").ok_or_else(|| not_s3("it does not start with s3://"))?;
+        let not_s3 = |reason: &str| PhysicalKeyError::NotS3 {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| not_s3("it does not start with s3://"))?;
         // A `#` is always escaped in keys quilt3 writes; a raw one would start a fragment.
         let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
         let (location, query) = match rest.split_once('?') {
@@ -102,11 +137,18 @@ impl FromStr for PhysicalKey {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
                 let name = decode(url, name, true)?;
                 if name != "versionId" {
-                    return Err(PhysicalKeyError::UnknownQuery { url: url.to_string(), param: name });
+                    return Err(PhysicalKeyError::UnknownQuery {
+                        url: url.to_string(),
+                        param: name,
+                    });
                 }
                 version_id = Some(decode(url, value, true)?);
             }
         }
-        Ok(PhysicalKey { bucket: bucket.to_string(), key, version_id })
+        Ok(PhysicalKey {
+            bucket: bucket.to_string(),
+            key,
+            version_id,
+        })
     }
 }

@@ -1,0 +1,181 @@
+//! A store wrapper for tests: counts every call by operation and injects failures by rule, so a
+//! test can prove "no GetObject happened" (hashes came from S3's checksums) or "the 5th
+//! CopyObject failed and the run rolled back".
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use s3quilt_core::storage::{
+    ByteChunks, CopiedPart, CopyRequest, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
+    PartCopyRequest, PutOptions, StoreError, StoreErrorKind, WriteChecksum, WriteResult,
+};
+
+/// Fail calls of one operation.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    /// Operation name as in [`StoreError::operation`], e.g. `"CopyObject"`.
+    pub operation: &'static str,
+    /// Fail the calls numbered (1-based, per operation) in this range.
+    pub calls: std::ops::RangeInclusive<usize>,
+    /// The error kind to return.
+    pub kind: StoreErrorKind,
+}
+
+/// Counts calls and injects the configured failures.
+pub struct InstrumentedStore {
+    inner: Arc<dyn ObjectStore>,
+    counts: Mutex<HashMap<&'static str, usize>>,
+    log: Mutex<Vec<(&'static str, String, String)>>,
+    rules: Vec<FaultRule>,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner` with failure rules (none: only counting).
+    pub fn new(inner: Arc<dyn ObjectStore>, rules: Vec<FaultRule>) -> Arc<Self> {
+        Arc::new(InstrumentedStore {
+            inner,
+            counts: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+            rules,
+        })
+    }
+
+    /// Calls made so far, by operation.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        self.counts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Calls made so far of one operation.
+    pub fn count(&self, operation: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every call so far as (operation, bucket, key or prefix), in order.
+    pub fn calls(&self) -> Vec<(&'static str, String, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn enter(&self, operation: &'static str, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((operation, bucket.to_string(), key.to_string()));
+        let n = {
+            let mut counts = self.counts.lock().unwrap();
+            let n = counts.entry(operation).or_insert(0);
+            *n += 1;
+            *n
+        };
+        match self
+            .rules
+            .iter()
+            .find(|r| r.operation == operation && r.calls.contains(&n))
+        {
+            Some(rule) => Err(StoreError::new(
+                rule.kind,
+                operation,
+                bucket,
+                key,
+                format!("injected failure of call {n}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn list_page(
+        &self,
+        b: &str,
+        p: &str,
+        d: Option<&str>,
+        t: Option<String>,
+        m: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
+        self.enter("ListObjectsV2", b, p)?;
+        self.inner.list_page(b, p, d, t, m).await
+    }
+    async fn head(&self, b: &str, k: &str, v: Option<&str>) -> Result<ObjectInfo, StoreError> {
+        self.enter("HeadObject", b, k)?;
+        self.inner.head(b, k, v).await
+    }
+    async fn get(
+        &self,
+        b: &str,
+        k: &str,
+        v: Option<&str>,
+        r: Option<(u64, u64)>,
+    ) -> Result<ByteChunks, StoreError> {
+        self.enter("GetObject", b, k)?;
+        self.inner.get(b, k, v, r).await
+    }
+    async fn put(
+        &self,
+        b: &str,
+        k: &str,
+        body: Bytes,
+        o: PutOptions,
+    ) -> Result<WriteResult, StoreError> {
+        self.enter("PutObject", b, k)?;
+        self.inner.put(b, k, body, o).await
+    }
+    async fn copy(&self, r: CopyRequest<'_>) -> Result<WriteResult, StoreError> {
+        self.enter("CopyObject", r.dst_bucket, r.dst_key)?;
+        self.inner.copy(r).await
+    }
+    async fn create_multipart(
+        &self,
+        b: &str,
+        k: &str,
+        c: WriteChecksum,
+        ct: Option<&str>,
+        m: &BTreeMap<String, String>,
+    ) -> Result<String, StoreError> {
+        self.enter("CreateMultipartUpload", b, k)?;
+        self.inner.create_multipart(b, k, c, ct, m).await
+    }
+    async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
+        self.enter("UploadPartCopy", r.dst_bucket, r.dst_key)?;
+        self.inner.upload_part_copy(r).await
+    }
+    async fn complete_multipart(
+        &self,
+        b: &str,
+        k: &str,
+        u: &str,
+        p: &[CopiedPart],
+        n: bool,
+    ) -> Result<WriteResult, StoreError> {
+        self.enter("CompleteMultipartUpload", b, k)?;
+        self.inner.complete_multipart(b, k, u, p, n).await
+    }
+    async fn abort_multipart(&self, b: &str, k: &str, u: &str) -> Result<(), StoreError> {
+        self.enter("AbortMultipartUpload", b, k)?;
+        self.inner.abort_multipart(b, k, u).await
+    }
+    async fn delete(&self, b: &str, k: &str, v: Option<&str>) -> Result<(), StoreError> {
+        self.enter("DeleteObject", b, k)?;
+        self.inner.delete(b, k, v).await
+    }
+    async fn list_versions(&self, b: &str, p: &str) -> Result<Vec<ObjectVersion>, StoreError> {
+        self.enter("ListObjectVersions", b, p)?;
+        self.inner.list_versions(b, p).await
+    }
+    async fn is_versioned(&self, b: &str) -> Result<Option<bool>, StoreError> {
+        self.enter("GetBucketVersioning", b, "")?;
+        self.inner.is_versioned(b).await
+    }
+}

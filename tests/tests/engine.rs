@@ -1,0 +1,676 @@
+//! The local engine end to end on a real S3 server (moto), with quilt3 reading every package
+//! it makes: selection rules, flattening, metadata, versioned and unversioned buckets,
+//! `copy=false`, dry runs, bad input, idempotent shards, missing fragments and rollback.
+
+use std::sync::Arc;
+
+use s3quilt_core::copy::{CopyOptions, copy_shard};
+use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
+use s3quilt_core::finalize::{FinalizeError, finalize, rollback};
+use s3quilt_core::plan::{PlanError, PlanOptions, plan};
+use s3quilt_core::quilt::{Json, PackageName, PhysicalKey};
+use s3quilt_core::registry::Registry;
+use s3quilt_core::request::PackageRequest;
+use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
+use s3quilt_tests::{
+    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions, moto,
+    run_oracle, seed,
+};
+use serde_json::{Value, json};
+
+const MIB: usize = 1024 * 1024;
+
+fn sample() -> Vec<SeedObject> {
+    vec![
+        SeedObject::new("data/README.md", b"# sample\n".to_vec())
+            .content_type("text/markdown")
+            .meta("owner", "lab-7"),
+        SeedObject::new("data/tables/a.csv", b"x,y\n1,2\n".to_vec())
+            .content_type("text/csv")
+            .meta("rows", "1"),
+        SeedObject::new("data/tables/b.csv", b"x,y\n3,4\n".to_vec()).content_type("text/csv"),
+        SeedObject::new("data/tables/raw/c.csv", b"x,y\n5,6\n".to_vec()),
+        SeedObject::new("data/tables/tmp/scratch.csv", b"scratch".to_vec()),
+        SeedObject::new("data/a b/ünï ñ.json", b"{\"k\": 1}\n".to_vec())
+            .content_type("application/json"),
+        SeedObject::new("data/odd/100%#[x]~{y}+z.txt", b"odd characters".to_vec()),
+        SeedObject::new("data/empty.txt", Vec::new()),
+        SeedObject::new("data/folder/", Vec::new()),
+        SeedObject::new("elsewhere/not-selected.csv", b"no".to_vec()),
+    ]
+}
+
+async fn store(server: &S3Server) -> Arc<dyn ObjectStore> {
+    S3Store::shared(server.client().await)
+}
+
+async fn run(
+    store: Arc<dyn ObjectStore>,
+    request: &PackageRequest,
+) -> Result<RunOutcome, EngineError> {
+    let options = EngineOptions {
+        concurrency: 8,
+        ..Default::default()
+    };
+    run_local(store, request, &options, Progress::new()).await
+}
+
+fn created(outcome: RunOutcome) -> s3quilt_core::finalize::PackageResult {
+    match outcome {
+        RunOutcome::Created { package, .. } => package,
+        RunOutcome::Planned(p) => panic!("expected a package, got a plan {p:?}"),
+    }
+}
+
+fn browse(server: &S3Server, registry: &str, name: &str) -> Value {
+    let out = run_oracle(
+        server,
+        &[
+            "browse",
+            "--registry",
+            &format!("s3://{registry}"),
+            "--name",
+            name,
+        ],
+    );
+    for entry in out["entries"].as_array().unwrap() {
+        assert_eq!(
+            entry["hash_valid"],
+            json!(true),
+            "quilt3 finds the hash of {} valid",
+            entry["logical_key"]
+        );
+    }
+    out
+}
+
+fn logical_keys(browsed: &Value) -> Vec<String> {
+    browsed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["logical_key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let mut request =
+        PackageRequest::new(&source, "data", "team/sample", &format!("s3://{registry}"));
+    request.description = Some("first ✓".into());
+    request.metadata = Some(json!({"project": "s3quilt", "ratio": 0.5, "nested": {"n": [1, 2]}}));
+    let progress = Progress::new();
+    let counted = InstrumentedStore::new(store(server).await, Vec::new());
+    let outcome = run_local(
+        counted.clone(),
+        &request,
+        &EngineOptions {
+            concurrency: 4,
+            ..Default::default()
+        },
+        progress.clone(),
+    )
+    .await
+    .unwrap();
+    // Every hash came from S3's copy checksums: no object was read (only staging documents).
+    let object_reads: Vec<_> = counted
+        .calls()
+        .into_iter()
+        .filter(|(op, _, key)| *op == "GetObject" && !key.starts_with(".s3quilt/"))
+        .collect();
+    assert!(object_reads.is_empty(), "{object_reads:?}");
+    assert_eq!(counted.count("CopyObject"), 8);
+    assert_eq!(
+        counted.count("HeadObject"),
+        8 + 1 + 1,
+        "one per object, the read-access check and the manifest check"
+    );
+    let package = created(outcome);
+    let snapshot = progress.snapshot();
+    assert_eq!(snapshot.phase, Phase::Succeeded);
+    assert_eq!((snapshot.objects_done, snapshot.objects_total), (8, 8));
+    assert_eq!(snapshot.bytes_done, snapshot.bytes_total);
+
+    let browsed = browse(server, &registry, "team/sample");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(browsed["message"], json!("first ✓"));
+    assert_eq!(
+        browsed["user_meta"],
+        json!({"project": "s3quilt", "ratio": 0.5, "nested": {"n": [1, 2]}})
+    );
+    assert_eq!(
+        logical_keys(&browsed),
+        [
+            "README.md",
+            "a b/ünï ñ.json",
+            "empty.txt",
+            "odd/100%#[x]~{y}+z.txt",
+            "tables/a.csv",
+            "tables/b.csv",
+            "tables/raw/c.csv",
+            "tables/tmp/scratch.csv"
+        ],
+        "every key (folder marker skipped, odd characters kept) in walk order"
+    );
+    for entry in browsed["entries"].as_array().unwrap() {
+        let lk = entry["logical_key"].as_str().unwrap();
+        let physical: PhysicalKey = entry["physical_key"].as_str().unwrap().parse().unwrap();
+        assert_eq!(physical.bucket, registry);
+        assert_eq!(physical.key, format!("team/sample/{lk}"));
+        assert!(
+            physical.version_id.is_some(),
+            "copies in a versioned registry are pinned: {physical}"
+        );
+        let s3 = &entry["meta"]["s3"];
+        let source_key: PhysicalKey = s3["source"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            (source_key.bucket.as_str(), source_key.key.as_str()),
+            (source.as_str(), format!("data/{lk}").as_str())
+        );
+        assert!(
+            source_key.version_id.is_some(),
+            "the source version is recorded"
+        );
+        assert!(s3["etag"].as_str().is_some() && s3["last_modified"].as_str().is_some());
+        assert_eq!(s3["storage_class"], json!("STANDARD"));
+    }
+    let readme = &browsed["entries"][0]["meta"]["s3"];
+    assert_eq!(readme["content_type"], json!("text/markdown"));
+    assert_eq!(readme["metadata"], json!({"owner": "lab-7"}));
+    // The copy itself keeps the content type and user metadata.
+    let head = client
+        .head_object()
+        .bucket(&registry)
+        .key("team/sample/tables/a.csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/csv"));
+    assert_eq!(
+        head.metadata().unwrap().get("rows").map(String::as_str),
+        Some("1")
+    );
+
+    // Staging is gone; the registry has the manifest, two pointers and the copies only.
+    let keys: Vec<String> = list_all_versions(&client, &registry)
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert!(keys.iter().all(|k| !k.starts_with(".s3quilt/")), "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with(".quilt/")).count(),
+        3,
+        "{keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patterns_follow_gitignore_rules() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, false).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let mut request = PackageRequest::new(&source, "data/", "team/csvs", &registry);
+    request.include_patterns = vec!["*.csv".into()];
+    request.exclude_patterns = vec!["tmp".into(), "tables/raw/*".into()];
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/csvs");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["tables/a.csv", "tables/b.csv"]);
+    // Unversioned buckets: physical keys carry no version.
+    assert!(
+        !browsed["entries"][0]["physical_key"]
+            .as_str()
+            .unwrap()
+            .contains("versionId")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flatten_with_and_without_collisions() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let mut request = PackageRequest::new(&source, "data/tables", "team/flat", &registry);
+    request.preserve_structure = false;
+    request.exclude_patterns = vec!["tmp/".into()];
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/flat");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["a.csv", "b.csv", "c.csv"]);
+
+    // Two `x.csv` in different folders cannot both be `x.csv`: refused, naming both.
+    seed(
+        &client,
+        &source,
+        &[SeedObject::new("data/tables/raw/a.csv", b"dup".to_vec())],
+    )
+    .await;
+    let before = list_all_versions(&client, &registry).await;
+    let err = run(store(server).await, &request).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, EngineError::Plan(PlanError::Problems(_))),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"a.csv\"")
+            && text.contains("data/tables/a.csv")
+            && text.contains("data/tables/raw/a.csv"),
+        "{text}"
+    );
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        before,
+        "a refused plan writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_false_references_objects_in_place() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let versions = seed(&client, &source, &sample()).await;
+    let mut request = PackageRequest::new(&source, "data/tables", "team/inplace", &registry);
+    request.copy = false;
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/inplace");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    let first: PhysicalKey = browsed["entries"][0]["physical_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(first.bucket, source);
+    assert_eq!(first.key, "data/tables/a.csv");
+    assert_eq!(
+        first.version_id, versions[1],
+        "pinned to the source version"
+    );
+    let keys: Vec<String> = list_all_versions(&client, &registry)
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with(".quilt/")),
+        "nothing copied: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_writes_nothing() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let before = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    let mut request = PackageRequest::new(&source, "data", "team/dry", &registry);
+    request.dry_run = true;
+    request.include_patterns = vec!["**/*.csv".into()];
+    let RunOutcome::Planned(summary) = run(store(server).await, &request).await.unwrap() else {
+        panic!("expected a plan")
+    };
+    assert_eq!(summary.objects, 4);
+    assert_eq!(summary.bytes, 8 + 8 + 8 + 7);
+    assert_eq!(summary.not_included, 4);
+    assert_eq!(summary.folder_markers, 1);
+    assert_eq!(summary.estimated_requests.copy_object, 4);
+    assert!(summary.run_id.is_none());
+    let after = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_before_anything_is_written() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let before = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    let base = PackageRequest::new(&source, "data", "team/bad", &registry);
+    type Case = (&'static str, Box<dyn Fn(&mut PackageRequest)>);
+    let cases: Vec<Case> = vec![
+        (
+            "package_name",
+            Box::new(|r| r.package_name = "team/bad name".into()),
+        ),
+        (
+            "package_name",
+            Box::new(|r| r.package_name = "no-slash".into()),
+        ),
+        (
+            "source_bucket",
+            Box::new(|r| r.source_bucket = "UPPER".into()),
+        ),
+        (
+            "target_registry",
+            Box::new(|r| r.target_registry = "s3://a".into()),
+        ),
+        (
+            "metadata",
+            Box::new(|r| r.metadata = Some(json!(["not", "an", "object"]))),
+        ),
+        (
+            "include_patterns",
+            Box::new(|r| r.include_patterns = vec!["{unclosed".into()]),
+        ),
+        (
+            "nothing to package",
+            Box::new(|r| r.include_patterns = vec!["*.parquet".into()]),
+        ),
+        (
+            "nothing to package",
+            Box::new(|r| r.source_prefix = "no/such/prefix".into()),
+        ),
+        (
+            "cannot read the source",
+            Box::new(|r| r.source_bucket = "no-such-bucket-here".into()),
+        ),
+        (
+            "cannot write to",
+            Box::new(|r| r.target_registry = "no-such-registry-here".into()),
+        ),
+    ];
+    for (expected, mutate) in cases {
+        let mut request = base.clone();
+        mutate(&mut request);
+        let err = run(store(server).await, &request).await.unwrap_err();
+        assert!(matches!(err, EngineError::Plan(_)), "{expected}: {err}");
+        assert!(
+            err.to_string().contains(expected),
+            "expected {expected:?} in: {err}"
+        );
+    }
+    let err = run(store(server).await, &{
+        let mut r = base.clone();
+        r.exclude_patterns = vec!["*".into()];
+        r
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("8 removed by exclude_patterns"),
+        "{err}"
+    );
+    let after = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unversioned_target_refuses_to_overwrite_unless_asked() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, false).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let request = PackageRequest::new(&source, "data/tables", "team/twice", &registry);
+    let first = created(run(store(server).await, &request).await.unwrap());
+    let before = list_all_versions(&client, &registry).await;
+    let err = run(store(server).await, &request).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already exist in the unversioned target"),
+        "{err}"
+    );
+    assert_eq!(list_all_versions(&client, &registry).await, before);
+    let mut again = request.clone();
+    again.overwrite_existing = true;
+    again.description = Some("second".into());
+    let second = created(run(store(server).await, &again).await.unwrap());
+    assert_ne!(first.top_hash, second.top_hash);
+    let registry_api = Registry::new(store(server).await, &registry);
+    let name: PackageName = "team/twice".parse().unwrap();
+    assert_eq!(registry_api.latest(&name).await.unwrap(), second.top_hash);
+    browse(server, &registry, "team/twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_take_the_multipart_path_and_stay_valid() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let big: Vec<u8> = (0..(20 * MIB + 7)).map(|i| (i % 251) as u8).collect();
+    seed(
+        &client,
+        &source,
+        &[SeedObject::new("big/pattern.bin", big)
+            .content_type("application/octet-stream")
+            .meta("k", "v")],
+    )
+    .await;
+    let request = PackageRequest::new(&source, "big", "team/big", &registry);
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/big");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(browsed["entries"][0]["size"], json!(20 * MIB + 7));
+    let head = client
+        .head_object()
+        .bucket(&registry)
+        .key("team/big/pattern.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.content_type(),
+        Some("application/octet-stream"),
+        "multipart copies keep the content type"
+    );
+    assert_eq!(
+        head.metadata().unwrap().get("k").map(String::as_str),
+        Some("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let store = store(server).await;
+    let request = PackageRequest::new(&source, "data", "team/shards", &registry);
+    let options = PlanOptions {
+        shard_max_objects: 3,
+        ..Default::default()
+    };
+    let planned = plan(store.clone(), &request, &options).await.unwrap();
+    let run_plan = planned.run.clone().unwrap();
+    assert_eq!(planned.shards.len(), 3);
+    let copy_options = CopyOptions::new(4);
+    let first = copy_shard(
+        store.clone(),
+        &run_plan,
+        &planned.shards[0],
+        &copy_options,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(!first.already_done);
+    let versions_after_first = list_all_versions(&client, &registry).await;
+    let again = copy_shard(
+        store.clone(),
+        &run_plan,
+        &planned.shards[0],
+        &copy_options,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(again.already_done);
+    assert_eq!(again.fragment, first.fragment);
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        versions_after_first,
+        "a re-run copies nothing again"
+    );
+
+    // Shard 1 never ran (as when a Distributed Map child fails silently): finalize refuses.
+    copy_shard(
+        store.clone(),
+        &run_plan,
+        &planned.shards[2],
+        &copy_options,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let err = finalize(store.clone(), &registry, &run_plan.run_id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FinalizeError::MissingFragments { missing, .. } if missing == &vec![1]),
+        "{err}"
+    );
+    let name: PackageName = "team/shards".parse().unwrap();
+    assert!(
+        Registry::new(store.clone(), &registry)
+            .latest(&name)
+            .await
+            .is_err(),
+        "no pointer"
+    );
+
+    // Rollback removes exactly the copies and the staging area.
+    let report = rollback(store.clone(), &registry, &run_plan.run_id, &[]).await;
+    assert!(report.not_deleted.is_empty(), "{report:?}");
+    assert_eq!(report.deleted, 5, "shards 0 and 2 copied 3 + 2 objects");
+    assert!(list_all_versions(&client, &registry).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_mid_copy_rolls_back_to_exactly_what_was_there() {
+    let server = moto();
+    let client = server.client().await;
+    for versioned in [true, false] {
+        let (source, registry) = (
+            create_bucket(&client, true).await,
+            create_bucket(&client, versioned).await,
+        );
+        seed(&client, &source, &sample()).await;
+        // An object that was there before the run must survive its rollback.
+        seed(
+            &client,
+            &registry,
+            &[SeedObject::new("team/rollback/keep.txt", b"keep".to_vec())],
+        )
+        .await;
+        let before = list_all_versions(&client, &registry).await;
+        let failing = InstrumentedStore::new(
+            store(server).await,
+            vec![FaultRule {
+                operation: "CopyObject",
+                calls: 5..=5,
+                kind: StoreErrorKind::Permanent,
+            }],
+        );
+        let request = PackageRequest::new(&source, "data", "team/rollback", &registry);
+        let options = EngineOptions {
+            concurrency: 2,
+            plan: PlanOptions {
+                shard_max_objects: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let progress = Progress::new();
+        let err = run_local(failing.clone(), &request, &options, progress.clone())
+            .await
+            .unwrap_err();
+        let EngineError::Copy { error, rollback } = &err else {
+            panic!("expected a copy failure, got {err}")
+        };
+        assert!(error.to_string().contains("injected failure"), "{error}");
+        assert!(rollback.not_deleted.is_empty(), "{rollback:?}");
+        assert!(
+            rollback.deleted >= 4,
+            "the copies made before the failure were removed: {rollback:?}"
+        );
+        assert_eq!(progress.snapshot().phase, Phase::Failed);
+        assert_eq!(
+            list_all_versions(&client, &registry).await,
+            before,
+            "versioned={versioned}: target exactly as it was"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crc64nvme_entries_are_verified_by_quilt3() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let mut request = PackageRequest::new(&source, "data/tables", "team/crc", &registry);
+    request.hash_type = Some(s3quilt_core::quilt::HashType::Crc64Nvme);
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/crc");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert!(
+        browsed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["hash"]["type"] == json!("CRC64NVME"))
+    );
+    // Sanity: the JSON of package metadata absent stays absent (not null).
+    let registry_api = Registry::new(store(server).await, &registry);
+    let (_, manifest) = registry_api
+        .latest_manifest(&"team/crc".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(manifest.header.user_meta().is_none());
+    assert_eq!(
+        manifest.header.as_object().get("message"),
+        Some(&Json::Null)
+    );
+}
