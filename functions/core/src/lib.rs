@@ -4,6 +4,7 @@
 //! decides something lives here, where one test can reach it.
 #![warn(missing_docs)]
 
+pub mod aws;
 pub mod copy;
 pub mod engine;
 pub mod finalize;
