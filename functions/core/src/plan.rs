@@ -567,72 +567,99 @@ async fn plan_valid(
             source,
         }
     };
-    let mut probes = Vec::new();
-    if valid.copy && valid.target_bucket != valid.registry_bucket {
-        let probe_key = format!("{}probe", staging.prefix());
-        let written = retry
-            .run(|_| {
-                store.put(
-                    &valid.target_bucket,
-                    &probe_key,
-                    bytes::Bytes::from_static(b"s3quilt write probe"),
-                    PutOptions {
-                        content_type: None,
-                        if_none_match: true,
-                    },
-                )
+    // Anything written before a failure is removed again: a failed plan leaves nothing.
+    let mut probes: Vec<crate::registry::WrittenObject> = Vec::new();
+    let written: Result<RunPlan, PlanError> = async {
+        if valid.copy && valid.target_bucket != valid.registry_bucket {
+            let probe_key = format!("{}probe", staging.prefix());
+            let written = retry
+                .run(|_| {
+                    store.put(
+                        &valid.target_bucket,
+                        &probe_key,
+                        bytes::Bytes::from_static(b"s3quilt write probe"),
+                        PutOptions {
+                            content_type: None,
+                            if_none_match: true,
+                        },
+                    )
+                })
+                .await
+                .map_err(target_error(&valid.target_bucket))?;
+            probes.push(crate::registry::WrittenObject {
+                key: probe_key,
+                version_id: written.version_id,
+            });
+        }
+        let index: Vec<ShardRef> = shards
+            .iter()
+            .map(|s| ShardRef {
+                run_id: run_id.clone(),
+                registry_bucket: valid.registry_bucket.clone(),
+                shard: s.shard,
+                objects: s.objects.len(),
+                bytes: s.objects.iter().map(|o| o.size).sum(),
             })
+            .collect();
+        futures::stream::iter(shards.iter().map(|s| {
+            let staging = &staging;
+            async move { staging.put(&staging.shard_key(s.shard), s).await }
+        }))
+        .buffer_unordered(options.list_concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(target_error(&valid.registry_bucket))?;
+        staging
+            .put(&staging.shard_index_key(), &index)
             .await
-            .map_err(target_error(&valid.target_bucket))?;
-        probes.push(crate::registry::WrittenObject {
-            key: probe_key,
-            version_id: written.version_id,
-        });
-    }
-    let index: Vec<ShardRef> = shards
-        .iter()
-        .map(|s| ShardRef {
+            .map_err(target_error(&valid.registry_bucket))?;
+        let run = RunPlan {
             run_id: run_id.clone(),
+            request: valid.original.clone(),
+            package_name: valid.package_name.clone(),
             registry_bucket: valid.registry_bucket.clone(),
-            shard: s.shard,
-            objects: s.objects.len(),
-            bytes: s.objects.iter().map(|o| o.size).sum(),
-        })
-        .collect();
-    futures::stream::iter(shards.iter().map(|s| {
-        let staging = &staging;
-        async move { staging.put(&staging.shard_key(s.shard), s).await }
-    }))
-    .buffer_unordered(options.list_concurrency.max(1))
-    .try_collect::<Vec<_>>()
-    .await
-    .map_err(target_error(&valid.registry_bucket))?;
-    staging
-        .put(&staging.shard_index_key(), &index)
-        .await
-        .map_err(target_error(&valid.registry_bucket))?;
-    let run = RunPlan {
-        run_id: run_id.clone(),
-        request: valid.original.clone(),
-        package_name: valid.package_name.clone(),
-        registry_bucket: valid.registry_bucket.clone(),
-        target_bucket: valid.target_bucket.clone(),
-        source_bucket: valid.source_bucket.clone(),
-        source_prefix: valid.source_prefix.clone(),
-        copy: valid.copy,
-        hash_type: valid.hash_type,
-        target_versioned,
-        overwrite_existing: valid.overwrite_existing,
-        shards: shards.len() as u32,
-        objects,
-        bytes,
-        started_at,
-        probes,
+            target_bucket: valid.target_bucket.clone(),
+            source_bucket: valid.source_bucket.clone(),
+            source_prefix: valid.source_prefix.clone(),
+            copy: valid.copy,
+            hash_type: valid.hash_type,
+            target_versioned,
+            overwrite_existing: valid.overwrite_existing,
+            shards: shards.len() as u32,
+            objects,
+            bytes,
+            started_at,
+            probes: probes.clone(),
+        };
+        staging
+            .put(&staging.plan_key(), &run)
+            .await
+            .map_err(target_error(&valid.registry_bucket))?;
+        Ok(run)
+    }
+    .await;
+    let run = match written {
+        Ok(run) => run,
+        Err(e) => {
+            for leftover in staging.remove_all().await {
+                tracing::warn!(
+                    run_id,
+                    leftover,
+                    "could not remove staging after a failed plan"
+                );
+            }
+            for probe in &probes {
+                let _ = store
+                    .delete(
+                        &valid.target_bucket,
+                        &probe.key,
+                        probe.version_id.as_deref(),
+                    )
+                    .await;
+            }
+            return Err(e);
+        }
     };
-    staging
-        .put(&staging.plan_key(), &run)
-        .await
-        .map_err(target_error(&valid.registry_bucket))?;
     summary.run_id = Some(run_id);
     Ok(Plan {
         summary,

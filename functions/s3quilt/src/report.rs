@@ -1,0 +1,189 @@
+//! Running the engine with a progress bar, and printing what it produced.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use s3quilt_core::engine::{EngineOptions, Phase, Progress, ProgressSnapshot, RunOutcome, run_local};
+use s3quilt_core::plan::{PlanSummary, RequestEstimate};
+use s3quilt_core::request::PackageRequest;
+use s3quilt_core::storage::ObjectStore;
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs `request` with [`run_local`], drawing a progress bar on stderr when it is a terminal.
+pub async fn run_with_progress(
+    store: Arc<dyn ObjectStore>,
+    request: &PackageRequest,
+    options: &EngineOptions,
+) -> anyhow::Result<RunOutcome> {
+    let progress = Progress::new();
+    let bar = progress_bar();
+    let ticker = (!bar.is_hidden()).then(|| {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            loop {
+                interval.tick().await;
+                show(&bar, progress.snapshot());
+            }
+        })
+    });
+    let result = run_local(store, request, options, progress.clone()).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    show(&bar, progress.snapshot());
+    bar.finish_and_clear();
+    Ok(result?)
+}
+
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} ({elapsed})",
+    )
+    .expect("valid progress template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn show(bar: &ProgressBar, snapshot: ProgressSnapshot) {
+    bar.set_length(snapshot.bytes_total);
+    bar.set_position(snapshot.bytes_done);
+    bar.set_message(progress_message(&snapshot));
+}
+
+/// The text beside the bar: phase and object counts.
+pub fn progress_message(s: &ProgressSnapshot) -> String {
+    let phase = match s.phase {
+        Phase::Planning => return "planning: listing and selecting".to_string(),
+        Phase::Copying => "copying",
+        Phase::Finalizing => "finalizing",
+        Phase::RollingBack => "rolling back",
+        Phase::Succeeded => "done",
+        Phase::Failed => "failed",
+    };
+    format!("{phase} {}/{} objects", s.objects_done, s.objects_total)
+}
+
+/// Prints the outcome: one JSON document, or text.
+pub fn print_outcome(outcome: &RunOutcome, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcome)?);
+    } else {
+        print!("{}", outcome_text(outcome));
+    }
+    Ok(())
+}
+
+/// The text form of an outcome.
+pub fn outcome_text(outcome: &RunOutcome) -> String {
+    match outcome {
+        RunOutcome::Planned(plan) => plan_text(plan),
+        RunOutcome::Created { plan, package } => {
+            let mut out = format!("Created {}\n", package.package_name);
+            out += &format!("  top hash:  {}\n", package.top_hash);
+            out += &format!("  registry:  {}\n", package.registry);
+            out += &format!("  objects:   {} ({})\n", package.objects, bytes(package.bytes));
+            out += &format!("  source:    {}\n", plan.source);
+            if plan.copy {
+                out += &format!("  copies in: s3://{}/{}/\n", plan.target_bucket, package.package_name);
+            } else {
+                out += "  objects referenced in place (not copied)\n";
+            }
+            out += &format!("  browse:    {}\n", package.browse);
+            out
+        }
+    }
+}
+
+fn plan_text(plan: &PlanSummary) -> String {
+    let mut out = format!("Plan for {} in {} (dry run: nothing was written)\n", plan.package_name, plan.registry);
+    out += &format!("  source:    {}\n", plan.source);
+    if plan.copy {
+        out += &format!("  copies to: s3://{}/{}/\n", plan.target_bucket, plan.package_name);
+    } else {
+        out += "  objects referenced in place (not copied)\n";
+    }
+    out += &format!("  objects:   {} ({})\n", plan.objects, bytes(plan.bytes));
+    out += &format!(
+        "  listed:    {} ({} folder markers skipped, {} not matched by --include, {} removed by --exclude)\n",
+        plan.listed, plan.folder_markers, plan.not_included, plan.excluded
+    );
+    out += &format!("  shards:    {}\n", plan.shards);
+    out += &format!("  estimated S3 requests: {}\n", estimate_text(&plan.estimated_requests));
+    out += &format!("  first {} logical keys:\n", plan.sample_logical_keys.len());
+    for key in &plan.sample_logical_keys {
+        out += &format!("    {key}\n");
+    }
+    out
+}
+
+fn estimate_text(e: &RequestEstimate) -> String {
+    let total = e.list + e.head + e.copy_object + e.upload_part_copy + e.multipart_control + e.put;
+    format!(
+        "{total} ({} list, {} head, {} copy, {} upload-part-copy, {} multipart create/complete, {} put)",
+        e.list, e.head, e.copy_object, e.upload_part_copy, e.multipart_control, e.put
+    )
+}
+
+fn bytes(n: u64) -> String {
+    format!("{n} bytes, {}", HumanBytes(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> PlanSummary {
+        PlanSummary {
+            run_id: None,
+            package_name: "team/pkg".into(),
+            registry: "s3://reg".into(),
+            target_bucket: "reg".into(),
+            source: "s3://src/data/".into(),
+            objects: 2,
+            bytes: 3 * 1024 * 1024,
+            shards: 1,
+            listed: 4,
+            folder_markers: 1,
+            not_included: 1,
+            excluded: 0,
+            sample_logical_keys: vec!["a.csv".into(), "b/c.json".into()],
+            estimated_requests: RequestEstimate {
+                list: 1,
+                head: 2,
+                copy_object: 2,
+                upload_part_copy: 0,
+                multipart_control: 0,
+                put: 7,
+            },
+            copy: true,
+            dry_run: true,
+        }
+    }
+
+    #[test]
+    fn plan_text_has_counts_shards_keys_and_estimate() {
+        let text = outcome_text(&RunOutcome::Planned(summary()));
+        for needle in ["team/pkg", "s3://reg", "objects:   2 (3145728 bytes, 3.00 MiB)", "shards:    1", "    b/c.json", "12 (1 list, 2 head, 2 copy"] {
+            assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn progress_messages() {
+        let mut s = ProgressSnapshot { phase: Phase::Planning, objects_total: 0, bytes_total: 0, objects_done: 0, bytes_done: 0 };
+        assert!(progress_message(&s).starts_with("planning"));
+        s.phase = Phase::Copying;
+        s.objects_total = 12;
+        s.objects_done = 5;
+        assert_eq!(progress_message(&s), "copying 5/12 objects");
+    }
+}
