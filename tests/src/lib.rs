@@ -16,12 +16,16 @@ mod oracle;
 mod paths;
 mod s3;
 mod server;
+mod sfn_env;
+mod sfn_router;
 
 pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};
 pub use s3::{SeedObject, create_bucket, get_bytes, list_all_versions, seed};
 pub use server::{S3Server, ServerKind, moto, seaweedfs};
+pub use sfn_env::{FUNCTIONS, SfnStack, substituted_definition};
+pub use sfn_router::{HookAction, InvokeCall, InvokeHook, LambdaRouter, bare_function_name};
 
 #[cfg(test)]
 mod self_tests;

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::Semaphore;
 
 use crate::quilt::checksum::{
     ChecksumError, HashType, ObjectHasher, QuiltHash, chunk_count, chunk_size,
@@ -19,7 +18,7 @@ use crate::quilt::checksum::{
 use crate::quilt::json::{Json, JsonObject};
 use crate::quilt::physical_key::PhysicalKey;
 use crate::registry::WrittenObject;
-use crate::retry::RetryPolicy;
+use crate::retry::{AdaptiveLimit, RetryPolicy};
 use crate::staging::{
     FailureRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, Staging,
     StagingError,
@@ -100,8 +99,9 @@ impl CopyError {
 pub struct CopyOptions {
     /// Objects of this shard in flight at once.
     pub concurrency: usize,
-    /// Shared limit on objects in flight (the local engine shares one across shards).
-    pub permits: Arc<Semaphore>,
+    /// Shared, throttle-adaptive limit on objects in flight (the local engine shares one
+    /// across shards).
+    pub limit: Arc<AdaptiveLimit>,
     /// Concurrent UploadPartCopy requests per large object.
     pub part_concurrency: usize,
     /// Retry policy for each request.
@@ -113,7 +113,7 @@ impl CopyOptions {
     pub fn new(concurrency: usize) -> Self {
         CopyOptions {
             concurrency: concurrency.max(1),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            limit: Arc::new(AdaptiveLimit::new(concurrency)),
             part_concurrency: 8,
             retry: RetryPolicy::default(),
         }
@@ -291,7 +291,7 @@ impl ObjectCopier<'_> {
         let result = self
             .options
             .retry
-            .run(|attempt| {
+            .run_with(Some(&self.options.limit), |attempt| {
                 let request = request.clone();
                 let dst_key = dst_key.as_str();
                 async move {
@@ -470,7 +470,9 @@ impl ObjectCopier<'_> {
             async move {
                 self.options
                     .retry
-                    .run(|_| self.store.upload_part_copy(request.clone()))
+                    .run_with(Some(&self.options.limit), |_| {
+                        self.store.upload_part_copy(request.clone())
+                    })
                     .await
             }
         }))
@@ -619,11 +621,7 @@ pub async fn copy_shard(
     let mut results = futures::stream::iter(shard.objects.iter().map(|object| {
         let copier = &copier;
         async move {
-            let _permit = options
-                .permits
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
+            let _slot = options.limit.acquire().await;
             let copied = copier.run(object).await;
             if copied.is_ok() {
                 on_object(object.size);

@@ -4,7 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rand::Rng;
+use tokio::sync::Notify;
 
 use crate::storage::StoreError;
 
@@ -43,7 +46,21 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, fails with a non-retryable error, or runs out of attempts.
-    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.run_with(None, op).await
+    }
+
+    /// [`RetryPolicy::run`], telling `limit` about throttles and successes so the number of
+    /// requests in flight adapts to what S3 accepts.
+    pub async fn run_with<T, F, Fut>(
+        &self,
+        limit: Option<&AdaptiveLimit>,
+        mut op: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -51,10 +68,18 @@ impl RetryPolicy {
         let mut attempt = 1;
         loop {
             match op(attempt).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    if let Some(limit) = limit {
+                        limit.on_success();
+                    }
+                    return Ok(value);
+                }
                 Err(e) if e.kind.is_retryable() && attempt < self.max_attempts => {
-                    let delay =
-                        self.delay(attempt, e.kind == crate::storage::StoreErrorKind::Throttled);
+                    let throttled = e.kind == crate::storage::StoreErrorKind::Throttled;
+                    if throttled && let Some(limit) = limit {
+                        limit.on_throttle();
+                    }
+                    let delay = self.delay(attempt, throttled);
                     tracing::warn!(operation = e.operation, bucket = %e.bucket, key = %e.key, attempt, ?delay, error = %e.message, "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -65,11 +90,100 @@ impl RetryPolicy {
     }
 }
 
+/// A concurrency limit that halves on S3 throttling (503 SlowDown) and grows back by one per
+/// window of successes (AIMD), so a run slows down when S3 asks instead of hammering it.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    max: usize,
+    limit: AtomicUsize,
+    in_flight: AtomicUsize,
+    successes: AtomicUsize,
+    freed: Notify,
+}
+
+/// A slot held while one request (or one object's work) is in flight.
+pub struct LimitSlot<'a>(&'a AdaptiveLimit);
+
+impl Drop for LimitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
+impl AdaptiveLimit {
+    /// A limit starting (and capped) at `max`.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        AdaptiveLimit {
+            max,
+            limit: AtomicUsize::new(max),
+            in_flight: AtomicUsize::new(0),
+            successes: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// The current limit.
+    pub fn current(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Waits for a slot under the current limit.
+    pub async fn acquire(&self) -> LimitSlot<'_> {
+        loop {
+            let freed = self.freed.notified();
+            let in_flight = self.in_flight.load(Ordering::Acquire);
+            if in_flight < self.current()
+                && self
+                    .in_flight
+                    .compare_exchange(
+                        in_flight,
+                        in_flight + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                return LimitSlot(self);
+            }
+            if in_flight < self.current() {
+                continue; // lost a race for the slot; look again
+            }
+            freed.await;
+        }
+    }
+
+    /// S3 throttled a request: halve the limit (never below 1).
+    pub fn on_throttle(&self) {
+        let _ = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some((l / 2).max(1))
+            });
+        self.successes.store(0, Ordering::Release);
+    }
+
+    /// A request succeeded: after `limit` successes in a row, allow one more in flight.
+    pub fn on_success(&self) {
+        let limit = self.current();
+        if limit < self.max && self.successes.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
+            self.successes.store(0, Ordering::Release);
+            let _ = self
+                .limit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                    Some((l + 1).min(self.max))
+                });
+            self.freed.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::StoreErrorKind;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     fn err(kind: StoreErrorKind) -> StoreError {
         StoreError::new(kind, "PutObject", "b", "k", "injected")
@@ -108,5 +222,35 @@ mod tests {
             .await;
         assert!(out.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_halves_on_throttles_and_grows_back() {
+        let limit = AdaptiveLimit::new(16);
+        let policy = RetryPolicy::default();
+        let calls = AtomicU32::new(0);
+        policy
+            .run_with(Some(&limit), |_| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(err(StoreErrorKind::Throttled))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(limit.current(), 4, "two throttles: 16 → 8 → 4");
+        for _ in 0..4 {
+            limit.on_success();
+        }
+        assert_eq!(limit.current(), 5);
+        let slots: Vec<_> = futures::future::join_all((0..5).map(|_| limit.acquire())).await;
+        assert_eq!(slots.len(), 5);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        assert!(waiting.is_err(), "a sixth slot waits while five are held");
+        drop(slots);
+        let _slot = tokio::time::timeout(Duration::from_millis(50), limit.acquire())
+            .await
+            .unwrap();
     }
 }

@@ -386,11 +386,14 @@ pub struct S3Settings {
     pub profile: Option<String>,
     /// Path-style addressing; on by default for custom endpoints.
     pub force_path_style: Option<bool>,
+    /// Longest wait for one request's response to start or continue (default 120 s; S3 keeps
+    /// long copies alive with whitespace, so this bounds a hung connection, not a big copy).
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 impl S3Settings {
     /// Settings from the environment: `AWS_ENDPOINT_URL(_S3)`, `AWS_REGION`, `AWS_PROFILE`,
-    /// `S3QUILT_FORCE_PATH_STYLE`.
+    /// `S3QUILT_FORCE_PATH_STYLE`, `S3QUILT_READ_TIMEOUT_SECS`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         S3Settings {
@@ -399,6 +402,9 @@ impl S3Settings {
             profile: var("AWS_PROFILE"),
             force_path_style: var("S3QUILT_FORCE_PATH_STYLE")
                 .map(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            read_timeout: var("S3QUILT_READ_TIMEOUT_SECS")
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_secs),
         }
     }
 
@@ -420,6 +426,17 @@ impl S3Settings {
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);
         }
+        // Every request has a deadline: a hung connection fails (and is retried) instead of
+        // stalling a run.
+        loader = loader.timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(
+                    self.read_timeout
+                        .unwrap_or(std::time::Duration::from_secs(120)),
+                )
+                .build(),
+        );
         loader.load().await
     }
 

@@ -63,6 +63,10 @@ impl From<HashTypeArg> for HashType {
     }
 }
 
+fn default_concurrency() -> u16 {
+    u16::try_from(EngineOptions::default().concurrency).unwrap_or(u16::MAX)
+}
+
 /// Arguments shared by `create` and `plan`.
 #[derive(Debug, Clone, Args)]
 pub struct PackageArgs {
@@ -103,7 +107,7 @@ pub struct PackageArgs {
     #[arg(long)]
     pub overwrite_existing: bool,
     /// Objects copied at once.
-    #[arg(long, value_name = "N", default_value_t = EngineOptions::default().concurrency, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = default_concurrency(), value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     #[command(flatten)]
     pub s3: S3Args,
@@ -154,22 +158,34 @@ pub struct ArgError {
 pub fn parse_s3_url(arg: &'static str, url: &str) -> Result<(String, String), ArgError> {
     let error = |problem: String| ArgError { arg, problem };
     let Some(rest) = url.strip_prefix("s3://") else {
-        return Err(error(format!("{url:?} is not an S3 URL; expected s3://BUCKET or s3://BUCKET/PREFIX")));
+        return Err(error(format!(
+            "{url:?} is not an S3 URL; expected s3://BUCKET or s3://BUCKET/PREFIX"
+        )));
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(error(format!("{url:?} has no bucket; expected s3://BUCKET or s3://BUCKET/PREFIX")));
+        return Err(error(format!(
+            "{url:?} has no bucket; expected s3://BUCKET or s3://BUCKET/PREFIX"
+        )));
     }
     Ok((bucket.to_string(), prefix.to_string()))
 }
 
 /// Parses `--meta`: a JSON object.
 pub fn parse_meta(text: &str) -> Result<serde_json::Value, ArgError> {
-    let error = |problem: String| ArgError { arg: "--meta", problem };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| error(format!("is not valid JSON ({e}); expected an object such as '{{\"project\": \"x\"}}'")))?;
+    let error = |problem: String| ArgError {
+        arg: "--meta",
+        problem,
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        error(format!(
+            "is not valid JSON ({e}); expected an object such as '{{\"project\": \"x\"}}'"
+        ))
+    })?;
     if !value.is_object() {
-        return Err(error(format!("must be a JSON object such as '{{\"project\": \"x\"}}', got {text:?}")));
+        return Err(error(format!(
+            "must be a JSON object such as '{{\"project\": \"x\"}}', got {text:?}"
+        )));
     }
     Ok(value)
 }
@@ -194,19 +210,21 @@ impl PackageArgs {
 
     /// Engine settings from these arguments.
     pub fn engine_options(&self) -> EngineOptions {
-        EngineOptions { concurrency: usize::from(self.concurrency), ..EngineOptions::default() }
+        EngineOptions {
+            concurrency: usize::from(self.concurrency),
+            ..EngineOptions::default()
+        }
     }
 }
 
 impl S3Args {
     /// Connection settings: the environment's, overridden by flags.
     pub fn settings(&self, from_env: S3Settings) -> S3Settings {
-        S3Settings {
-            endpoint_url: self.endpoint_url.clone().or(from_env.endpoint_url),
-            region: self.region.clone().or(from_env.region),
-            profile: self.profile.clone().or(from_env.profile),
-            force_path_style: from_env.force_path_style,
-        }
+        let mut settings = from_env;
+        settings.endpoint_url = self.endpoint_url.clone().or(settings.endpoint_url);
+        settings.region = self.region.clone().or(settings.region);
+        settings.profile = self.profile.clone().or(settings.profile);
+        settings
     }
 }
 
@@ -246,9 +264,19 @@ mod tests {
         let ok = |url: &str| parse_s3_url("SRC", url).unwrap();
         assert_eq!(ok("s3://bucket"), ("bucket".into(), "".into()));
         assert_eq!(ok("s3://bucket/"), ("bucket".into(), "".into()));
-        assert_eq!(ok("s3://bucket/data/2024"), ("bucket".into(), "data/2024".into()));
+        assert_eq!(
+            ok("s3://bucket/data/2024"),
+            ("bucket".into(), "data/2024".into())
+        );
         assert_eq!(ok("s3://bucket/a b/é/"), ("bucket".into(), "a b/é/".into()));
-        for bad in ["bucket/data", "s3:/bucket", "https://bucket/x", "s3://", "s3:///data", ""] {
+        for bad in [
+            "bucket/data",
+            "s3:/bucket",
+            "https://bucket/x",
+            "s3://",
+            "s3:///data",
+            "",
+        ] {
             let err = parse_s3_url("SRC", bad).unwrap_err();
             assert_eq!(err.arg, "SRC");
             assert!(err.to_string().starts_with("SRC: "), "{err}");
@@ -257,10 +285,22 @@ mod tests {
 
     #[test]
     fn defaults_map_to_a_default_request() {
-        let args = package_args(&["create", "s3://src/data", "team/pkg", "--registry", "s3://reg"]);
+        let args = package_args(&[
+            "create",
+            "s3://src/data",
+            "team/pkg",
+            "--registry",
+            "s3://reg",
+        ]);
         let request = args.to_request(false).unwrap();
-        assert_eq!(request, PackageRequest::new("src", "data", "team/pkg", "s3://reg"));
-        assert_eq!(args.engine_options().concurrency, EngineOptions::default().concurrency);
+        assert_eq!(
+            request,
+            PackageRequest::new("src", "data", "team/pkg", "s3://reg")
+        );
+        assert_eq!(
+            args.engine_options().concurrency,
+            EngineOptions::default().concurrency
+        );
         assert!(!args.json);
     }
 
@@ -312,16 +352,40 @@ mod tests {
         assert_eq!(request, expected);
         assert_eq!(args.engine_options().concurrency, 8);
         assert!(args.json);
-        let settings = args.s3.settings(S3Settings { force_path_style: Some(true), ..S3Settings::default() });
-        assert_eq!(settings.endpoint_url.as_deref(), Some("http://127.0.0.1:5055"));
+        let settings = args.s3.settings(S3Settings {
+            force_path_style: Some(true),
+            ..S3Settings::default()
+        });
+        assert_eq!(
+            settings.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5055")
+        );
         assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
         assert_eq!(settings.profile.as_deref(), Some("dev"));
         assert_eq!(settings.force_path_style, Some(true));
 
-        let no_copy = package_args(&["create", "s3://src", "a/b", "--registry", "reg", "--no-copy"]);
+        let no_copy = package_args(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "reg",
+            "--no-copy",
+        ]);
         assert!(!no_copy.to_request(false).unwrap().copy);
-        let chunked = package_args(&["create", "s3://src", "a/b", "--registry", "reg", "--hash-type", "sha2-256-chunked"]);
-        assert_eq!(chunked.to_request(false).unwrap().hash_type, Some(HashType::Sha2_256Chunked));
+        let chunked = package_args(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "reg",
+            "--hash-type",
+            "sha2-256-chunked",
+        ]);
+        assert_eq!(
+            chunked.to_request(false).unwrap().hash_type,
+            Some(HashType::Sha2_256Chunked)
+        );
     }
 
     #[test]
@@ -330,7 +394,7 @@ mod tests {
             endpoint_url: Some("http://env".into()),
             region: Some("us-east-2".into()),
             profile: Some("envprofile".into()),
-            force_path_style: None,
+            ..S3Settings::default()
         };
         let settings = S3Args::default().settings(from_env);
         assert_eq!(settings.endpoint_url.as_deref(), Some("http://env"));
@@ -341,9 +405,20 @@ mod tests {
     #[test]
     fn bad_source_and_meta_name_their_argument() {
         let bad_url = package_args(&["create", "src/data", "a/b", "--registry", "reg"]);
-        assert_eq!(bad_url.to_request(false).unwrap_err().arg, "s3://BUCKET/PREFIX");
+        assert_eq!(
+            bad_url.to_request(false).unwrap_err().arg,
+            "s3://BUCKET/PREFIX"
+        );
         for meta in ["{not json", "[1, 2]", "\"text\""] {
-            let args = package_args(&["create", "s3://src", "a/b", "--registry", "reg", "--meta", meta]);
+            let args = package_args(&[
+                "create",
+                "s3://src",
+                "a/b",
+                "--registry",
+                "reg",
+                "--meta",
+                meta,
+            ]);
             let err = args.to_request(false).unwrap_err();
             assert_eq!(err.arg, "--meta", "{err}");
             assert!(err.to_string().starts_with("--meta: "), "{err}");
@@ -352,16 +427,44 @@ mod tests {
 
     #[test]
     fn clap_refuses_bad_values() {
-        let refused = |args: &[&str]| Cli::try_parse_from(std::iter::once("s3quilt").chain(args.iter().copied())).is_err();
-        assert!(refused(&["create", "s3://src", "a/b"]), "--registry is required");
-        assert!(refused(&["create", "s3://src", "a/b", "--registry", "r", "--concurrency", "0"]));
-        assert!(refused(&["create", "s3://src", "a/b", "--registry", "r", "--hash-type", "SHA256"]));
+        let refused = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("s3quilt").chain(args.iter().copied())).is_err()
+        };
+        assert!(
+            refused(&["create", "s3://src", "a/b"]),
+            "--registry is required"
+        );
+        assert!(refused(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "r",
+            "--concurrency",
+            "0"
+        ]));
+        assert!(refused(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "r",
+            "--hash-type",
+            "SHA256"
+        ]));
         assert!(!refused(&["demo", "--keep", "--json"]));
     }
 
     #[test]
     fn request_fields_have_flags() {
-        for field in ["source_bucket", "package_name", "target_registry", "target_bucket", "metadata", "include_patterns"] {
+        for field in [
+            "source_bucket",
+            "package_name",
+            "target_registry",
+            "target_bucket",
+            "metadata",
+            "include_patterns",
+        ] {
             assert!(flag_for_field(field).is_some(), "{field}");
         }
         assert_eq!(flag_for_field("nope"), None);

@@ -53,11 +53,20 @@ fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
 /// The sample dataset: nested folders, CSV, JSON, a key with a space and unicode, an empty
 /// object, an object over 8 MiB, content types and user metadata.
 pub fn sample_objects() -> Vec<SampleObject> {
-    let obj = |key, body: &[u8], content_type, metadata| SampleObject { key, body: body.to_vec(), content_type, metadata };
+    let obj = |key, body: &[u8], content_type, metadata| SampleObject {
+        key,
+        body: body.to_vec(),
+        content_type,
+        metadata,
+    };
     let csv = |year: u32| {
         let mut text = String::from("station,date,temperature_c\n");
         for day in 1..=31 {
-            text.push_str(&format!("north-{},{year}-01-{day:02},{:.1}\n", day % 3, -4.0 + f64::from(day) * 0.37));
+            text.push_str(&format!(
+                "north-{},{year}-01-{day:02},{:.1}\n",
+                day % 3,
+                -4.0 + f64::from(day) * 0.37
+            ));
         }
         text.into_bytes()
     };
@@ -105,7 +114,12 @@ pub fn sample_objects() -> Vec<SampleObject> {
 /// Creates the buckets and uploads the sample dataset.
 async fn seed(client: &aws_sdk_s3::Client, objects: &[SampleObject]) -> anyhow::Result<()> {
     for bucket in [SOURCE_BUCKET, REGISTRY_BUCKET] {
-        client.create_bucket().bucket(bucket).send().await.with_context(|| format!("creating bucket {bucket}"))?;
+        client
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .with_context(|| format!("creating bucket {bucket}"))?;
     }
     for object in objects {
         client
@@ -114,10 +128,13 @@ async fn seed(client: &aws_sdk_s3::Client, objects: &[SampleObject]) -> anyhow::
             .key(object.key)
             .body(ByteStream::from(object.body.clone()))
             .set_content_type(object.content_type.map(str::to_string))
-            .set_metadata(
-                (!object.metadata.is_empty())
-                    .then(|| object.metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-            )
+            .set_metadata((!object.metadata.is_empty()).then(|| {
+                object
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }))
             .send()
             .await
             .with_context(|| format!("uploading s3://{SOURCE_BUCKET}/{}", object.key))?;
@@ -131,12 +148,18 @@ async fn demo_client(endpoint: &str) -> aws_sdk_s3::Client {
     let settings = S3Settings {
         endpoint_url: Some(endpoint.to_string()),
         region: Some("us-east-1".to_string()),
-        profile: None,
         force_path_style: Some(true),
+        ..S3Settings::default()
     };
     let config = settings.sdk_config().await;
     let s3_config = aws_sdk_s3::config::Builder::from(&config)
-        .credentials_provider(Credentials::new(DEMO_ACCESS_KEY, DEMO_SECRET_KEY, None, None, "s3quilt-demo"))
+        .credentials_provider(Credentials::new(
+            DEMO_ACCESS_KEY,
+            DEMO_SECRET_KEY,
+            None,
+            None,
+            "s3quilt-demo",
+        ))
         .force_path_style(true)
         .build();
     aws_sdk_s3::Client::from_conf(s3_config)
@@ -144,7 +167,12 @@ async fn demo_client(endpoint: &str) -> aws_sdk_s3::Client {
 
 /// The demo's request.
 pub fn demo_request() -> PackageRequest {
-    let mut request = PackageRequest::new(SOURCE_BUCKET, "", PACKAGE, &format!("s3://{REGISTRY_BUCKET}"));
+    let mut request = PackageRequest::new(
+        SOURCE_BUCKET,
+        "",
+        PACKAGE,
+        &format!("s3://{REGISTRY_BUCKET}"),
+    );
     request.description = Some("Sample dataset packaged by `s3quilt demo`".to_string());
     request.metadata = Some(serde_json::json!({"source": "s3quilt demo", "license": "CC0-1.0"}));
     request
@@ -152,14 +180,18 @@ pub fn demo_request() -> PackageRequest {
 
 /// Runs the demo.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("s3quilt-demo-").tempdir().context("creating a temporary directory")?;
+    let dir = tempfile::Builder::new()
+        .prefix("s3quilt-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let root = dir.path().to_path_buf();
     let result = run_in(&root, args).await;
     if args.keep {
         let kept = dir.keep();
         eprintln!("kept the demo buckets in {}", kept.display());
     } else {
-        dir.close().with_context(|| format!("removing {}", root.display()))?;
+        dir.close()
+            .with_context(|| format!("removing {}", root.display()))?;
     }
     result
 }
@@ -168,8 +200,14 @@ async fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let server = DemoServer::start(root).await?;
     let result = package(root, &server, args).await;
     if result.is_ok() && args.serve {
-        eprintln!("serving {} at {}; press Ctrl-C to stop", root.display(), server.endpoint);
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!(
+            "serving {} at {}; press Ctrl-C to stop",
+            root.display(),
+            server.endpoint
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
     }
     server.stop().await;
     result
@@ -178,14 +216,24 @@ async fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
 async fn package(root: &Path, server: &DemoServer, args: &DemoArgs) -> anyhow::Result<()> {
     let client = demo_client(&server.endpoint).await;
     let objects = sample_objects();
-    seed(&client, &objects).await.context("seeding the demo dataset")?;
+    seed(&client, &objects)
+        .await
+        .context("seeding the demo dataset")?;
     tracing::info!(objects = objects.len(), endpoint = %server.endpoint, "seeded the demo dataset");
     if !args.json {
-        println!("Demo S3 server at {} serving {}", server.endpoint, root.display());
-        println!("Seeded s3://{SOURCE_BUCKET} with {} objects; packaging it as {PACKAGE}…\n", objects.len());
+        println!(
+            "Demo S3 server at {} serving {}",
+            server.endpoint,
+            root.display()
+        );
+        println!(
+            "Seeded s3://{SOURCE_BUCKET} with {} objects; packaging it as {PACKAGE}…\n",
+            objects.len()
+        );
     }
     let request = demo_request();
-    let outcome = run_with_progress(S3Store::shared(client), &request, &EngineOptions::default()).await?;
+    let outcome =
+        run_with_progress(S3Store::shared(client), &request, &EngineOptions::default()).await?;
     print_outcome(&outcome, args.json)?;
     if !args.json
         && let RunOutcome::Created { package, .. } = &outcome
@@ -195,7 +243,13 @@ async fn package(root: &Path, server: &DemoServer, args: &DemoArgs) -> anyhow::R
     Ok(())
 }
 
-fn print_browse_hints(root: &Path, server: &DemoServer, name: &str, top_hash: &str, args: &DemoArgs) {
+fn print_browse_hints(
+    root: &Path,
+    server: &DemoServer,
+    name: &str,
+    top_hash: &str,
+    args: &DemoArgs,
+) {
     let registry_dir: PathBuf = root.join(REGISTRY_BUCKET);
     let manifest = registry_dir.join(".quilt").join("packages").join(top_hash);
     println!();
@@ -203,8 +257,14 @@ fn print_browse_hints(root: &Path, server: &DemoServer, name: &str, top_hash: &s
     println!("Manifest:          {}", manifest.display());
     println!("Package files:     {}", registry_dir.join(name).display());
     println!();
-    let when = if args.serve { "now" } else { "while a demo server runs (`s3quilt demo --serve`)" };
-    println!("Browse it with quilt3 {when} (the keys are the demo server's fixed test keys, not AWS credentials):");
+    let when = if args.serve {
+        "now"
+    } else {
+        "while a demo server runs (`s3quilt demo --serve`)"
+    };
+    println!(
+        "Browse it with quilt3 {when} (the keys are the demo server's fixed test keys, not AWS credentials):"
+    );
     println!(
         "  AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID={DEMO_ACCESS_KEY} AWS_SECRET_ACCESS_KEY={DEMO_SECRET_KEY} \\\n    \
          python -c \"import quilt3; print(quilt3.Package.browse('{name}', registry='s3://{REGISTRY_BUCKET}', top_hash='{top_hash}'))\"",
@@ -236,10 +296,21 @@ mod tests {
         assert!((10..=14).contains(&objects.len()));
         assert!(objects.iter().any(|o| o.body.is_empty()));
         assert!(objects.iter().any(|o| o.body.len() > 8 * 1024 * 1024));
-        assert!(objects.iter().any(|o| o.key.contains(' ') && !o.key.is_ascii()));
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.key.contains(' ') && !o.key.is_ascii())
+        );
         assert!(objects.iter().any(|o| o.key.matches('/').count() >= 4));
-        assert!(objects.iter().any(|o| o.key.ends_with(".csv")) && objects.iter().any(|o| o.key.ends_with(".json")));
-        assert!(objects.iter().any(|o| !o.metadata.is_empty() && o.content_type.is_some()));
+        assert!(
+            objects.iter().any(|o| o.key.ends_with(".csv"))
+                && objects.iter().any(|o| o.key.ends_with(".json"))
+        );
+        assert!(
+            objects
+                .iter()
+                .any(|o| !o.metadata.is_empty() && o.content_type.is_some())
+        );
         for o in &objects {
             logical_key(o.key, false).unwrap_or_else(|e| panic!("{}: {e}", o.key));
         }

@@ -32,39 +32,43 @@ pub const DEMO_SECRET_KEY: &str = "s3quilt-demo-secret";
 #[derive(Debug)]
 pub struct DemoS3(FileSystem);
 
-macro_rules! pass_through {
-    ($($op:ident: $input:ident => $output:ident),* $(,)?) => {
-        $(
-            async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
-                self.0.$op(req).await
-            }
-        )*
+/// Implements [`S3`] for [`DemoS3`]: the listed operations go to s3s-fs as they are; the items
+/// after `;` are the demo's own. (One macro for the whole impl, so `async_trait` sees the
+/// expanded methods.)
+macro_rules! demo_s3 {
+    ($($op:ident: $input:ident => $output:ident),* $(,)?; $($own:item)*) => {
+        #[async_trait::async_trait]
+        impl S3 for DemoS3 {
+            $(
+                async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                    self.0.$op(req).await
+                }
+            )*
+            $($own)*
+        }
     };
 }
 
-#[async_trait::async_trait]
-impl S3 for DemoS3 {
-    pass_through! {
-        create_bucket: CreateBucketInput => CreateBucketOutput,
-        delete_bucket: DeleteBucketInput => DeleteBucketOutput,
-        head_bucket: HeadBucketInput => HeadBucketOutput,
-        list_buckets: ListBucketsInput => ListBucketsOutput,
-        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
-        list_objects: ListObjectsInput => ListObjectsOutput,
-        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
-        head_object: HeadObjectInput => HeadObjectOutput,
-        get_object: GetObjectInput => GetObjectOutput,
-        put_object: PutObjectInput => PutObjectOutput,
-        copy_object: CopyObjectInput => CopyObjectOutput,
-        delete_object: DeleteObjectInput => DeleteObjectOutput,
-        delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
-        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
-        upload_part: UploadPartInput => UploadPartOutput,
-        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
-        list_parts: ListPartsInput => ListPartsOutput,
-        complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
-        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,
-    }
+demo_s3! {
+    create_bucket: CreateBucketInput => CreateBucketOutput,
+    delete_bucket: DeleteBucketInput => DeleteBucketOutput,
+    head_bucket: HeadBucketInput => HeadBucketOutput,
+    list_buckets: ListBucketsInput => ListBucketsOutput,
+    get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
+    list_objects: ListObjectsInput => ListObjectsOutput,
+    list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
+    head_object: HeadObjectInput => HeadObjectOutput,
+    get_object: GetObjectInput => GetObjectOutput,
+    put_object: PutObjectInput => PutObjectOutput,
+    copy_object: CopyObjectInput => CopyObjectOutput,
+    delete_object: DeleteObjectInput => DeleteObjectOutput,
+    delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
+    create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
+    upload_part: UploadPartInput => UploadPartOutput,
+    upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
+    list_parts: ListPartsInput => ListPartsOutput,
+    complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
+    abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
 
     async fn get_bucket_versioning(
         &self,
@@ -131,11 +135,14 @@ pub struct DemoServer {
 impl DemoServer {
     /// Serves `root` (each sub-directory is a bucket) on a free port of 127.0.0.1.
     pub async fn start(root: &Path) -> anyhow::Result<DemoServer> {
-        let fs = FileSystem::new(root).map_err(|e| anyhow!("cannot serve {}: {e:?}", root.display()))?;
+        let fs =
+            FileSystem::new(root).map_err(|e| anyhow!("cannot serve {}: {e:?}", root.display()))?;
         let mut builder = S3ServiceBuilder::new(DemoS3(fs));
         builder.set_auth(SimpleAuth::from_single(DEMO_ACCESS_KEY, DEMO_SECRET_KEY));
         let service = builder.build();
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("binding 127.0.0.1")?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("binding 127.0.0.1")?;
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -157,12 +164,19 @@ impl DemoServer {
                     _ = &mut stop => break,
                 }
             }
-            if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("demo server connections still open after 5 s; closing them");
             }
         });
         tracing::info!(%addr, "demo S3 server listening");
-        Ok(DemoServer { endpoint: format!("http://{addr}"), shutdown, task })
+        Ok(DemoServer {
+            endpoint: format!("http://{addr}"),
+            shutdown,
+            task,
+        })
     }
 
     /// Stops accepting, lets open requests finish (5 s at most) and returns.

@@ -34,7 +34,12 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: u8, kind: &'static str, message: String) -> Self {
-        Failure { code, kind, message, rollback: None }
+        Failure {
+            code,
+            kind,
+            message,
+            rollback: None,
+        }
     }
 
     /// The `--json` document: `{"error": {...}}`.
@@ -65,22 +70,34 @@ pub fn classify_engine(err: &EngineError) -> Failure {
     match err {
         EngineError::Plan(plan) => match plan {
             PlanError::Request(request) => {
-                let hint = flag_for_field(request.field()).map(|flag| format!(" (set by {flag})")).unwrap_or_default();
-                Failure::new(EXIT_BAD_INPUT, "invalid_request", format!("{message}{hint}"))
+                let hint = flag_for_field(request.field())
+                    .map(|flag| format!(" (set by {flag})"))
+                    .unwrap_or_default();
+                Failure::new(
+                    EXIT_BAD_INPUT,
+                    "invalid_request",
+                    format!("{message}{hint}"),
+                )
             }
-            PlanError::EmptySelection { .. } => Failure::new(EXIT_BAD_INPUT, "empty_selection", message),
+            PlanError::EmptySelection { .. } => {
+                Failure::new(EXIT_BAD_INPUT, "empty_selection", message)
+            }
             PlanError::Problems(_) => Failure::new(EXIT_BAD_INPUT, "cannot_package", message),
             PlanError::SourceAccess { .. } => Failure::new(EXIT_ACCESS, "source_access", message),
             PlanError::TargetAccess { .. } => Failure::new(EXIT_ACCESS, "target_access", message),
-            PlanError::Store(e) if e.kind == StoreErrorKind::AccessDenied => Failure::new(EXIT_ACCESS, "access_denied", message),
+            PlanError::Store(e) if e.kind == StoreErrorKind::AccessDenied => {
+                Failure::new(EXIT_ACCESS, "access_denied", message)
+            }
             PlanError::Store(_) => Failure::new(EXIT_OTHER, "storage", message),
         },
-        EngineError::Copy { rollback, .. } => {
-            Failure { rollback: Some(rollback.clone()), ..Failure::new(EXIT_ROLLED_BACK, "copy_failed", message) }
-        }
-        EngineError::Finalize { rollback, .. } => {
-            Failure { rollback: Some(rollback.clone()), ..Failure::new(EXIT_ROLLED_BACK, "finalize_failed", message) }
-        }
+        EngineError::Copy { rollback, .. } => Failure {
+            rollback: Some(rollback.clone()),
+            ..Failure::new(EXIT_ROLLED_BACK, "copy_failed", message)
+        },
+        EngineError::Finalize { rollback, .. } => Failure {
+            rollback: Some(rollback.clone()),
+            ..Failure::new(EXIT_ROLLED_BACK, "finalize_failed", message)
+        },
     }
 }
 
@@ -94,7 +111,13 @@ mod tests {
     use s3quilt_core::storage::StoreError;
 
     fn store_error(kind: StoreErrorKind) -> StoreError {
-        StoreError::new(kind, "ListObjectsV2", "bucket", "data/", "HTTP 403 AccessDenied: no")
+        StoreError::new(
+            kind,
+            "ListObjectsV2",
+            "bucket",
+            "data/",
+            "HTTP 403 AccessDenied: no",
+        )
     }
 
     #[test]
@@ -103,7 +126,11 @@ mod tests {
         bad.target_registry = "Not_A_Bucket".into();
         let request_error = bad.validate().unwrap_err();
         let cases: Vec<(EngineError, u8, &str)> = vec![
-            (EngineError::Plan(PlanError::Request(request_error)), 2, "invalid_request"),
+            (
+                EngineError::Plan(PlanError::Request(request_error)),
+                2,
+                "invalid_request",
+            ),
             (
                 EngineError::Plan(PlanError::EmptySelection {
                     bucket: "b".into(),
@@ -116,7 +143,11 @@ mod tests {
                 2,
                 "empty_selection",
             ),
-            (EngineError::Plan(PlanError::Problems(PlanProblems::default())), 2, "cannot_package"),
+            (
+                EngineError::Plan(PlanError::Problems(PlanProblems::default())),
+                2,
+                "cannot_package",
+            ),
             (
                 EngineError::Plan(PlanError::SourceAccess {
                     bucket: "b".into(),
@@ -127,17 +158,41 @@ mod tests {
                 "source_access",
             ),
             (
-                EngineError::Plan(PlanError::TargetAccess { bucket: "b".into(), source: store_error(StoreErrorKind::NotFound) }),
+                EngineError::Plan(PlanError::TargetAccess {
+                    bucket: "b".into(),
+                    source: store_error(StoreErrorKind::NotFound),
+                }),
                 3,
                 "target_access",
             ),
-            (EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::AccessDenied))), 3, "access_denied"),
-            (EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::Transient))), 1, "storage"),
-            (EngineError::Copy { error: CopyError::NoSuchShard(7), rollback: RollbackReport::default() }, 4, "copy_failed"),
+            (
+                EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::AccessDenied))),
+                3,
+                "access_denied",
+            ),
+            (
+                EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::Transient))),
+                1,
+                "storage",
+            ),
+            (
+                EngineError::Copy {
+                    error: CopyError::NoSuchShard(7),
+                    rollback: RollbackReport::default(),
+                },
+                4,
+                "copy_failed",
+            ),
             (
                 EngineError::Finalize {
-                    error: FinalizeError::MissingFragments { run_id: "r".into(), missing: vec![1] },
-                    rollback: RollbackReport { deleted: 2, not_deleted: vec!["s3://b/k".into()] },
+                    error: FinalizeError::MissingFragments {
+                        run_id: "r".into(),
+                        missing: vec![1],
+                    },
+                    rollback: RollbackReport {
+                        deleted: 2,
+                        not_deleted: vec!["s3://b/k".into()],
+                    },
                 },
                 4,
                 "finalize_failed",
@@ -145,7 +200,12 @@ mod tests {
         ];
         for (error, code, kind) in cases {
             let failure = classify(&anyhow::Error::new(error));
-            assert_eq!((failure.code, failure.kind), (code, kind), "{}", failure.message);
+            assert_eq!(
+                (failure.code, failure.kind),
+                (code, kind),
+                "{}",
+                failure.message
+            );
             assert_eq!(failure.rollback.is_some(), code == 4);
         }
     }
@@ -154,15 +214,28 @@ mod tests {
     fn request_errors_name_the_flag() {
         let mut bad = PackageRequest::new("src", "", "team/pkg", "s3://registry");
         bad.target_registry = "Not_A_Bucket".into();
-        let failure = classify_engine(&EngineError::Plan(PlanError::Request(bad.validate().unwrap_err())));
-        assert!(failure.message.contains("target_registry") && failure.message.ends_with("(set by --registry)"), "{}", failure.message);
+        let failure = classify_engine(&EngineError::Plan(PlanError::Request(
+            bad.validate().unwrap_err(),
+        )));
+        assert!(
+            failure.message.contains("target_registry")
+                && failure.message.ends_with("(set by --registry)"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
     fn argument_and_other_errors() {
-        let arg = anyhow::Error::new(ArgError { arg: "--meta", problem: "is not valid JSON".into() });
+        let arg = anyhow::Error::new(ArgError {
+            arg: "--meta",
+            problem: "is not valid JSON".into(),
+        });
         let failure = classify(&arg);
-        assert_eq!((failure.code, failure.kind, failure.message.as_str()), (2, "invalid_argument", "--meta: is not valid JSON"));
+        assert_eq!(
+            (failure.code, failure.kind, failure.message.as_str()),
+            (2, "invalid_argument", "--meta: is not valid JSON")
+        );
         let other = classify(&anyhow::anyhow!("server did not start").context("demo"));
         assert_eq!((other.code, other.kind), (1, "error"));
         assert_eq!(other.message, "demo: server did not start");
@@ -171,13 +244,24 @@ mod tests {
 
     #[test]
     fn json_shape() {
-        let failure = classify_engine(&EngineError::Copy { error: CopyError::NoSuchShard(7), rollback: RollbackReport::default() });
+        let failure = classify_engine(&EngineError::Copy {
+            error: CopyError::NoSuchShard(7),
+            rollback: RollbackReport::default(),
+        });
         let json = failure.to_json();
         assert_eq!(json["error"]["kind"], "copy_failed");
-        assert!(json["error"]["message"].as_str().unwrap().contains("shard 7"));
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("shard 7")
+        );
         assert_eq!(json["error"]["rollback"]["deleted"], 0);
         assert!(json["error"].get("code").is_none());
         let usage = Failure::usage("x".into()).to_json();
-        assert_eq!(usage, serde_json::json!({"error": {"kind": "usage", "message": "x"}}));
+        assert_eq!(
+            usage,
+            serde_json::json!({"error": {"kind": "usage", "message": "x"}})
+        );
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use s3quilt_core::engine::{EngineOptions, Phase, Progress, ProgressSnapshot, RunOutcome, run_local};
+use s3quilt_core::engine::{
+    EngineOptions, Phase, Progress, ProgressSnapshot, RunOutcome, run_local,
+};
 use s3quilt_core::plan::{PlanSummary, RequestEstimate};
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::ObjectStore;
@@ -90,10 +92,17 @@ pub fn outcome_text(outcome: &RunOutcome) -> String {
             let mut out = format!("Created {}\n", package.package_name);
             out += &format!("  top hash:  {}\n", package.top_hash);
             out += &format!("  registry:  {}\n", package.registry);
-            out += &format!("  objects:   {} ({})\n", package.objects, bytes(package.bytes));
+            out += &format!(
+                "  objects:   {} ({})\n",
+                package.objects,
+                bytes(package.bytes)
+            );
             out += &format!("  source:    {}\n", plan.source);
             if plan.copy {
-                out += &format!("  copies in: s3://{}/{}/\n", plan.target_bucket, package.package_name);
+                out += &format!(
+                    "  copies in: s3://{}/{}/\n",
+                    plan.target_bucket, package.package_name
+                );
             } else {
                 out += "  objects referenced in place (not copied)\n";
             }
@@ -104,10 +113,16 @@ pub fn outcome_text(outcome: &RunOutcome) -> String {
 }
 
 fn plan_text(plan: &PlanSummary) -> String {
-    let mut out = format!("Plan for {} in {} (dry run: nothing was written)\n", plan.package_name, plan.registry);
+    let mut out = format!(
+        "Plan for {} in {} (dry run: nothing was written)\n",
+        plan.package_name, plan.registry
+    );
     out += &format!("  source:    {}\n", plan.source);
     if plan.copy {
-        out += &format!("  copies to: s3://{}/{}/\n", plan.target_bucket, plan.package_name);
+        out += &format!(
+            "  copies to: s3://{}/{}/\n",
+            plan.target_bucket, plan.package_name
+        );
     } else {
         out += "  objects referenced in place (not copied)\n";
     }
@@ -117,7 +132,10 @@ fn plan_text(plan: &PlanSummary) -> String {
         plan.listed, plan.folder_markers, plan.not_included, plan.excluded
     );
     out += &format!("  shards:    {}\n", plan.shards);
-    out += &format!("  estimated S3 requests: {}\n", estimate_text(&plan.estimated_requests));
+    out += &format!(
+        "  estimated S3 requests: {}\n",
+        estimate_text(&plan.estimated_requests)
+    );
     out += &format!("  first {} logical keys:\n", plan.sample_logical_keys.len());
     for key in &plan.sample_logical_keys {
         out += &format!("    {key}\n");
@@ -172,14 +190,27 @@ mod tests {
     #[test]
     fn plan_text_has_counts_shards_keys_and_estimate() {
         let text = outcome_text(&RunOutcome::Planned(summary()));
-        for needle in ["team/pkg", "s3://reg", "objects:   2 (3145728 bytes, 3.00 MiB)", "shards:    1", "    b/c.json", "12 (1 list, 2 head, 2 copy"] {
+        for needle in [
+            "team/pkg",
+            "s3://reg",
+            "objects:   2 (3145728 bytes, 3.00 MiB)",
+            "shards:    1",
+            "    b/c.json",
+            "12 (1 list, 2 head, 2 copy",
+        ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }
     }
 
     #[test]
     fn progress_messages() {
-        let mut s = ProgressSnapshot { phase: Phase::Planning, objects_total: 0, bytes_total: 0, objects_done: 0, bytes_done: 0 };
+        let mut s = ProgressSnapshot {
+            phase: Phase::Planning,
+            objects_total: 0,
+            bytes_total: 0,
+            objects_done: 0,
+            bytes_done: 0,
+        };
         assert!(progress_message(&s).starts_with("planning"));
         s.phase = Phase::Copying;
         s.objects_total = 12;

@@ -1,0 +1,335 @@
+//! The four steps as the Lambdas run them: parse the event, check it against the deployment's
+//! limits, call the core step, shape the result for the state machine, and map errors to
+//! [`StepError`]s. The Lambda binaries only build a store and call these.
+
+use std::sync::Arc;
+
+use super::errors::{ErrorType, StepError};
+use super::events::{
+    CopierEvent, CopierOutput, ExecutionInput, PlannerEvent, PlannerOutput, RollbackEvent,
+    RollbackOutput, RunRef, parse_value,
+};
+use crate::copy::{CopyOptions, copy_shard_from_staging};
+use crate::finalize::{PackageResult, finalize, rollback};
+use crate::plan::{PlanOptions, plan};
+use crate::request::parse_bucket;
+use crate::staging::{FailureRecord, Staging};
+use crate::storage::{ObjectStore, list_all};
+
+/// How many failed shards' own errors a rollback cause quotes.
+const QUOTED_FAILURES: usize = 5;
+
+/// The Lambdas' settings, from their environment (see [`StepConfig::from_env`]).
+#[derive(Debug, Clone)]
+pub struct StepConfig {
+    /// Shard limits for the planner.
+    pub plan: PlanOptions,
+    /// Objects a copier keeps in flight.
+    pub copy_concurrency: usize,
+    /// Source buckets this deployment may read (empty: any the role allows).
+    pub allowed_source_buckets: Vec<String>,
+    /// Registry buckets this deployment may write (empty: any the role allows).
+    pub allowed_registry_buckets: Vec<String>,
+    /// Target buckets this deployment may write (empty: the registry buckets).
+    pub allowed_target_buckets: Vec<String>,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        StepConfig {
+            plan: PlanOptions {
+                // A copier must finish its shard within Lambda's 15 minutes.
+                shard_max_objects: 500,
+                shard_max_bytes: 100 * 1024 * 1024 * 1024,
+                ..PlanOptions::default()
+            },
+            copy_concurrency: 32,
+            allowed_source_buckets: Vec::new(),
+            allowed_registry_buckets: Vec::new(),
+            allowed_target_buckets: Vec::new(),
+        }
+    }
+}
+
+impl StepConfig {
+    /// Settings from `S3QUILT_SHARD_MAX_OBJECTS`, `S3QUILT_SHARD_MAX_BYTES`,
+    /// `S3QUILT_COPY_CONCURRENCY`, and the comma-separated `S3QUILT_SOURCE_BUCKETS`,
+    /// `S3QUILT_REGISTRY_BUCKETS`, `S3QUILT_TARGET_BUCKETS`; unset or empty keeps the default.
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Settings from any variable lookup (for tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut config = StepConfig::default();
+        let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let list = |k: &str| -> Vec<String> {
+            var(k)
+                .map(|v| {
+                    v.split(',')
+                        .map(|b| b.trim().to_string())
+                        .filter(|b| !b.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if let Some(n) = var("S3QUILT_SHARD_MAX_OBJECTS").and_then(|v| v.parse().ok()) {
+            config.plan.shard_max_objects = n;
+        }
+        if let Some(n) = var("S3QUILT_SHARD_MAX_BYTES").and_then(|v| v.parse().ok()) {
+            config.plan.shard_max_bytes = n;
+        }
+        if let Some(n) = var("S3QUILT_COPY_CONCURRENCY").and_then(|v| v.parse().ok()) {
+            config.copy_concurrency = n;
+        }
+        config.allowed_source_buckets = list("S3QUILT_SOURCE_BUCKETS");
+        config.allowed_registry_buckets = list("S3QUILT_REGISTRY_BUCKETS");
+        config.allowed_target_buckets = list("S3QUILT_TARGET_BUCKETS");
+        config
+    }
+
+    /// Refuses buckets this deployment is not allowed to use, before any S3 call (the IAM
+    /// policy would refuse them too, with a less helpful AccessDenied).
+    fn check_buckets(&self, input: &ExecutionInput) -> Result<(), StepError> {
+        let valid = input
+            .request
+            .validate()
+            .map_err(|e| StepError::invalid(e.to_string()))?;
+        let check = |field: &str, bucket: &str, allowed: &[String]| {
+            if allowed.is_empty() || allowed.iter().any(|a| a == bucket) {
+                Ok(())
+            } else {
+                Err(StepError::invalid(format!(
+                    "{field}: this deployment may not use bucket {bucket:?}; allowed: {} (redeploy with the bucket added to change that)",
+                    allowed.join(", ")
+                )))
+            }
+        };
+        check(
+            "source_bucket",
+            &valid.source_bucket,
+            &self.allowed_source_buckets,
+        )?;
+        check(
+            "target_registry",
+            &valid.registry_bucket,
+            &self.allowed_registry_buckets,
+        )?;
+        if valid.copy && valid.target_bucket != valid.registry_bucket {
+            let targets = if self.allowed_target_buckets.is_empty() {
+                &self.allowed_registry_buckets
+            } else {
+                &self.allowed_target_buckets
+            };
+            check("target_bucket", &valid.target_bucket, targets)?;
+        }
+        Ok(())
+    }
+}
+
+/// Plan: validate the request, list and select, write shards, the shard index and the plan.
+pub async fn plan_step(
+    store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
+    event: serde_json::Value,
+) -> Result<PlannerOutput, StepError> {
+    let event: PlannerEvent = parse_value("planner event", event)?;
+    let input = ExecutionInput::parse(event.input)?;
+    let max_concurrency = input.effective_max_concurrency()?;
+    config.check_buckets(&input)?;
+    let planned = plan(store.clone(), &input.request, &config.plan).await?;
+    let registry_bucket = parse_bucket("target_registry", &input.request.target_registry)
+        .map_err(|e| StepError::invalid(e.to_string()))?;
+    let run_id = planned.run.as_ref().map(|r| r.run_id.clone());
+    let staging = run_id
+        .as_ref()
+        .map(|id| Staging::new(store.clone(), &registry_bucket, id));
+    tracing::info!(
+        execution = event.execution_name.as_deref().unwrap_or(""),
+        run_id = run_id.as_deref().unwrap_or(""),
+        objects = planned.summary.objects,
+        shards = planned.summary.shards,
+        "planned"
+    );
+    Ok(PlannerOutput {
+        dry_run: planned.run.is_none(),
+        run_id,
+        registry_bucket,
+        shard_index_key: staging.as_ref().map(Staging::shard_index_key),
+        results_prefix: staging
+            .as_ref()
+            .map(|s| format!("{}map-results", s.prefix())),
+        shards: planned.summary.shards,
+        objects: planned.summary.objects,
+        bytes: planned.summary.bytes,
+        max_concurrency,
+        summary: planned.summary,
+    })
+}
+
+/// Copy one shard (idempotent: a shard whose fragment exists is not copied again).
+pub async fn copy_step(
+    store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
+    event: serde_json::Value,
+) -> Result<CopierOutput, StepError> {
+    let event: CopierEvent = parse_value("copier event", event)?;
+    RunRef {
+        run_id: event.run_id.clone(),
+        registry_bucket: event.registry_bucket.clone(),
+    }
+    .validate()?;
+    let options = CopyOptions::new(config.copy_concurrency);
+    let outcome = copy_shard_from_staging(
+        store,
+        &event.registry_bucket,
+        &event.run_id,
+        event.shard,
+        &options,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(run_id = %event.run_id, shard = event.shard, error = %e, "shard failed");
+        StepError::from(e)
+    })?;
+    let fragment = &outcome.fragment;
+    let output = CopierOutput {
+        shard: fragment.shard,
+        objects: fragment.entries.len() as u64,
+        bytes: fragment.entries.iter().map(|e| e.size).sum(),
+        already_done: outcome.already_done,
+    };
+    tracing::info!(run_id = %event.run_id, shard = output.shard, objects = output.objects, already_done = output.already_done, "shard copied");
+    Ok(output)
+}
+
+/// Finalize: check every fragment is there, write the manifest and pointers, remove staging.
+pub async fn finalize_step(
+    store: Arc<dyn ObjectStore>,
+    event: serde_json::Value,
+) -> Result<PackageResult, StepError> {
+    let run: RunRef = parse_value("finalizer event", event)?;
+    run.validate()?;
+    let package = finalize(store, &run.registry_bucket, &run.run_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(run_id = %run.run_id, error = %e, "finalize failed");
+            StepError::from(e)
+        })?;
+    tracing::info!(run_id = %run.run_id, top_hash = %package.top_hash, "package written");
+    Ok(package)
+}
+
+/// Rollback: delete what the run created and its staging area, and compose the error the
+/// execution fails with (the original error, the failed shards' own errors, what was removed).
+///
+/// It fails only for an invalid event: a rollback that could not remove everything says so in
+/// its `cause` and `not_deleted`, and the execution still fails with the original error.
+pub async fn rollback_step(
+    store: Arc<dyn ObjectStore>,
+    event: serde_json::Value,
+) -> Result<RollbackOutput, StepError> {
+    let event: RollbackEvent = parse_value("rollback event", event)?;
+    RunRef {
+        run_id: event.run_id.clone(),
+        registry_bucket: event.registry_bucket.clone(),
+    }
+    .validate()?;
+    let shard_errors = failed_shards(store.clone(), &event.registry_bucket, &event.run_id).await;
+    let report = rollback(store, &event.registry_bucket, &event.run_id, &[]).await;
+    let mut cause = event.error.message();
+    if !shard_errors.is_empty() {
+        cause.push_str(&format!("; failed shards: {}", shard_errors.join("; ")));
+    }
+    cause.push_str(&format!(
+        " (run {} rolled back: {} objects removed",
+        event.run_id, report.deleted
+    ));
+    if report.not_deleted.is_empty() {
+        cause.push(')');
+    } else {
+        cause.push_str(&format!(
+            "; NOT removed, clean up by hand: {})",
+            report.not_deleted.join(", ")
+        ));
+    }
+    let error = if event.error.error.is_empty() {
+        ErrorType::CopyFailed.name().to_string()
+    } else {
+        event.error.error.clone()
+    };
+    tracing::warn!(run_id = %event.run_id, %error, deleted = report.deleted, not_deleted = report.not_deleted.len(), "rolled back");
+    Ok(RollbackOutput {
+        error,
+        cause,
+        deleted: report.deleted,
+        not_deleted: report.not_deleted,
+    })
+}
+
+/// The errors the copiers recorded in the run's failure records (a few, in shard order).
+async fn failed_shards(store: Arc<dyn ObjectStore>, bucket: &str, run_id: &str) -> Vec<String> {
+    let staging = Staging::new(store.clone(), bucket, run_id);
+    let prefix = format!("{}failures/", staging.prefix());
+    let Ok(mut listed) = list_all(store.as_ref(), bucket, &prefix).await else {
+        return Vec::new();
+    };
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut errors = Vec::new();
+    for object in listed.iter().take(QUOTED_FAILURES) {
+        if let Ok(Some(record)) = staging.get::<FailureRecord>(&object.key).await {
+            errors.push(format!("shard {}: {}", record.shard, record.error));
+        }
+    }
+    if listed.len() > QUOTED_FAILURES {
+        errors.push(format!("… and {} more", listed.len() - QUOTED_FAILURES));
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::PackageRequest;
+
+    #[test]
+    fn config_from_vars() {
+        let vars = |k: &str| match k {
+            "S3QUILT_SHARD_MAX_OBJECTS" => Some("7".to_string()),
+            "S3QUILT_COPY_CONCURRENCY" => Some("3".to_string()),
+            "S3QUILT_SOURCE_BUCKETS" => Some(" src-a, src-b ,".to_string()),
+            "S3QUILT_REGISTRY_BUCKETS" => Some("reg-1".to_string()),
+            "S3QUILT_TARGET_BUCKETS" => Some("".to_string()),
+            _ => None,
+        };
+        let c = StepConfig::from_vars(vars);
+        assert_eq!(c.plan.shard_max_objects, 7);
+        assert_eq!(
+            c.plan.shard_max_bytes,
+            StepConfig::default().plan.shard_max_bytes
+        );
+        assert_eq!(c.copy_concurrency, 3);
+        assert_eq!(c.allowed_source_buckets, ["src-a", "src-b"]);
+        assert!(c.allowed_target_buckets.is_empty());
+
+        let input = |src: &str, reg: &str, target: Option<&str>| {
+            let mut r = PackageRequest::new(src, "", "a/b", reg);
+            r.target_bucket = target.map(str::to_string);
+            ExecutionInput::new(r)
+        };
+        c.check_buckets(&input("src-a", "s3://reg-1", None))
+            .unwrap();
+        let e = c.check_buckets(&input("src-c", "reg-1", None)).unwrap_err();
+        assert!(e.message.starts_with("source_bucket"), "{}", e.message);
+        assert!(e.message.contains("src-a, src-b"), "{}", e.message);
+        let e = c.check_buckets(&input("src-a", "reg-2", None)).unwrap_err();
+        assert!(e.message.starts_with("target_registry"), "{}", e.message);
+        let e = c
+            .check_buckets(&input("src-a", "reg-1", Some("other-1")))
+            .unwrap_err();
+        assert!(e.message.starts_with("target_bucket"), "{}", e.message);
+        StepConfig::default()
+            .check_buckets(&input("any-1", "any-2", Some("any-3")))
+            .unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+//! The rollback Lambda: a failed run and its error in, everything the run created (and its
+//! staging area) deleted, the error the execution fails with out. Logic:
+//! `s3quilt_core::aws::rollback_step`.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use s3quilt_core::aws::{RollbackOutput, rollback_step};
+use s3quilt_core::storage::{ObjectStore, S3Settings, S3Store};
+
+/// One invocation (see `s3quilt_core::aws::events::RollbackEvent` for the event).
+async fn handler(
+    store: Arc<dyn ObjectStore>,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<RollbackOutput, Diagnostic> {
+    Ok(rollback_step(store, event.payload).await?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let store = S3Store::shared(S3Settings::from_env().client().await);
+    lambda_runtime::run(service_fn(move |event| handler(store.clone(), event))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_runtime::Context;
+    use s3quilt_core::copy::{CopyOptions, copy_shard_from_staging};
+    use s3quilt_core::plan::{PlanOptions, plan};
+    use s3quilt_core::request::PackageRequest;
+    use s3quilt_tests::{SeedObject, create_bucket, list_all_versions, moto, seed};
+    use serde_json::json;
+
+    fn event(payload: serde_json::Value) -> LambdaEvent<serde_json::Value> {
+        LambdaEvent::new(payload, Context::default())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn removes_what_the_run_made_and_explains_the_failure() {
+        let client = moto().client().await;
+        let (source, registry) = (
+            create_bucket(&client, true).await,
+            create_bucket(&client, true).await,
+        );
+        let objects: Vec<SeedObject> = ["a", "b", "c"]
+            .iter()
+            .map(|k| SeedObject::new(format!("d/{k}.txt"), format!("body {k}")))
+            .collect();
+        seed(&client, &source, &objects).await;
+        let store = S3Store::shared(client.clone());
+        let options = PlanOptions {
+            shard_max_objects: 2,
+            ..PlanOptions::default()
+        };
+        let request = PackageRequest::new(&source, "d", "team/pkg", &registry);
+        let run = plan(store.clone(), &request, &options)
+            .await
+            .unwrap()
+            .run
+            .unwrap();
+        copy_shard_from_staging(
+            store.clone(),
+            &registry,
+            &run.run_id,
+            0,
+            &CopyOptions::new(4),
+        )
+        .await
+        .unwrap();
+        store.delete(&source, "d/c.txt", None).await.unwrap();
+        copy_shard_from_staging(
+            store.clone(),
+            &registry,
+            &run.run_id,
+            1,
+            &CopyOptions::new(4),
+        )
+        .await
+        .unwrap_err();
+        assert!(!list_all_versions(&client, &registry).await.is_empty());
+
+        let cause =
+            json!({"errorType": "S3Quilt.SourceChanged", "errorMessage": "d/c.txt is gone"});
+        let payload = json!({"run_id": run.run_id, "registry_bucket": registry,
+                             "error": {"Error": "S3Quilt.SourceChanged", "Cause": cause.to_string()}});
+        let out = handler(store, event(payload)).await.unwrap();
+        assert_eq!(out.error, "S3Quilt.SourceChanged");
+        assert_eq!(out.deleted, 2);
+        assert!(out.not_deleted.is_empty(), "{:?}", out.not_deleted);
+        assert!(
+            out.cause
+                .starts_with("d/c.txt is gone; failed shards: shard 1: "),
+            "{}",
+            out.cause
+        );
+        assert!(
+            out.cause.ends_with("rolled back: 2 objects removed)"),
+            "{}",
+            out.cause
+        );
+        let left = list_all_versions(&client, &registry).await;
+        assert!(left.is_empty(), "the registry keeps {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_events_are_invalid_request() {
+        let store = S3Store::shared(moto().client().await);
+        for payload in [
+            json!({"registry_bucket": "reg-1"}),
+            json!({"run_id": "r-1", "registry_bucket": "BAD"}),
+        ] {
+            let err = handler(store.clone(), event(payload.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.error_type, "S3Quilt.InvalidRequest",
+                "{payload}: {}",
+                err.error_message
+            );
+        }
+    }
+}
