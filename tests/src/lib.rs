@@ -5,6 +5,7 @@
 //! - [`moto`]: one shared moto server per test binary.
 //! - S3 helpers: [`create_bucket`], [`seed`], [`list_all_versions`], [`get_bytes`].
 //! - [`InstrumentedStore`]: counts store calls and injects failures by rule.
+//! - [`FaultProxy`]: an HTTP proxy in front of a server that injects 5xx, resets and delays.
 //! - [`run_oracle`]: quilt3 8.0.0 (`tests/py/quilt_oracle.py`) as the format oracle.
 //! - Paths and vectors: [`repo_root`], [`vectors_dir`], [`load_vector`], [`venv_bin`].
 //!
@@ -14,6 +15,7 @@
 mod faults;
 mod oracle;
 mod paths;
+mod proxy;
 mod s3;
 mod server;
 mod sfn_env;
@@ -22,6 +24,7 @@ mod sfn_router;
 pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};
+pub use proxy::{Fault, FaultProxy, ProxyRule, Select};
 pub use s3::{SeedObject, create_bucket, get_bytes, list_all_versions, seed};
 pub use server::{S3Server, ServerKind, moto, seaweedfs};
 pub use sfn_env::{FUNCTIONS, SfnStack, substituted_definition};

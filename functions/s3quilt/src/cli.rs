@@ -11,9 +11,9 @@ use s3quilt_core::storage::S3Settings;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  any other failure (S3 unreachable, unexpected S3 error, internal error)
+  1  any other failure (S3 unreachable or failing after retries, unexpected S3 error, internal error)
   2  bad input: invalid arguments or request, nothing selected, or objects that cannot be packaged
-  3  access denied or missing bucket: the source cannot be read or the registry/target cannot be written
+  3  access: the source cannot be read or the registry/target cannot be written (denied, no such bucket)
   4  the run failed while copying or finalizing and was rolled back
 
 With --json, stdout holds exactly one JSON document: the outcome, or {\"error\": {\"kind\", \"message\"}}.

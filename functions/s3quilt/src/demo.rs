@@ -257,14 +257,14 @@ fn print_browse_hints(
     println!("Manifest:          {}", manifest.display());
     println!("Package files:     {}", registry_dir.join(name).display());
     println!();
-    let when = if args.serve {
-        "now"
+    if args.serve {
+        println!("Browse it with quilt3 now (the keys are the demo server's fixed test keys):");
     } else {
-        "while a demo server runs (`s3quilt demo --serve`)"
-    };
-    println!(
-        "Browse it with quilt3 {when} (the keys are the demo server's fixed test keys, not AWS credentials):"
-    );
+        println!(
+            "Browse it with quilt3 while a demo server runs (`s3quilt demo --serve` keeps one running; \
+             the keys are its fixed test keys):"
+        );
+    }
     println!(
         "  AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID={DEMO_ACCESS_KEY} AWS_SECRET_ACCESS_KEY={DEMO_SECRET_KEY} \\\n    \
          python -c \"import quilt3; print(quilt3.Package.browse('{name}', registry='s3://{REGISTRY_BUCKET}', top_hash='{top_hash}'))\"",

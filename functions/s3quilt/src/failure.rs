@@ -83,6 +83,13 @@ pub fn classify_engine(err: &EngineError) -> Failure {
                 Failure::new(EXIT_BAD_INPUT, "empty_selection", message)
             }
             PlanError::Problems(_) => Failure::new(EXIT_BAD_INPUT, "cannot_package", message),
+            // The core reports every failure to list the source or write the target as an
+            // access failure; S3 not answering (after retries) is not about access.
+            PlanError::SourceAccess { source, .. } | PlanError::TargetAccess { source, .. }
+                if source.kind.is_retryable() =>
+            {
+                Failure::new(EXIT_OTHER, "unavailable", message)
+            }
             PlanError::SourceAccess { .. } => Failure::new(EXIT_ACCESS, "source_access", message),
             PlanError::TargetAccess { .. } => Failure::new(EXIT_ACCESS, "target_access", message),
             PlanError::Store(e) if e.kind == StoreErrorKind::AccessDenied => {
@@ -164,6 +171,23 @@ mod tests {
                 }),
                 3,
                 "target_access",
+            ),
+            (
+                EngineError::Plan(PlanError::SourceAccess {
+                    bucket: "b".into(),
+                    prefix: "".into(),
+                    source: store_error(StoreErrorKind::Transient),
+                }),
+                1,
+                "unavailable",
+            ),
+            (
+                EngineError::Plan(PlanError::TargetAccess {
+                    bucket: "b".into(),
+                    source: store_error(StoreErrorKind::Throttled),
+                }),
+                1,
+                "unavailable",
             ),
             (
                 EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::AccessDenied))),

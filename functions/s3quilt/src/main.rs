@@ -10,6 +10,7 @@ mod demo_server;
 mod failure;
 mod report;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -65,6 +66,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -73,11 +75,10 @@ fn init_tracing() {
 fn usage_error(e: clap::Error) -> ExitCode {
     let code = e.exit_code();
     if code != 0 && std::env::args().any(|a| a == "--json") {
-        let message = e.render().to_string();
-        println!(
-            "{}",
-            Failure::usage(message.trim_end().to_string()).to_json()
-        );
+        let rendered = e.render().to_string();
+        let message = rendered.trim_end();
+        let message = message.strip_prefix("error: ").unwrap_or(message);
+        println!("{}", Failure::usage(message.to_string()).to_json());
     }
     let _ = e.print();
     ExitCode::from(u8::try_from(code).unwrap_or(failure::EXIT_BAD_INPUT))
