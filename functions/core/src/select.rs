@@ -12,7 +12,9 @@
 //! * keys are matched whatever characters they hold (`%`, `#`, `[`, `]`, `~`, `{` …): they are
 //!   data, never parsed as patterns.
 
-use globset::{GlobBuilder, GlobMatcher};
+mod glob;
+
+use glob::Glob;
 
 use crate::quilt::names::{LogicalKey, NameError};
 
@@ -25,7 +27,7 @@ pub struct SelectorError {
     field: &'static str,
     /// The pattern.
     pub pattern: String,
-    /// The glob parser's complaint.
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -38,7 +40,7 @@ impl SelectorError {
 
 #[derive(Debug, Clone)]
 struct Pattern {
-    matcher: GlobMatcher,
+    glob: Glob,
     /// No `/` inside: match single path parts at any depth.
     any_depth: bool,
     /// Trailing `/`: folders only.
@@ -59,16 +61,10 @@ impl Pattern {
         if body.is_empty() {
             return Err(error("it is empty".into()));
         }
-        let matcher = GlobBuilder::new(body)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .empty_alternates(true)
-            .build()
-            .map_err(|e| error(e.kind().to_string()))?
-            .compile_matcher();
+        let glob = Glob::new(body).map_err(error)?;
         Ok(Pattern {
-            matcher,
-            any_depth: !anchored && !body.contains('/'),
+            any_depth: !anchored && !glob.has_separator(),
+            glob,
             folders_only,
         })
     }
@@ -78,22 +74,14 @@ impl Pattern {
         let parts: Vec<&str> = relative.split('/').collect();
         let last = parts.len() - 1;
         if self.any_depth {
-            parts
-                .iter()
-                .enumerate()
-                .any(|(i, part)| (i < last || !self.folders_only) && self.matcher.is_match(part))
+            parts.iter().enumerate().any(|(i, part)| {
+                (i < last || !self.folders_only) && self.glob.matches_parts(&[part])
+            })
         } else {
             // The whole path (unless folders only), or any folder prefix of it.
-            let mut end = 0;
-            for (i, part) in parts.iter().enumerate() {
-                end += part.len();
-                let candidate = &relative[..end];
-                if (i < last || !self.folders_only) && self.matcher.is_match(candidate) {
-                    return true;
-                }
-                end += 1; // the `/`
-            }
-            false
+            (0..parts.len()).any(|end| {
+                (end < last || !self.folders_only) && self.glob.matches_parts(&parts[..=end])
+            })
         }
     }
 }

@@ -82,7 +82,9 @@ pub struct PackageArgs {
     /// Bucket receiving the copies (default: the registry bucket).
     #[arg(long, value_name = "BUCKET")]
     pub target_bucket: Option<String>,
-    /// Only keys (relative to the prefix) matching this glob; repeatable. `*` stays within a folder, `**` crosses folders.
+    /// Only keys (relative to the prefix) matching this glob; repeatable. Gitignore-like: `*.csv`
+    /// matches at any depth, `raw/2024` is a folder from the top; `*` stays within a folder, `**`
+    /// crosses folders.
     #[arg(long = "include", value_name = "GLOB")]
     pub include: Vec<String>,
     /// Leave out keys matching this glob; repeatable; wins over --include.

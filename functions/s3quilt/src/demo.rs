@@ -205,9 +205,9 @@ async fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
             root.display(),
             server.endpoint
         );
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot wait for Ctrl-C; stopping the demo server");
+        }
     }
     server.stop().await;
     result
@@ -316,5 +316,92 @@ mod tests {
         }
         assert_eq!(pseudo_random(100, 7), pseudo_random(100, 7));
         demo_request().validate().unwrap();
+    }
+
+    /// The demo's pieces end to end: the embedded server, seeding, a dry run, a run, and a
+    /// second run refused because the copies exist (bad input, exit code 2).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_server_packages_the_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = DemoServer::start(dir.path()).await.unwrap();
+        let client = demo_client(&server.endpoint).await;
+        let objects = sample_objects();
+        seed(&client, &objects).await.unwrap();
+        let store = S3Store::shared(client.clone());
+        let options = EngineOptions::default();
+
+        let mut dry = demo_request();
+        dry.dry_run = true;
+        let RunOutcome::Planned(plan) = run_with_progress(store.clone(), &dry, &options)
+            .await
+            .unwrap()
+        else {
+            panic!("a dry run plans");
+        };
+        assert_eq!(plan.objects, objects.len() as u64);
+        assert_eq!(
+            plan.estimated_requests.upload_part_copy, 2,
+            "the 9 MiB object is copied in 2 parts"
+        );
+        assert!(
+            !dir.path().join(REGISTRY_BUCKET).join(".quilt").exists(),
+            "a dry run writes nothing"
+        );
+
+        let outcome = run_with_progress(store.clone(), &demo_request(), &options)
+            .await
+            .unwrap();
+        let RunOutcome::Created { package, .. } = outcome else {
+            panic!("a run creates")
+        };
+        assert_eq!(package.objects, objects.len() as u64);
+        assert_eq!(
+            package.bytes,
+            objects.iter().map(|o| o.body.len() as u64).sum::<u64>()
+        );
+        let registry = dir.path().join(REGISTRY_BUCKET);
+        let manifest =
+            std::fs::read_to_string(registry.join(".quilt/packages").join(&package.top_hash))
+                .unwrap();
+        assert_eq!(
+            manifest.lines().count(),
+            objects.len() + 1,
+            "header + one line per object"
+        );
+        let latest =
+            std::fs::read_to_string(registry.join(".quilt/named_packages/demo/sample/latest"))
+                .unwrap();
+        assert_eq!(latest.trim(), package.top_hash);
+        for object in &objects {
+            let copy = std::fs::read(registry.join(PACKAGE).join(object.key)).unwrap();
+            assert!(copy == object.body, "{} copied byte for byte", object.key);
+        }
+        let staging = client
+            .list_objects_v2()
+            .bucket(REGISTRY_BUCKET)
+            .prefix(".s3quilt/")
+            .send()
+            .await
+            .unwrap();
+        assert!(staging.contents().is_empty(), "staging removed");
+        let versioning = client
+            .get_bucket_versioning()
+            .bucket(REGISTRY_BUCKET)
+            .send()
+            .await
+            .unwrap();
+        assert!(versioning.status().is_none());
+
+        let again = run_with_progress(store, &demo_request(), &options)
+            .await
+            .unwrap_err();
+        let failure = crate::failure::classify(&again);
+        assert_eq!(
+            (failure.code, failure.kind),
+            (2, "cannot_package"),
+            "{}",
+            failure.message
+        );
+        server.stop().await;
     }
 }
