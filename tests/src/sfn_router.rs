@@ -1,5 +1,5 @@
 //! The router on moto's `MOTO_PORT`: moto's Step Functions engine sends every AWS call it makes
-//! (Lambda Invoke for Task states, S3 for the Map's ItemReader and ResultWriter) to
+//! (Lambda Invoke for Task states, S3 GetObject for the Map's ItemReader) to
 //! `http://localhost:$MOTO_PORT`. This small HTTP/1.1 forwarder, bound to 127.0.0.1, sends
 //! Lambda Invoke calls to `cargo lambda watch` (our real handlers) and everything else to moto.
 //!

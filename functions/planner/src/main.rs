@@ -91,7 +91,6 @@ mod tests {
             "run_id",
             "registry_bucket",
             "shard_index_key",
-            "results_prefix",
             "max_concurrency",
             "summary",
         ] {

@@ -81,20 +81,22 @@ mod tests {
         .unwrap_err();
         assert!(!list_all_versions(&client, &registry).await.is_empty());
 
-        let cause =
-            json!({"errorType": "S3Quilt.SourceChanged", "errorMessage": "d/c.txt is gone"});
+        // What Step Functions reports when a Map child failed.
         let payload = json!({"run_id": run.run_id, "registry_bucket": registry,
-                             "error": {"Error": "S3Quilt.SourceChanged", "Cause": cause.to_string()}});
+                             "error": {"Error": "States.ExceedToleratedFailureThreshold",
+                                       "Cause": "The tolerated failure threshold was exceeded"}});
         let out = handler(store, event(payload)).await.unwrap();
-        assert_eq!(out.error, "S3Quilt.SourceChanged");
+        assert_eq!(out.error, "S3Quilt.CopyFailed");
         assert_eq!(out.deleted, 2);
         assert!(out.not_deleted.is_empty(), "{:?}", out.not_deleted);
         assert!(
-            out.cause
-                .starts_with("d/c.txt is gone; failed shards: shard 1: "),
+            out.cause.starts_with(
+                "States.ExceedToleratedFailureThreshold: The tolerated failure threshold was exceeded; failed shards: shard 1: "
+            ),
             "{}",
             out.cause
         );
+        assert!(out.cause.contains("d/c.txt"), "{}", out.cause);
         assert!(
             out.cause.ends_with("rolled back: 2 objects removed)"),
             "{}",
@@ -102,6 +104,26 @@ mod tests {
         );
         let left = list_all_versions(&client, &registry).await;
         assert!(left.is_empty(), "the registry keeps {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn error_names_pass_through_except_step_functions_own() {
+        let store = S3Store::shared(moto().client().await);
+        let registry = create_bucket(&moto().client().await, false).await;
+        let cases = [
+            ("S3Quilt.MissingFragments", "S3Quilt.MissingFragments", "shards [1] have none"),
+            ("States.Timeout", "S3Quilt.StepFailed", "States.Timeout: shards [1] have none"),
+            ("", "S3Quilt.StepFailed", "shards [1] have none"),
+        ];
+        for (given, want, cause_start) in cases {
+            let cause = json!({"errorType": given, "errorMessage": "shards [1] have none"});
+            let payload = json!({"run_id": "20200101T000000Z-00000001", "registry_bucket": registry,
+                                 "error": {"Error": given, "Cause": cause.to_string()}});
+            let out = handler(store.clone(), event(payload)).await.unwrap();
+            assert_eq!(out.error, want);
+            assert!(out.cause.starts_with(cause_start), "{}", out.cause);
+            assert_eq!(out.deleted, 0);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -41,6 +41,9 @@ pub enum Command {
     /// Start an embedded S3 server on 127.0.0.1, seed a sample dataset and package it.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
+    /// Serve the Model Context Protocol on stdin/stdout (for Claude Desktop, Claude Code and
+    /// other agents): package creation, progress and status, bucket and package browsing.
+    Mcp(crate::mcp::McpArgs),
 }
 
 /// `--hash-type` values.
@@ -257,7 +260,7 @@ mod tests {
     fn package_args(args: &[&str]) -> PackageArgs {
         match parse(args).command {
             Command::Create(a) | Command::Plan(a) => a,
-            Command::Demo(_) => panic!("not a package command"),
+            Command::Demo(_) | Command::Mcp(_) => panic!("not a package command"),
         }
     }
 

@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod demo_server;
 mod failure;
+mod mcp;
 mod report;
 
 use std::io::IsTerminal;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Create(a) | Command::Plan(a) => a.json,
         Command::Demo(a) => a.json,
+        Command::Mcp(_) => false,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
@@ -48,6 +50,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Create(args) => package(&args, false).await,
         Command::Plan(args) => package(&args, true).await,
         Command::Demo(args) => demo::run(&args).await,
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 

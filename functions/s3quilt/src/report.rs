@@ -21,14 +21,14 @@ pub async fn run_with_progress(
     options: &EngineOptions,
 ) -> anyhow::Result<RunOutcome> {
     let progress = Progress::new();
-    let bar = progress_bar();
-    let ticker = (!bar.is_hidden()).then(|| {
-        let (bar, progress) = (bar.clone(), progress.clone());
+    let bar = ProgressView::new();
+    let ticker = bar.as_ref().map(|view| {
+        let (mut view, progress) = (view.clone(), progress.clone());
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             loop {
                 interval.tick().await;
-                show(&bar, progress.snapshot());
+                view.show(progress.snapshot());
             }
         })
     });
@@ -36,29 +36,52 @@ pub async fn run_with_progress(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    show(&bar, progress.snapshot());
-    bar.finish_and_clear();
+    if let Some(view) = bar {
+        view.bar.finish_and_clear();
+    }
     Ok(result?)
 }
 
-fn progress_bar() -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} ({elapsed})",
-    )
-    .expect("valid progress template")
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar
+/// The bar on stderr: a spinner while planning (totals unknown), then objects, bytes, rate
+/// and ETA.
+#[derive(Clone)]
+struct ProgressView {
+    bar: ProgressBar,
+    copying: bool,
 }
 
-fn show(bar: &ProgressBar, snapshot: ProgressSnapshot) {
-    bar.set_length(snapshot.bytes_total);
-    bar.set_position(snapshot.bytes_done);
-    bar.set_message(progress_message(&snapshot));
+impl ProgressView {
+    /// `None` when stderr is not a terminal: nothing is drawn.
+    fn new() -> Option<Self> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(Self::style("{spinner} {msg} ({elapsed})"));
+        Some(ProgressView {
+            bar,
+            copying: false,
+        })
+    }
+
+    fn style(template: &str) -> ProgressStyle {
+        ProgressStyle::with_template(template)
+            .expect("valid progress template")
+            .progress_chars("=> ")
+    }
+
+    fn show(&mut self, snapshot: ProgressSnapshot) {
+        if !self.copying && snapshot.phase != Phase::Planning {
+            self.copying = true;
+            self.bar.set_style(Self::style(
+                "{spinner} {msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            ));
+            self.bar.set_length(snapshot.bytes_total);
+            self.bar.reset_eta();
+        }
+        self.bar.set_position(snapshot.bytes_done);
+        self.bar.set_message(progress_message(&snapshot));
+    }
 }
 
 /// The text beside the bar: phase and object counts.

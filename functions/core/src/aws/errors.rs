@@ -50,11 +50,19 @@ pub enum ErrorType {
     /// A staging document is corrupt (not what a step of this version wrote).
     #[serde(rename = "S3Quilt.CorruptStaging")]
     CorruptStaging,
+    /// A step failed with one of Step Functions' own errors (`States.Timeout`,
+    /// `States.Runtime`, …), named in the cause: a Fail state may not raise a `States.` name.
+    #[serde(rename = "S3Quilt.StepFailed")]
+    StepFailed,
+    /// Rollback itself failed: objects of the run may remain (the cause says which error
+    /// stopped the run and which stopped the rollback).
+    #[serde(rename = "S3Quilt.RollbackFailed")]
+    RollbackFailed,
 }
 
 impl ErrorType {
     /// Every type, for documentation and tests.
-    pub const ALL: [ErrorType; 11] = [
+    pub const ALL: [ErrorType; 13] = [
         ErrorType::Transient,
         ErrorType::InvalidRequest,
         ErrorType::AccessDenied,
@@ -66,6 +74,8 @@ impl ErrorType {
         ErrorType::MissingFragments,
         ErrorType::FinalizeFailed,
         ErrorType::CorruptStaging,
+        ErrorType::StepFailed,
+        ErrorType::RollbackFailed,
     ];
 
     /// The stable name, e.g. `S3Quilt.Transient`.
@@ -82,6 +92,8 @@ impl ErrorType {
             ErrorType::MissingFragments => "S3Quilt.MissingFragments",
             ErrorType::FinalizeFailed => "S3Quilt.FinalizeFailed",
             ErrorType::CorruptStaging => "S3Quilt.CorruptStaging",
+            ErrorType::StepFailed => "S3Quilt.StepFailed",
+            ErrorType::RollbackFailed => "S3Quilt.RollbackFailed",
         }
     }
 

@@ -115,9 +115,6 @@ pub struct PlannerOutput {
     /// Key of the shard index the Map's ItemReader reads (a JSON array of
     /// [`crate::staging::ShardRef`]).
     pub shard_index_key: Option<String>,
-    /// Prefix the Map's ResultWriter writes under (inside the staging area, so finalize and
-    /// rollback remove it).
-    pub results_prefix: Option<String>,
     /// Shards (= Map items).
     pub shards: u32,
     /// Objects selected.
@@ -217,7 +214,9 @@ pub struct RollbackEvent {
 /// What rollback did, and the error the execution fails with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackOutput {
-    /// The error name the execution fails with (the original one).
+    /// The error name the execution fails with: the original one, except that Step
+    /// Functions' own `States.*` names become `S3Quilt.CopyFailed` (when shards recorded
+    /// failures) or `S3Quilt.StepFailed` (named in the cause).
     pub error: String,
     /// The cause the execution fails with: the original message, the failed shards' own
     /// errors, and what rollback removed or could not remove.

@@ -263,7 +263,19 @@ async fn history_facts(
     Ok(facts)
 }
 
-async fn shard_counts(
+/// The Map Run's item counts; `None` before the Map starts, and when the Map Run cannot be
+/// read (a report without shard counts is still a report).
+async fn shard_counts(client: &aws_sdk_sfn::Client, execution_arn: &str) -> Option<ShardCounts> {
+    match map_run_counts(client, execution_arn).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(execution_arn, error = %e, "no map run counts");
+            None
+        }
+    }
+}
+
+async fn map_run_counts(
     client: &aws_sdk_sfn::Client,
     execution_arn: &str,
 ) -> Result<Option<ShardCounts>, SfnError> {
@@ -323,7 +335,7 @@ pub async fn execution_report(
         .map_err(|e| api_error("DescribeExecution", &e))?;
     let status = described.status().clone();
     let facts = history_facts(client, execution_arn).await?;
-    let shards = shard_counts(client, execution_arn).await?;
+    let shards = shard_counts(client, execution_arn).await;
     let plan = facts.plan.as_ref();
     let number = |key: &str| plan.and_then(|p| p.get(key)?.as_u64()).unwrap_or(0);
     let run_id = plan

@@ -156,9 +156,6 @@ pub async fn plan_step(
         run_id,
         registry_bucket,
         shard_index_key: staging.as_ref().map(Staging::shard_index_key),
-        results_prefix: staging
-            .as_ref()
-            .map(|s| format!("{}map-results", s.prefix())),
         shards: planned.summary.shards,
         objects: planned.summary.objects,
         bytes: planned.summary.bytes,
@@ -237,7 +234,18 @@ pub async fn rollback_step(
     .validate()?;
     let shard_errors = failed_shards(store.clone(), &event.registry_bucket, &event.run_id).await;
     let report = rollback(store, &event.registry_bucket, &event.run_id, &[]).await;
+    // A Fail state may not raise Step Functions' own (`States.`) names: a copy failure that
+    // failed the Map is a copy failure; any other such error is named in the cause.
+    let error = match event.error.error.as_str() {
+        e if e.starts_with("States.") && !shard_errors.is_empty() => ErrorType::CopyFailed.name(),
+        e if e.starts_with("States.") || e.is_empty() => ErrorType::StepFailed.name(),
+        e => e,
+    }
+    .to_string();
     let mut cause = event.error.message();
+    if error != event.error.error && !event.error.error.is_empty() {
+        cause = format!("{}: {cause}", event.error.error);
+    }
     if !shard_errors.is_empty() {
         cause.push_str(&format!("; failed shards: {}", shard_errors.join("; ")));
     }
@@ -253,11 +261,6 @@ pub async fn rollback_step(
             report.not_deleted.join(", ")
         ));
     }
-    let error = if event.error.error.is_empty() {
-        ErrorType::CopyFailed.name().to_string()
-    } else {
-        event.error.error.clone()
-    };
     tracing::warn!(run_id = %event.run_id, %error, deleted = report.deleted, not_deleted = report.not_deleted.len(), "rolled back");
     Ok(RollbackOutput {
         error,

@@ -1,0 +1,121 @@
+//! `s3quilt mcp`: the MCP server (stdio) that Claude Desktop, Claude Code and other agents
+//! launch. Tools: `package_create_from_s3`, `package_create`, `package_create_status`,
+//! `bucket_objects_list`, `bucket_object_info`, `packages_list`, `package_browse`.
+//!
+//! - [`types`]: tool arguments and results (their JSON Schemas are what clients see);
+//! - [`runs`]: runs in the background (local engine or Step Functions) and following them;
+//! - [`explicit`]: `package_create`'s list of sources as one packaging request;
+//! - [`server`]: the tools themselves.
+//!
+//! stdout carries the protocol; logs go to stderr.
+
+mod explicit;
+mod runs;
+mod server;
+mod types;
+
+use clap::Args;
+use rmcp::ServiceExt;
+use s3quilt_core::engine::EngineOptions;
+use s3quilt_core::registry::RegistryError;
+use s3quilt_core::storage::{S3Settings, S3Store, StoreError, StoreErrorKind};
+
+use crate::cli::S3Args;
+use runs::{Runs, SfnEngine};
+use server::S3QuiltServer;
+
+/// `s3quilt mcp` options. Each flag can also be set by the environment variable shown.
+#[derive(Debug, Clone, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Registry used when a tool call names none (s3://BUCKET).
+    #[arg(long, value_name = "s3://BUCKET", env = "S3QUILT_REGISTRY")]
+    pub registry: Option<String>,
+    /// Run package creations as executions of this Step Functions state machine instead of
+    /// inside the server (its endpoint: $AWS_ENDPOINT_URL_SFN or $AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "ARN", env = "S3QUILT_STATE_MACHINE_ARN")]
+    pub state_machine_arn: Option<String>,
+    /// Objects copied at once by a local run.
+    #[arg(long, value_name = "N", default_value_t = default_concurrency(), env = "S3QUILT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+}
+
+fn default_concurrency() -> u16 {
+    u16::try_from(EngineOptions::default().concurrency).unwrap_or(u16::MAX)
+}
+
+/// A tool error: the message says what is wrong and what to do about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolError(pub String);
+
+impl ToolError {
+    /// An S3 failure, with what usually fixes it.
+    pub fn store(e: StoreError) -> Self {
+        let hint = match e.kind {
+            StoreErrorKind::NotFound => {
+                "check the bucket and key names (bucket_objects_list shows what exists)"
+            }
+            StoreErrorKind::AccessDenied => {
+                "the server's AWS credentials lack permission for this; use a bucket they can reach or start the server with another --profile"
+            }
+            StoreErrorKind::Throttled | StoreErrorKind::Transient => {
+                "S3 did not answer in time or asked to slow down; try again"
+            }
+            StoreErrorKind::InvalidObjectState => "restore the archived object first",
+            StoreErrorKind::PreconditionFailed | StoreErrorKind::Permanent => {
+                "S3 refused the request"
+            }
+        };
+        ToolError(format!("{e} ({hint})"))
+    }
+
+    /// A registry failure.
+    pub fn registry(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(e) => ToolError::store(e),
+            RegistryError::NotFound { .. } => ToolError(format!(
+                "{e}; packages_list shows the packages (and with package_name, their versions)"
+            )),
+            other => ToolError(other.to_string()),
+        }
+    }
+}
+
+/// Serves MCP on stdin/stdout until the client closes the connection, then waits for local
+/// runs still going (so none is cut off before it can finish or roll back).
+pub async fn run(args: McpArgs) -> anyhow::Result<()> {
+    let settings = args.s3.settings(S3Settings::from_env());
+    let store = S3Store::shared(settings.client().await);
+    let sfn = match args.state_machine_arn.filter(|a| !a.is_empty()) {
+        Some(state_machine_arn) => {
+            // The S3 endpoint flag is for S3: Step Functions takes the SDK's own endpoint
+            // settings (AWS_ENDPOINT_URL_SFN / AWS_ENDPOINT_URL).
+            let sfn_settings = S3Settings {
+                endpoint_url: None,
+                ..settings.clone()
+            };
+            let client = aws_sdk_sfn::Client::new(&sfn_settings.sdk_config().await);
+            Some(SfnEngine {
+                client,
+                state_machine_arn,
+            })
+        }
+        None => None,
+    };
+    let engine = EngineOptions {
+        concurrency: usize::from(args.concurrency),
+        ..EngineOptions::default()
+    };
+    let server = S3QuiltServer::new(store.clone(), args.registry, Runs::new(store, engine, sfn));
+    tracing::info!("s3quilt MCP server {} on stdio", env!("CARGO_PKG_VERSION"));
+    let service = server
+        .clone()
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| anyhow::anyhow!("MCP initialization failed: {e}"))?;
+    let reason = service.waiting().await?;
+    tracing::info!("client disconnected ({reason:?})");
+    server.wait_for_runs().await;
+    Ok(())
+}

@@ -1,0 +1,652 @@
+//! The MCP tools: thin adapters from tool arguments to core calls and back. Every failure is a
+//! tool error (`isError: true`) whose text says what to fix; every success has structured
+//! content matching the tool's output schema, a one-line summary and the same JSON as text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use s3quilt_core::quilt::{Json, PackageName};
+use s3quilt_core::registry::Registry;
+use s3quilt_core::request::{PackageRequest, parse_bucket};
+use s3quilt_core::storage::{ObjectStore, StoreErrorKind};
+use serde::Serialize;
+
+use super::ToolError;
+use super::explicit;
+use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
+use super::types::{
+    BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
+    MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
+    PackagesParams, PackagesView, RunStatus, RunView, StatusParams, VersionView,
+};
+
+const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
+Explore with bucket_objects_list and bucket_object_info; preview with package_create_from_s3 and dry_run=true (the preview shows exactly the logical keys the package gets); \
+create with package_create_from_s3 (a folder, with include/exclude globs) or package_create (listed objects and folders). \
+A creation returns within wait_seconds: when it returns status \"running\", follow it with package_create_status. \
+Read packages with packages_list and package_browse. Failed runs are rolled back and reported as tool errors.";
+
+/// The s3quilt MCP server.
+#[derive(Clone)]
+pub struct S3QuiltServer {
+    state: Arc<State>,
+    tool_router: ToolRouter<S3QuiltServer>,
+}
+
+struct State {
+    store: Arc<dyn ObjectStore>,
+    default_registry: Option<String>,
+    runs: Runs,
+}
+
+/// A successful result: structured content, a one-line summary, and the JSON as text (for
+/// clients that show only text).
+fn success<T: Serialize>(value: &T, summary: String) -> Result<CallToolResult, McpError> {
+    let json = serde_json::to_value(value)
+        .map_err(|e| McpError::internal_error(format!("result not serializable: {e}"), None))?;
+    let mut result = CallToolResult::structured(json.clone());
+    result.content = vec![ContentBlock::text(summary), ContentBlock::text(json.to_string())];
+    Ok(result)
+}
+
+/// A tool error: the message says what to fix.
+fn failure(error: ToolError) -> Result<CallToolResult, McpError> {
+    tracing::info!("tool error: {}", error.0);
+    Ok(CallToolResult::error(vec![ContentBlock::text(error.0)]))
+}
+
+fn respond<T: Serialize>(
+    outcome: Result<(T, String), ToolError>,
+) -> Result<CallToolResult, McpError> {
+    match outcome {
+        Ok((value, summary)) => success(&value, summary),
+        Err(e) => failure(e),
+    }
+}
+
+/// A run's result: success while running or succeeded; a tool error (still with the structured
+/// run, so the run id and rollback report are there) when it failed.
+fn run_result(view: RunView) -> Result<CallToolResult, McpError> {
+    let summary = run_summary(&view);
+    if view.status == RunStatus::Failed {
+        let json = serde_json::to_value(&view).unwrap_or_default();
+        let mut result = CallToolResult::structured_error(json.clone());
+        result.content = vec![ContentBlock::text(summary), ContentBlock::text(json.to_string())];
+        return Ok(result);
+    }
+    success(&view, summary)
+}
+
+fn run_summary(view: &RunView) -> String {
+    match (&view.status, &view.package, &view.plan) {
+        (RunStatus::Running, _, _) => format!(
+            "Run {} is still going ({}). {}",
+            view.run_id,
+            progress_text(&view.progress),
+            view.next_step
+        ),
+        (RunStatus::Succeeded, Some(p), _) => format!(
+            "Created {} in {}: {} entries, {}, top hash {}.",
+            p.package_name,
+            p.registry,
+            p.objects,
+            human_bytes(p.bytes),
+            p.top_hash
+        ),
+        (RunStatus::Succeeded, None, Some(plan)) => format!(
+            "Dry run: {} objects ({}) from {} would become {} in {}. First logical keys: {}.",
+            plan.objects,
+            human_bytes(plan.bytes),
+            plan.source,
+            plan.package_name,
+            plan.registry,
+            plan.sample_logical_keys.join(", ")
+        ),
+        (RunStatus::Succeeded, None, None) => format!("Run {} succeeded.", view.run_id),
+        (RunStatus::Failed, _, _) => format!(
+            "Run {} failed: {}. {}",
+            view.run_id,
+            view.error.as_deref().unwrap_or("unknown error"),
+            view.next_step
+        ),
+    }
+}
+
+fn wait(seconds: u32) -> Duration {
+    Duration::from_secs(seconds.min(MAX_WAIT_SECONDS).into())
+}
+
+fn notifier(ctx: &RequestContext<RoleServer>) -> Option<Notifier> {
+    ctx.meta
+        .get_progress_token()
+        .map(|token| Notifier::new(ctx.peer.clone(), token))
+}
+
+impl S3QuiltServer {
+    /// A server over `store`, with a default registry and runs started by `runs`.
+    pub fn new(store: Arc<dyn ObjectStore>, default_registry: Option<String>, runs: Runs) -> Self {
+        S3QuiltServer {
+            state: Arc::new(State {
+                store,
+                default_registry,
+                runs,
+            }),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Waits until every local run has ended.
+    pub async fn wait_for_runs(&self) {
+        self.state.runs.wait_all().await;
+    }
+
+    fn registry_bucket(&self, field: &'static str, given: Option<&str>) -> Result<String, ToolError> {
+        let value = given
+            .filter(|r| !r.is_empty())
+            .or(self.state.default_registry.as_deref())
+            .ok_or_else(|| {
+                ToolError(format!(
+                    "{field}: no registry given and this server has no default; pass {field} (e.g. \"s3://my-quilt-registry\"), or start the server with --registry / S3QUILT_REGISTRY"
+                ))
+            })?;
+        parse_bucket(field, value).map_err(|e| ToolError(e.to_string()))
+    }
+
+    /// Validates, starts and follows a run: errors found by validation or planning come back
+    /// from this call.
+    async fn create(
+        &self,
+        request: PackageRequest,
+        wait_seconds: u32,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        if let Err(e) = request.validate() {
+            return failure(ToolError(format!("invalid request: {e}")));
+        }
+        let run = match self.state.runs.start(request).await {
+            Ok(run) => run,
+            Err(e) => return failure(e),
+        };
+        self.follow(&run, wait_seconds, true, ctx).await
+    }
+
+    async fn follow(
+        &self,
+        run: &RunRef,
+        wait_seconds: u32,
+        until_planned: bool,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let ct = ctx.ct.clone();
+        let followed = self
+            .state
+            .runs
+            .follow(
+                run,
+                wait(wait_seconds),
+                until_planned,
+                notifier(&ctx),
+                async move { ct.cancelled().await },
+            )
+            .await;
+        match followed {
+            Ok(view) => run_result(view),
+            Err(e) => failure(e),
+        }
+    }
+
+    async fn list(&self, p: ListParams) -> Result<(ObjectsPage, String), ToolError> {
+        let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
+        let delimiter = p.delimiter.filter(|d| !d.is_empty());
+        let max_keys = p.max_keys.clamp(1, MAX_PAGE);
+        let page = self
+            .state
+            .store
+            .list_page(
+                &bucket,
+                &p.prefix,
+                delimiter.as_deref(),
+                p.continuation_token.filter(|t| !t.is_empty()),
+                Some(max_keys as i32),
+            )
+            .await
+            .map_err(ToolError::store)?;
+        let objects: Vec<ObjectSummary> = page
+            .objects
+            .into_iter()
+            .map(|o| ObjectSummary {
+                uri: format!("s3://{bucket}/{}", o.key),
+                key: o.key,
+                size: o.size,
+                last_modified: o.last_modified,
+                storage_class: o.storage_class,
+                etag: o.etag,
+            })
+            .collect();
+        let summary = format!(
+            "s3://{bucket}/{}: {} objects and {} folders on this page{}.",
+            p.prefix,
+            objects.len(),
+            page.common_prefixes.len(),
+            if page.next_token.is_some() {
+                "; more: pass next_continuation_token as continuation_token"
+            } else {
+                ""
+            }
+        );
+        Ok((
+            ObjectsPage {
+                bucket,
+                prefix: p.prefix,
+                delimiter,
+                objects,
+                common_prefixes: page.common_prefixes,
+                next_continuation_token: page.next_token,
+            },
+            summary,
+        ))
+    }
+
+    async fn info(&self, p: InfoParams) -> Result<(ObjectDetails, String), ToolError> {
+        let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
+        if p.key.is_empty() {
+            return Err(ToolError(
+                "key: give the object's full key, e.g. \"data/file.csv\" (bucket_objects_list shows the keys)".into(),
+            ));
+        }
+        let version = p.version_id.as_deref().filter(|v| !v.is_empty());
+        let info = self
+            .state
+            .store
+            .head(&bucket, &p.key, version)
+            .await
+            .map_err(|e| match e.kind {
+                StoreErrorKind::NotFound => ToolError(format!(
+                    "s3://{bucket}/{}{} does not exist; check the key with bucket_objects_list (keys are case-sensitive and match exactly)",
+                    p.key,
+                    version.map(|v| format!(" (version {v})")).unwrap_or_default()
+                )),
+                _ => ToolError::store(e),
+            })?;
+        let uri = format!("s3://{bucket}/{}", p.key);
+        let summary = format!(
+            "{uri}: {}, {}, {}.",
+            human_bytes(info.size),
+            info.content_type.as_deref().unwrap_or("no content type"),
+            info.storage_class
+        );
+        Ok((
+            ObjectDetails {
+                bucket,
+                key: p.key,
+                uri,
+                size: info.size,
+                content_type: info.content_type,
+                metadata: info.metadata,
+                version_id: info.version_id,
+                storage_class: info.storage_class,
+                last_modified: info.last_modified,
+                etag: info.etag,
+                checksum_sha256: info.checksum_sha256,
+                checksum_crc64nvme: info.checksum_crc64nvme,
+                checksum_type: info.checksum_type,
+                parts_count: info.parts_count,
+                restore: info.restore,
+            },
+            summary,
+        ))
+    }
+
+    async fn packages(&self, p: PackagesParams) -> Result<(PackagesView, String), ToolError> {
+        let bucket = self.registry_bucket("registry", p.registry.as_deref())?;
+        let registry = Registry::new(self.state.store.clone(), bucket);
+        if let Some(name) = p.package_name.filter(|n| !n.is_empty()) {
+            let name: PackageName = name
+                .parse()
+                .map_err(|e| ToolError(format!("package_name: {e}")))?;
+            let versions = registry
+                .versions(&name)
+                .await
+                .map_err(ToolError::registry)?;
+            let summary = format!(
+                "{name} in {} has {} versions; the latest is {}.",
+                registry.url(),
+                versions.len(),
+                versions.last().map_or("", |v| v.top_hash.as_str())
+            );
+            let versions = versions
+                .into_iter()
+                .map(|v| VersionView {
+                    timestamp: v.timestamp,
+                    top_hash: v.top_hash,
+                })
+                .collect();
+            return Ok((
+                PackagesView {
+                    registry: registry.url(),
+                    packages: Vec::new(),
+                    versions,
+                },
+                summary,
+            ));
+        }
+        let prefix = p.prefix.unwrap_or_default();
+        let packages: Vec<String> = registry
+            .packages()
+            .await
+            .map_err(ToolError::registry)?
+            .into_iter()
+            .map(|n| n.to_string())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        let summary = format!(
+            "{} packages in {}{}.",
+            packages.len(),
+            registry.url(),
+            if prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" starting with {prefix:?}")
+            }
+        );
+        Ok((
+            PackagesView {
+                registry: registry.url(),
+                packages,
+                versions: Vec::new(),
+            },
+            summary,
+        ))
+    }
+
+    async fn browse(&self, p: BrowseParams) -> Result<(PackageContents, String), ToolError> {
+        let bucket = self.registry_bucket("registry", p.registry.as_deref())?;
+        let registry = Registry::new(self.state.store.clone(), bucket);
+        let name: PackageName = p
+            .package_name
+            .parse()
+            .map_err(|e| ToolError(format!("package_name: {e}")))?;
+        let start: usize = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(c) => c.parse().map_err(|_| {
+                ToolError(format!(
+                    "cursor: {c:?} is not a cursor from package_browse; pass the next_cursor of the previous page, or omit it for the first page"
+                ))
+            })?,
+        };
+        let (top_hash, manifest) = match p.top_hash.as_deref().filter(|h| !h.is_empty()) {
+            Some(hash) => {
+                let manifest = registry.manifest(hash).await.map_err(|e| {
+                    ToolError(format!(
+                        "{}; list the versions with packages_list and package_name {:?}",
+                        ToolError::registry(e).0,
+                        name.as_str()
+                    ))
+                })?;
+                (hash.to_string(), manifest)
+            }
+            None => registry
+                .latest_manifest(&name)
+                .await
+                .map_err(ToolError::registry)?,
+        };
+        let path_prefix = p.path_prefix.unwrap_or_default();
+        let matching: Vec<_> = manifest
+            .entries
+            .iter()
+            .filter(|e| e.logical_key.as_str().starts_with(&path_prefix))
+            .collect();
+        let page_size = p.max_entries.clamp(1, MAX_PAGE) as usize;
+        let end = (start + page_size).min(matching.len());
+        let entries: Vec<EntryView> = matching
+            .get(start.min(matching.len())..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let hash = e.hash();
+                EntryView {
+                    logical_key: e.logical_key.to_string(),
+                    physical_key: e.physical_keys.first().cloned().unwrap_or_default(),
+                    size: e.size,
+                    hash_type: hash.kind.as_str().to_string(),
+                    hash: hash.value,
+                    meta: Json::Object(e.meta.clone()).to_serde(),
+                }
+            })
+            .collect();
+        let next_cursor = (end < matching.len()).then(|| end.to_string());
+        let summary = format!(
+            "{name}@{} in {}: {} entries ({}); showing {} from entry {}{}.",
+            &top_hash[..top_hash.len().min(10)],
+            registry.url(),
+            manifest.entries.len(),
+            human_bytes(manifest.entries.iter().map(|e| e.size).sum()),
+            entries.len(),
+            start,
+            if next_cursor.is_some() {
+                "; more: pass next_cursor as cursor"
+            } else {
+                ""
+            }
+        );
+        Ok((
+            PackageContents {
+                package_name: name.to_string(),
+                registry: registry.url(),
+                top_hash,
+                message: manifest.header.message().map(str::to_string),
+                metadata: manifest
+                    .header
+                    .user_meta()
+                    .map(Json::to_serde)
+                    .unwrap_or(serde_json::Value::Null),
+                total_entries: manifest.entries.len() as u64,
+                total_bytes: manifest.entries.iter().map(|e| e.size).sum(),
+                matching_entries: matching.len() as u64,
+                entries,
+                next_cursor,
+            },
+            summary,
+        ))
+    }
+}
+
+#[tool_router]
+impl S3QuiltServer {
+    /// Package an S3 folder (prefix) as a Quilt package version, copying objects server-side.
+    /// Validates and plans first (errors name the argument to fix), then runs in the
+    /// background: returns the new package when it finishes within `wait_seconds`, else a
+    /// `run_id` to follow with `package_create_status`. Sends progress notifications (objects
+    /// and bytes) when the request carries a progress token. A failed run is rolled back.
+    #[tool(
+        title = "Create a package from an S3 folder",
+        output_schema = schema_for_output::<RunView>(),
+        annotations(
+            title = "Create a package from an S3 folder",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn package_create_from_s3(
+        &self,
+        Parameters(p): Parameters<CreateFromS3Params>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let registry = match p.target_registry.as_deref() {
+            Some(r) if !r.is_empty() => r.to_string(),
+            _ => match self.registry_bucket("target_registry", None) {
+                Ok(r) => r,
+                Err(e) => return failure(e),
+            },
+        };
+        let mut request =
+            PackageRequest::new(&p.source_bucket, &p.source_prefix, &p.package_name, &registry);
+        request.target_bucket = p.target_bucket;
+        request.description = p.description;
+        request.include_patterns = p.include_patterns;
+        request.exclude_patterns = p.exclude_patterns;
+        request.preserve_structure = p.preserve_structure;
+        request.metadata = p.metadata.map(serde_json::Value::Object);
+        request.copy = p.copy;
+        request.hash_type = p.hash_type.map(Into::into);
+        request.overwrite_existing = p.overwrite_existing;
+        request.dry_run = p.dry_run;
+        self.create(request, p.wait_seconds, ctx).await
+    }
+
+    /// Package listed S3 objects and folders (all in one bucket) as a Quilt package version,
+    /// through the same engine as package_create_from_s3. Paths are kept, never flattened:
+    /// same-named files in different folders stay separate entries. A logical key must be
+    /// the end of its source's path; renaming is refused with the keys that are possible.
+    #[tool(
+        title = "Create a package from listed S3 objects",
+        output_schema = schema_for_output::<RunView>(),
+        annotations(
+            title = "Create a package from listed S3 objects",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn package_create(
+        &self,
+        Parameters(p): Parameters<CreateParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let registry = match self.registry_bucket("target_registry", p.target_registry.as_deref())
+        {
+            Ok(r) => r,
+            Err(e) => return failure(e),
+        };
+        match explicit::request_for(self.state.store.as_ref(), &p, registry).await {
+            Ok(request) => self.create(request, p.wait_seconds, ctx).await,
+            Err(e) => failure(e),
+        }
+    }
+
+    /// Status of a package creation run: phase, objects and bytes copied, and the package (or
+    /// the error and what rollback removed) once it has ended. Results of finished runs are
+    /// kept. With `wait_seconds`, waits for the end while sending progress notifications.
+    #[tool(
+        title = "Package creation status",
+        output_schema = schema_for_output::<RunView>(),
+        annotations(
+            title = "Package creation status",
+            read_only_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn package_create_status(
+        &self,
+        Parameters(p): Parameters<StatusParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        match self.state.runs.find(p.run_id.trim()) {
+            Ok(run) => self.follow(&run, p.wait_seconds, false, ctx).await,
+            Err(e) => failure(e),
+        }
+    }
+
+    /// List one page of objects in an S3 bucket under a prefix, with folders grouped at `/`.
+    /// Every key is returned exactly as stored, whatever characters it holds.
+    #[tool(
+        title = "List S3 objects",
+        output_schema = schema_for_output::<ObjectsPage>(),
+        annotations(
+            title = "List S3 objects",
+            read_only_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn bucket_objects_list(
+        &self,
+        Parameters(p): Parameters<ListParams>,
+    ) -> Result<CallToolResult, McpError> {
+        respond(self.list(p).await)
+    }
+
+    /// Metadata of one S3 object: size, content type, user metadata, version, storage class
+    /// and stored checksums.
+    #[tool(
+        title = "S3 object metadata",
+        output_schema = schema_for_output::<ObjectDetails>(),
+        annotations(
+            title = "S3 object metadata",
+            read_only_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn bucket_object_info(
+        &self,
+        Parameters(p): Parameters<InfoParams>,
+    ) -> Result<CallToolResult, McpError> {
+        respond(self.info(p).await)
+    }
+
+    /// List the packages in a Quilt registry (optionally by name prefix), or the versions of
+    /// one package.
+    #[tool(
+        title = "List packages",
+        output_schema = schema_for_output::<PackagesView>(),
+        annotations(
+            title = "List packages",
+            read_only_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn packages_list(
+        &self,
+        Parameters(p): Parameters<PackagesParams>,
+    ) -> Result<CallToolResult, McpError> {
+        respond(self.packages(p).await)
+    }
+
+    /// Entries of a package version (latest by default): logical keys, physical keys, sizes,
+    /// hashes and metadata, one page at a time, plus the package message and metadata.
+    #[tool(
+        title = "Browse a package",
+        output_schema = schema_for_output::<PackageContents>(),
+        annotations(
+            title = "Browse a package",
+            read_only_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn package_browse(
+        &self,
+        Parameters(p): Parameters<BrowseParams>,
+    ) -> Result<CallToolResult, McpError> {
+        respond(self.browse(p).await)
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for S3QuiltServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("s3quilt", env!("CARGO_PKG_VERSION"))
+                    .with_title("s3quilt")
+                    .with_description(
+                        "Turn S3 prefixes into Quilt data packages with server-side copies",
+                    ),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+}

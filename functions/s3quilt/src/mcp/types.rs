@@ -1,0 +1,577 @@
+//! Tool inputs and outputs. The JSON Schemas clients see are generated from these types: every
+//! field's doc comment is its description, and `example` attributes give examples.
+//!
+//! Inputs reject unknown fields (a misspelt `preserve_structre` is an error, not a silently
+//! ignored option). Outputs mirror core types (the plan summary, the package result, object
+//! metadata) in JSON-Schema-describable form.
+
+use std::collections::BTreeMap;
+
+use s3quilt_core::engine::{Phase, ProgressSnapshot};
+use s3quilt_core::quilt::HashType;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `wait_seconds` when not given.
+pub const DEFAULT_WAIT_SECONDS: u32 = 20;
+/// Longest wait of one call: many MCP clients give up on a call after about 60 s.
+pub const MAX_WAIT_SECONDS: u32 = 50;
+/// `max_keys` when not given.
+pub const DEFAULT_MAX_KEYS: u32 = 100;
+/// `max_entries` when not given.
+pub const DEFAULT_MAX_ENTRIES: u32 = 100;
+/// Most keys or entries one page returns.
+pub const MAX_PAGE: u32 = 1000;
+
+fn default_wait() -> u32 {
+    DEFAULT_WAIT_SECONDS
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_keys() -> u32 {
+    DEFAULT_MAX_KEYS
+}
+
+fn default_max_entries() -> u32 {
+    DEFAULT_MAX_ENTRIES
+}
+
+fn slash() -> Option<String> {
+    Some("/".into())
+}
+
+/// Entry hash types that can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HashTypeParam {
+    /// SHA-256 of 8 MiB+ chunk digests (quilt3's default).
+    #[serde(rename = "sha2-256-chunked")]
+    Sha2_256Chunked,
+    /// Full-object CRC-64/NVME.
+    #[serde(rename = "CRC64NVME")]
+    Crc64Nvme,
+}
+
+impl From<HashTypeParam> for HashType {
+    fn from(value: HashTypeParam) -> Self {
+        match value {
+            HashTypeParam::Sha2_256Chunked => HashType::Sha2_256Chunked,
+            HashTypeParam::Crc64Nvme => HashType::Crc64Nvme,
+        }
+    }
+}
+
+/// Arguments of `package_create_from_s3`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFromS3Params {
+    /// Bucket holding the objects: a bucket name or `s3://bucket`.
+    #[schemars(example = &"my-data-bucket")]
+    pub source_bucket: String,
+    /// Folder inside the source bucket to package; empty packages the whole bucket. Always a
+    /// folder: `ml-models` means `ml-models/`. Logical keys are paths relative to it.
+    #[serde(default)]
+    #[schemars(example = &"ml-models/")]
+    pub source_prefix: String,
+    /// Package name, `namespace/name` (letters, digits, `_` and `-` on each side).
+    #[schemars(example = &"myteam/ml-models-v2")]
+    pub package_name: String,
+    /// Registry bucket the package is written to (`s3://bucket` or `bucket`). Optional when
+    /// the server was started with a default registry.
+    #[serde(default)]
+    #[schemars(example = &"s3://my-quilt-registry")]
+    pub target_registry: Option<String>,
+    /// Bucket receiving the copies (default: the registry bucket). Copies go under
+    /// `namespace/name/<logical key>`.
+    #[serde(default)]
+    #[schemars(example = &"my-quilt-data")]
+    pub target_bucket: Option<String>,
+    /// The package message (commit message) of the new version.
+    #[serde(default)]
+    #[schemars(example = &"Models trained 2024-06")]
+    pub description: Option<String>,
+    /// Glob patterns selecting keys, matched against the key relative to `source_prefix`
+    /// (never the full key). Without `/` a pattern matches a name at any depth (`*.csv`);
+    /// with `/` it matches the path from the top (`2024/*.csv`). `*` and `?` never cross `/`;
+    /// `**` does. A pattern naming a folder selects its contents. None selects everything.
+    #[serde(default)]
+    #[schemars(example = ["*.csv", "checkpoints/**/*.pt"])]
+    pub include_patterns: Vec<String>,
+    /// Glob patterns removing keys (same rules as `include_patterns`); exclusion wins.
+    #[serde(default)]
+    #[schemars(example = ["tmp/", "*.log"])]
+    pub exclude_patterns: Vec<String>,
+    /// Keep the folder layout (`true`, default) or use base names only (`false`). Flattening
+    /// refuses, naming them, files that would get the same name: nothing is overwritten.
+    #[serde(default = "yes")]
+    pub preserve_structure: bool,
+    /// Package metadata (quilt3 `user_meta`): a JSON object.
+    #[serde(default)]
+    #[schemars(example = serde_json::json!({"project": "churn", "owner": "ml-team"}))]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Copy objects into the target bucket (`true`, default) or reference them where they are.
+    #[serde(default = "yes")]
+    pub copy: bool,
+    /// Entry hash type (default `sha2-256-chunked`, what quilt3 writes).
+    #[serde(default)]
+    pub hash_type: Option<HashTypeParam>,
+    /// On an unversioned target bucket, allow replacing keys that already exist under
+    /// `namespace/name/` (otherwise such a run is refused before anything is written).
+    #[serde(default)]
+    pub overwrite_existing: bool,
+    /// Plan only: list and select, report counts, bytes and the first logical keys exactly as
+    /// a real run would write them; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// How long this call waits for the run to finish (0-50 s, default 20) before returning
+    /// the run id and progress so far; follow it with `package_create_status`. Validation and
+    /// planning errors are always returned by this call.
+    #[serde(default = "default_wait")]
+    #[schemars(range(max = 50), example = 20)]
+    pub wait_seconds: u32,
+}
+
+/// One source of `package_create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// An object (`s3://bucket/path/file.csv`) or a folder (`s3://bucket/path/`, ending in
+    /// `/`).
+    #[schemars(example = &"s3://my-data-bucket/runs/2024-06/metrics.csv")]
+    pub source: String,
+    /// Where it goes in the package: the file's logical key, or the folder's logical folder.
+    /// It must be the end of the source's path (`runs/2024-06/metrics.csv` can be
+    /// `metrics.csv`, `2024-06/metrics.csv` or `runs/2024-06/metrics.csv`), and all entries
+    /// must agree on the folder the paths start from. Default: the path relative to the
+    /// deepest folder holding every source.
+    #[serde(default)]
+    #[schemars(example = &"2024-06/metrics.csv")]
+    pub logical_key: Option<String>,
+}
+
+/// Arguments of `package_create`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// Package name, `namespace/name`.
+    #[schemars(example = &"myteam/june-runs")]
+    pub package_name: String,
+    /// The objects and folders to package, all in one bucket. Paths are kept: two files named
+    /// `metrics.csv` in different folders stay two entries.
+    pub entries: Vec<SourceEntry>,
+    /// Registry bucket (`s3://bucket`); optional when the server has a default registry.
+    #[serde(default)]
+    #[schemars(example = &"s3://my-quilt-registry")]
+    pub target_registry: Option<String>,
+    /// Bucket receiving the copies (default: the registry bucket).
+    #[serde(default)]
+    pub target_bucket: Option<String>,
+    /// The package message of the new version.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Package metadata (quilt3 `user_meta`): a JSON object.
+    #[serde(default)]
+    #[schemars(example = serde_json::json!({"experiment": "june"}))]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// On an unversioned target bucket, allow replacing keys that already exist.
+    #[serde(default)]
+    pub overwrite_existing: bool,
+    /// Plan only; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// How long this call waits for the run (0-50 s, default 20); see `package_create_status`.
+    #[serde(default = "default_wait")]
+    #[schemars(range(max = 50), example = 20)]
+    pub wait_seconds: u32,
+}
+
+/// Arguments of `package_create_status`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusParams {
+    /// The `run_id` a create call returned: a local run id or a Step Functions execution ARN.
+    #[schemars(example = &"local-20240611T101500Z-3f2a9c1e")]
+    pub run_id: String,
+    /// Wait up to this many seconds (0-50, default 0) for the run to finish, sending progress
+    /// notifications meanwhile.
+    #[serde(default)]
+    #[schemars(range(max = 50), example = 10)]
+    pub wait_seconds: u32,
+}
+
+/// Arguments of `bucket_objects_list`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Bucket name or `s3://bucket`.
+    #[schemars(example = &"my-data-bucket")]
+    pub bucket: String,
+    /// Only keys starting with this text (give folders with a trailing `/`).
+    #[serde(default)]
+    #[schemars(example = &"ml-models/")]
+    pub prefix: String,
+    /// Group keys at this character into `common_prefixes` (folders); default `/`. Give `""`
+    /// to list every key below the prefix.
+    #[serde(default = "slash")]
+    #[schemars(example = &"/")]
+    pub delimiter: Option<String>,
+    /// Most keys on this page (1-1000, default 100).
+    #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1, max = 1000), example = 100)]
+    pub max_keys: u32,
+    /// `next_continuation_token` of the previous page.
+    #[serde(default)]
+    pub continuation_token: Option<String>,
+}
+
+/// Arguments of `bucket_object_info`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InfoParams {
+    /// Bucket name or `s3://bucket`.
+    #[schemars(example = &"my-data-bucket")]
+    pub bucket: String,
+    /// The full key, exactly as listed (any characters).
+    #[schemars(example = &"ml-models/model.pt")]
+    pub key: String,
+    /// A specific version (versioned buckets); default the current one.
+    #[serde(default)]
+    pub version_id: Option<String>,
+}
+
+/// Arguments of `packages_list`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesParams {
+    /// Registry bucket (`s3://bucket`); optional when the server has a default registry.
+    #[serde(default)]
+    #[schemars(example = &"s3://my-quilt-registry")]
+    pub registry: Option<String>,
+    /// Only packages whose name starts with this text, e.g. a namespace.
+    #[serde(default)]
+    #[schemars(example = &"myteam/")]
+    pub prefix: Option<String>,
+    /// List the versions of this package instead of package names.
+    #[serde(default)]
+    #[schemars(example = &"myteam/ml-models-v2")]
+    pub package_name: Option<String>,
+}
+
+/// Arguments of `package_browse`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrowseParams {
+    /// Package name, `namespace/name`.
+    #[schemars(example = &"myteam/ml-models-v2")]
+    pub package_name: String,
+    /// Registry bucket (`s3://bucket`); optional when the server has a default registry.
+    #[serde(default)]
+    #[schemars(example = &"s3://my-quilt-registry")]
+    pub registry: Option<String>,
+    /// The version's top hash (64 hex); default the latest version.
+    #[serde(default)]
+    pub top_hash: Option<String>,
+    /// Only entries whose logical key starts with this text.
+    #[serde(default)]
+    #[schemars(example = &"checkpoints/")]
+    pub path_prefix: Option<String>,
+    /// Most entries on this page (1-1000, default 100).
+    #[serde(default = "default_max_entries")]
+    #[schemars(range(min = 1, max = 1000), example = 100)]
+    pub max_entries: u32,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// Which engine runs a package creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// Inside this server process.
+    Local,
+    /// An AWS Step Functions execution.
+    StepFunctions,
+}
+
+/// Whether a run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Still planning, copying or finalizing.
+    Running,
+    /// Finished: a package version was written (or, for a dry run, planned).
+    Succeeded,
+    /// Failed; whatever it had written was rolled back.
+    Failed,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunPhase {
+    /// Listing and selecting.
+    Planning,
+    /// Copying objects server-side.
+    Copying,
+    /// Writing the manifest and pointers.
+    Finalizing,
+    /// Undoing a failed run.
+    RollingBack,
+    /// Done.
+    Succeeded,
+    /// Failed and rolled back.
+    Failed,
+}
+
+impl From<Phase> for RunPhase {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Planning => RunPhase::Planning,
+            Phase::Copying => RunPhase::Copying,
+            Phase::Finalizing => RunPhase::Finalizing,
+            Phase::RollingBack => RunPhase::RollingBack,
+            Phase::Succeeded => RunPhase::Succeeded,
+            Phase::Failed => RunPhase::Failed,
+        }
+    }
+}
+
+/// Progress of a run.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunProgress {
+    /// Phase.
+    pub phase: RunPhase,
+    /// Objects copied so far.
+    pub objects_done: u64,
+    /// Objects to copy (known once planned).
+    pub objects_total: u64,
+    /// Bytes copied so far.
+    pub bytes_done: u64,
+    /// Bytes to copy (known once planned).
+    pub bytes_total: u64,
+}
+
+impl From<ProgressSnapshot> for RunProgress {
+    fn from(s: ProgressSnapshot) -> Self {
+        RunProgress {
+            phase: s.phase.into(),
+            objects_done: s.objects_done,
+            objects_total: s.objects_total,
+            bytes_done: s.bytes_done,
+            bytes_total: s.bytes_total,
+        }
+    }
+}
+
+/// What planning found (the same plan a real run carries out).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PlanView {
+    /// `namespace/name`.
+    pub package_name: String,
+    /// `s3://registry`.
+    pub registry: String,
+    /// Bucket receiving copies.
+    pub target_bucket: String,
+    /// `s3://bucket/prefix/` packaged.
+    pub source: String,
+    /// Objects selected.
+    pub objects: u64,
+    /// Bytes selected.
+    pub bytes: u64,
+    /// Shards the copy is split into.
+    pub shards: u32,
+    /// Objects listed under the prefix.
+    pub listed: u64,
+    /// Folder markers skipped.
+    pub folder_markers: u64,
+    /// Objects not matched by `include_patterns`.
+    pub not_included: u64,
+    /// Objects removed by `exclude_patterns`.
+    pub excluded: u64,
+    /// The first logical keys, in package order: exactly the keys the package gets.
+    pub sample_logical_keys: Vec<String>,
+    /// Copy (`true`) or reference in place.
+    pub copy: bool,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// The package version a run wrote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PackageView {
+    /// `namespace/name`.
+    pub package_name: String,
+    /// Top hash of the new version.
+    pub top_hash: String,
+    /// `s3://registry`.
+    pub registry: String,
+    /// Pointer timestamp (Unix seconds).
+    pub timestamp: u64,
+    /// Entries.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// A quilt3 command that opens this version.
+    pub browse: String,
+}
+
+/// A package creation run: its state, progress, and result or error.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunView {
+    /// The run's id: pass it to `package_create_status`.
+    pub run_id: String,
+    /// Which engine runs it.
+    pub engine: EngineKind,
+    /// Running, succeeded or failed.
+    pub status: RunStatus,
+    /// Whether this is a dry run.
+    pub dry_run: bool,
+    /// Progress.
+    pub progress: RunProgress,
+    /// Seconds since the run started.
+    pub elapsed_seconds: u64,
+    /// The plan (once known).
+    pub plan: Option<PlanView>,
+    /// The new package version (when succeeded).
+    pub package: Option<PackageView>,
+    /// What went wrong and what rollback did (when failed).
+    pub error: Option<String>,
+    /// What to do next.
+    pub next_step: String,
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ObjectSummary {
+    /// The full key.
+    pub key: String,
+    /// `s3://bucket/key`.
+    pub uri: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modified (RFC 3339).
+    pub last_modified: Option<String>,
+    /// Storage class.
+    pub storage_class: String,
+    /// ETag.
+    pub etag: Option<String>,
+}
+
+/// One page of a bucket listing.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ObjectsPage {
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix listed.
+    pub prefix: String,
+    /// Delimiter used (none: every key below the prefix).
+    pub delimiter: Option<String>,
+    /// Objects on this page, every key as S3 stores it.
+    pub objects: Vec<ObjectSummary>,
+    /// Folders (keys grouped at the delimiter).
+    pub common_prefixes: Vec<String>,
+    /// Pass as `continuation_token` for the next page; absent on the last page.
+    pub next_continuation_token: Option<String>,
+}
+
+/// Metadata of one object.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ObjectDetails {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// `s3://bucket/key`.
+    pub uri: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: BTreeMap<String, String>,
+    /// Version id (versioned buckets).
+    pub version_id: Option<String>,
+    /// Storage class.
+    pub storage_class: String,
+    /// Last modified (RFC 3339).
+    pub last_modified: Option<String>,
+    /// ETag.
+    pub etag: Option<String>,
+    /// Stored SHA-256 checksum (base64), if S3 has one.
+    pub checksum_sha256: Option<String>,
+    /// Stored CRC-64/NVME checksum (base64), if S3 has one.
+    pub checksum_crc64nvme: Option<String>,
+    /// `FULL_OBJECT` or `COMPOSITE`.
+    pub checksum_type: Option<String>,
+    /// Parts of a multipart object.
+    pub parts_count: Option<u32>,
+    /// Restore status of an archived object.
+    pub restore: Option<String>,
+}
+
+/// One version of a package.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct VersionView {
+    /// Pointer timestamp (Unix seconds).
+    pub timestamp: String,
+    /// Top hash.
+    pub top_hash: String,
+}
+
+/// Packages of a registry, or versions of one package.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PackagesView {
+    /// `s3://registry`.
+    pub registry: String,
+    /// Package names (empty when listing versions).
+    pub packages: Vec<String>,
+    /// Versions of `package_name`, oldest first (empty when listing packages).
+    pub versions: Vec<VersionView>,
+}
+
+/// One entry of a package.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EntryView {
+    /// Path inside the package.
+    pub logical_key: String,
+    /// Where the bytes are (`s3://bucket/key?versionId=…`).
+    pub physical_key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hash type (`sha2-256-chunked`, `CRC64NVME`, …).
+    pub hash_type: String,
+    /// Hash value.
+    pub hash: String,
+    /// Entry metadata.
+    pub meta: serde_json::Value,
+}
+
+/// A page of a package version's entries.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PackageContents {
+    /// `namespace/name`.
+    pub package_name: String,
+    /// `s3://registry`.
+    pub registry: String,
+    /// Top hash of this version.
+    pub top_hash: String,
+    /// The package message.
+    pub message: Option<String>,
+    /// Package metadata (`user_meta`).
+    pub metadata: serde_json::Value,
+    /// Entries in the version.
+    pub total_entries: u64,
+    /// Bytes in the version.
+    pub total_bytes: u64,
+    /// Entries matching `path_prefix`.
+    pub matching_entries: u64,
+    /// This page of entries, in package order.
+    pub entries: Vec<EntryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
