@@ -275,6 +275,10 @@ impl SfnStack {
         );
 
         let mut cmd = Command::new(&cargo_lambda);
+        // A target directory of its own: `cargo run --bin <function>` resolves other features
+        // than workspace builds do, and in a shared target directory the two keep rebuilding
+        // each other's dependencies.
+        let target_dir = repo_root().join("target").join("lambda-watch");
         cmd.args([
             "lambda",
             "watch",
@@ -284,6 +288,8 @@ impl SfnStack {
             &lambda_port.to_string(),
         ])
         .args(["--concurrency", "4", "--ignore-changes"])
+        .arg("--target-dir")
+        .arg(&target_dir)
         .current_dir(repo_root())
         .env("PATH", std::env::join_paths(paths).expect("PATH"))
         .env("CARGO_TERM_COLOR", "never");

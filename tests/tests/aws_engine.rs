@@ -317,14 +317,11 @@ async fn a_copier_failing_for_good_rolls_back_and_leaves_no_package() {
     assert_eq!(report.status, "FAILED", "{report:#?}");
     assert_eq!(report.progress.phase, Phase::Failed);
     // moto lets the Map succeed past a failed child, and the finalizer refuses the missing
-    // fragment; Step Functions fails the Map itself. Either way the run is rolled back.
+    // fragment; Step Functions fails the Map itself (States.ExceedToleratedFailureThreshold,
+    // reported as S3Quilt.CopyFailed). Either way the run is rolled back.
     let error = report.error.clone().unwrap_or_default();
     assert!(
-        [
-            "S3Quilt.MissingFragments",
-            "States.ExceedToleratedFailureThreshold"
-        ]
-        .contains(&error.as_str()),
+        ["S3Quilt.MissingFragments", "S3Quilt.CopyFailed"].contains(&error.as_str()),
         "{report:#?}"
     );
     let cause = report.cause.clone().unwrap_or_default();

@@ -198,13 +198,28 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
         Some("1")
     );
 
-    // Staging is gone; the registry has the manifest, two pointers and the copies only.
+    // Staging is gone; the registry has the manifest, two pointers, the copies and the run's
+    // result record only.
     let keys: Vec<String> = list_all_versions(&client, &registry)
         .await
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
-    assert!(keys.iter().all(|k| !k.starts_with(".s3quilt/")), "{keys:?}");
+    let records: Vec<&String> = keys.iter().filter(|k| k.starts_with(".s3quilt/")).collect();
+    assert_eq!(
+        records,
+        [&format!(".s3quilt/results/{}.json", package.run_id)],
+        "{keys:?}"
+    );
+    // Finalizing again (a retried finalizer) answers with the same package and writes nothing.
+    let again = finalize(store(server).await, &registry, &package.run_id)
+        .await
+        .unwrap();
+    assert_eq!(again, package);
+    assert_eq!(
+        list_all_versions(&client, &registry).await.len(),
+        keys.len()
+    );
     assert_eq!(
         keys.iter().filter(|k| k.starts_with(".quilt/")).count(),
         3,
@@ -312,7 +327,8 @@ async fn copy_false_references_objects_in_place() {
         .map(|(k, _, _)| k)
         .collect();
     assert!(
-        keys.iter().all(|k| k.starts_with(".quilt/")),
+        keys.iter()
+            .all(|k| k.starts_with(".quilt/") || k.starts_with(".s3quilt/results/")),
         "nothing copied: {keys:?}"
     );
 }

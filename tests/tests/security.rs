@@ -37,8 +37,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 async fn credentials_never_reach_logs_or_errors() {
     let server = moto();
     let plain = server.client().await;
-    let (source, registry) = (create_bucket(&plain, true).await, create_bucket(&plain, true).await);
-    seed(&plain, &source, &[SeedObject::new("d/a.csv", b"1".to_vec()), SeedObject::new("d/b.csv", b"2".to_vec())]).await;
+    let (source, registry) = (
+        create_bucket(&plain, true).await,
+        create_bucket(&plain, true).await,
+    );
+    seed(
+        &plain,
+        &source,
+        &[
+            SeedObject::new("d/a.csv", b"1".to_vec()),
+            SeedObject::new("d/b.csv", b"2".to_vec()),
+        ],
+    )
+    .await;
 
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
@@ -53,24 +64,47 @@ async fn credentials_never_reach_logs_or_errors() {
         .endpoint_url(server.endpoint())
         .force_path_style(true)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDSENTINEL", SECRET, Some(TOKEN.to_string()), None, "test"))
+        .credentials_provider(Credentials::new(
+            "AKIDSENTINEL",
+            SECRET,
+            Some(TOKEN.to_string()),
+            None,
+            "test",
+        ))
         .build();
     let store = S3Store::shared(aws_sdk_s3::Client::from_conf(config));
 
     let mut errors = Vec::new();
     // A run that works, and runs that fail in planning and at the source.
-    let ok = run_local(store.clone(), &PackageRequest::new(&source, "d", "team/secure", &registry), &EngineOptions::default(), Progress::new()).await;
+    let ok = run_local(
+        store.clone(),
+        &PackageRequest::new(&source, "d", "team/secure", &registry),
+        &EngineOptions::default(),
+        Progress::new(),
+    )
+    .await;
     assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
     for request in [
         PackageRequest::new("no-such-bucket-secure", "d", "team/secure", &registry),
         PackageRequest::new(&source, "d", "team/secure", "no-such-registry-secure"),
         PackageRequest::new(&source, "nothing", "team/secure", &registry),
     ] {
-        let err = run_local(store.clone(), &request, &EngineOptions::default(), Progress::new()).await.unwrap_err();
+        let err = run_local(
+            store.clone(),
+            &request,
+            &EngineOptions::default(),
+            Progress::new(),
+        )
+        .await
+        .unwrap_err();
         errors.push(format!("{err} {err:?}"));
     }
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
-    assert!(logs.len() > 1000, "TRACE logging captured the SDK's requests ({} bytes)", logs.len());
+    assert!(
+        logs.len() > 1000,
+        "TRACE logging captured the SDK's requests ({} bytes)",
+        logs.len()
+    );
     for text in errors.iter().chain(std::iter::once(&logs)) {
         assert!(!text.contains(SECRET), "secret key leaked");
         assert!(!text.contains(TOKEN), "session token leaked");
@@ -82,12 +116,18 @@ async fn credentials_never_reach_logs_or_errors() {
 async fn keys_cannot_escape_the_package_folder() {
     let server = moto();
     let client = server.client().await;
-    let (source, registry) = (create_bucket(&client, true).await, create_bucket(&client, true).await);
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
     // S3 accepts these keys; as logical keys they would climb out of `team/escape/`.
     seed(
         &client,
         &source,
-        &[SeedObject::new("d/../../other-team/pkg/x.csv", b"1".to_vec()), SeedObject::new("d/ok.csv", b"2".to_vec())],
+        &[
+            SeedObject::new("d/../../other-team/pkg/x.csv", b"1".to_vec()),
+            SeedObject::new("d/ok.csv", b"2".to_vec()),
+        ],
     )
     .await;
     let before = list_all_versions(&client, &registry).await;

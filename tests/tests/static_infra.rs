@@ -427,6 +427,14 @@ fn definition_fits_the_engines_it_runs_on() {
                 );
             }
         }
+        if state["Type"] == "Fail"
+            && let Some(error) = state.get("Error").and_then(Value::as_str)
+        {
+            assert!(
+                ErrorType::from_name(error).is_some(),
+                "{name}: Error {error:?} is not an ErrorType"
+            );
+        }
         if state["Type"] != "Task" {
             continue;
         }

@@ -16,7 +16,7 @@ use crate::staging::{FailureRecord, ManifestFragment, RunPlan, Staging, StagingE
 use crate::storage::{ObjectStore, StoreErrorKind, unix_now};
 
 /// The package a run made.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PackageResult {
     /// Run id.
     pub run_id: String,
@@ -131,6 +131,10 @@ pub async fn finalize(
     run_id: &str,
 ) -> Result<PackageResult, FinalizeError> {
     let staging = Staging::new(store.clone(), registry_bucket, run_id);
+    // Finalizing twice (a retried Lambda, a re-run) gives the same package.
+    if let Some(done) = staging.get::<PackageResult>(&staging.result_key()).await? {
+        return Ok(done);
+    }
     let plan = staging.plan().await?;
     let present: HashSet<u32> = staging
         .fragments_present()
@@ -182,12 +186,7 @@ pub async fn finalize(
     let registry = Registry::new(store.clone(), registry_bucket);
     let timestamp = unix_now();
     let written = write_version(&registry, &plan, &manifest, timestamp).await?;
-    // The version is visible now; leftovers of staging are only litter, reported not fatal.
-    for leftover in staging.remove_all().await {
-        tracing::warn!(run_id, leftover, "could not remove staging object");
-    }
-    remove_probes(store.as_ref(), &plan).await;
-    Ok(PackageResult {
+    let result = PackageResult {
         run_id: run_id.to_string(),
         package_name: plan.package_name.to_string(),
         top_hash: written.clone(),
@@ -196,7 +195,18 @@ pub async fn finalize(
         objects: plan.objects,
         bytes,
         browse: browse_command(plan.package_name.as_str(), &registry.url(), &written),
-    })
+    };
+    // The version is visible now. The result record makes a re-run answer the same; if it
+    // cannot be written the package still stands, so that is only logged.
+    if let Err(e) = staging.put(&staging.result_key(), &result).await {
+        tracing::warn!(run_id, error = %e, "could not record the run's result");
+    }
+    // Leftovers of staging are only litter, reported not fatal.
+    for leftover in staging.remove_all().await {
+        tracing::warn!(run_id, leftover, "could not remove staging object");
+    }
+    remove_probes(store.as_ref(), &plan).await;
+    Ok(result)
 }
 
 async fn write_version(

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::quilt::checksum::HashType;
@@ -18,6 +19,8 @@ use crate::storage::{ObjectStore, PutOptions, StoreError, StoreErrorKind, get_by
 
 /// Root of every run's staging area.
 pub const STAGING_ROOT: &str = ".s3quilt/runs/";
+/// Where finished runs' result records stay.
+pub const STAGING_ROOT_RESULTS: &str = ".s3quilt/results/";
 
 /// A run's identity: `<UTC yyyymmddThhmmssZ>-<8 hex>`, sortable and unique.
 pub fn new_run_id() -> String {
@@ -267,6 +270,12 @@ impl Staging {
         format!("{}fragments/{shard:06}.json", self.prefix())
     }
 
+    /// Key of the run's result record, kept after staging is removed (outside the run's
+    /// prefix) so a finalizer that runs again answers with the same package.
+    pub fn result_key(&self) -> String {
+        format!("{STAGING_ROOT_RESULTS}{}.json", self.run_id)
+    }
+
     /// Key of a shard's failure record.
     pub fn failure_key(&self, shard: u32) -> String {
         format!("{}failures/{shard:06}.json", self.prefix())
@@ -365,14 +374,20 @@ impl Staging {
             Ok(listed) => listed,
             Err(e) => return vec![format!("{prefix} ({e})")],
         };
-        for object in listed {
+        let results: Vec<_> = futures::stream::iter(listed.into_iter().map(|object| async move {
             let version = object.version_id.as_deref();
-            if let Err(e) = self
+            let result = self
                 .retry
                 .run(|_| self.store.delete(&self.bucket, &object.key, version))
-                .await
-            {
-                failed.push(format!("{} ({e})", object.key));
+                .await;
+            (object.key.clone(), result)
+        }))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+        for (key, result) in results {
+            if let Err(e) = result {
+                failed.push(format!("{key} ({e})"));
             }
         }
         failed

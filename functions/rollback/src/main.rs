@@ -111,8 +111,16 @@ mod tests {
         let store = S3Store::shared(moto().client().await);
         let registry = create_bucket(&moto().client().await, false).await;
         let cases = [
-            ("S3Quilt.MissingFragments", "S3Quilt.MissingFragments", "shards [1] have none"),
-            ("States.Timeout", "S3Quilt.StepFailed", "States.Timeout: shards [1] have none"),
+            (
+                "S3Quilt.MissingFragments",
+                "S3Quilt.MissingFragments",
+                "shards [1] have none",
+            ),
+            (
+                "States.Timeout",
+                "S3Quilt.StepFailed",
+                "States.Timeout: shards [1] have none",
+            ),
             ("", "S3Quilt.StepFailed", "shards [1] have none"),
         ];
         for (given, want, cause_start) in cases {

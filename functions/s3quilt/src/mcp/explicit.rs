@@ -29,7 +29,10 @@ struct Source {
 fn escape_glob(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if matches!(c, '\\' | '*' | '?' | '[' | ']' | '{' | '}' | ',' | '!' | '^') {
+        if matches!(
+            c,
+            '\\' | '*' | '?' | '[' | ']' | '{' | '}' | ',' | '!' | '^'
+        ) {
             out.push('\\');
         }
         out.push(c);
@@ -288,7 +291,10 @@ mod tests {
         assert_eq!(root_for(&f, "2024/m.csv").unwrap(), "runs/");
         assert_eq!(root_for(&f, "runs/2024/m.csv").unwrap(), "");
         let err = root_for(&f, "renamed.csv").unwrap_err().0;
-        assert!(err.contains("\"2024/m.csv\"") && err.contains("rename"), "{err}");
+        assert!(
+            err.contains("\"2024/m.csv\"") && err.contains("rename"),
+            "{err}"
+        );
         assert!(root_for(&f, "024/m.csv").is_err());
         let d = file("runs/2024/", None);
         assert_eq!(root_for(&d, "2024").unwrap(), "runs/");

@@ -90,11 +90,9 @@ impl Notifier {
             return;
         }
         self.last = Some(now);
-        let mut param = ProgressNotificationParam::new(
-            self.token.clone(),
-            progress.objects_done as f64,
-        )
-        .with_message(progress_text(progress));
+        let mut param =
+            ProgressNotificationParam::new(self.token.clone(), progress.objects_done as f64)
+                .with_message(progress_text(progress));
         if progress.objects_total > 0 {
             param = param.with_total(progress.objects_total as f64);
         }
@@ -171,7 +169,9 @@ impl LocalRun {
         let progress: RunProgress = self.progress.snapshot().into();
         let (status, plan, package, error) = match outcome.as_deref() {
             None => (RunStatus::Running, None, None, None),
-            Some(Ok(RunOutcome::Planned(plan))) => (RunStatus::Succeeded, convert(plan), None, None),
+            Some(Ok(RunOutcome::Planned(plan))) => {
+                (RunStatus::Succeeded, convert(plan), None, None)
+            }
             Some(Ok(RunOutcome::Created { plan, package })) => {
                 (RunStatus::Succeeded, convert(plan), convert(package), None)
             }
@@ -205,9 +205,7 @@ fn execution_view(report: ExecutionReport, started: Option<(Instant, bool)>) -> 
     };
     let output = report.output.as_ref();
     let plan: Option<PlanView> = output.and_then(|o| convert(&o.plan));
-    let package: Option<PackageView> = output
-        .and_then(|o| o.package.as_ref())
-        .and_then(convert);
+    let package: Option<PackageView> = output.and_then(|o| o.package.as_ref()).and_then(convert);
     let dry_run = plan
         .as_ref()
         .map(|p| p.dry_run)
@@ -248,15 +246,6 @@ impl Runs {
             sfn,
             local: Mutex::new(HashMap::new()),
             executions: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Which engine new runs use.
-    pub fn engine_kind(&self) -> EngineKind {
-        if self.sfn.is_some() {
-            EngineKind::StepFunctions
-        } else {
-            EngineKind::Local
         }
     }
 
@@ -301,9 +290,12 @@ impl Runs {
                     .expect("runs lock")
                     .insert(id.clone(), run.clone());
                 let (store, options) = (self.store.clone(), self.engine.clone());
-                tokio::spawn(async move {
-                    let result = run_local(store, &request, &options, progress)
-                        .await
+                // Driven by a blocking-pool thread: rustc cannot prove `run_local`'s future
+                // `Send` (higher-ranked lifetimes in its stream closures), which `spawn` needs.
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let result = runtime
+                        .block_on(run_local(store, &request, &options, progress))
                         .map_err(|e| e.to_string());
                     match &result {
                         Ok(_) => tracing::info!(run_id = id, "run finished"),

@@ -8,9 +8,7 @@ use std::time::Duration;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig,
-};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use s3quilt_core::quilt::{Json, PackageName};
@@ -23,9 +21,9 @@ use super::ToolError;
 use super::explicit;
 use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
 use super::types::{
-    BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
-    MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
-    PackagesParams, PackagesView, RunStatus, RunView, StatusParams, VersionView,
+    BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams, MAX_PAGE,
+    MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents, PackagesParams,
+    PackagesView, RunStatus, RunView, StatusParams, VersionView,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
@@ -53,7 +51,10 @@ fn success<T: Serialize>(value: &T, summary: String) -> Result<CallToolResult, M
     let json = serde_json::to_value(value)
         .map_err(|e| McpError::internal_error(format!("result not serializable: {e}"), None))?;
     let mut result = CallToolResult::structured(json.clone());
-    result.content = vec![ContentBlock::text(summary), ContentBlock::text(json.to_string())];
+    result.content = vec![
+        ContentBlock::text(summary),
+        ContentBlock::text(json.to_string()),
+    ];
     Ok(result)
 }
 
@@ -79,7 +80,10 @@ fn run_result(view: RunView) -> Result<CallToolResult, McpError> {
     if view.status == RunStatus::Failed {
         let json = serde_json::to_value(&view).unwrap_or_default();
         let mut result = CallToolResult::structured_error(json.clone());
-        result.content = vec![ContentBlock::text(summary), ContentBlock::text(json.to_string())];
+        result.content = vec![
+            ContentBlock::text(summary),
+            ContentBlock::text(json.to_string()),
+        ];
         return Ok(result);
     }
     success(&view, summary)
@@ -148,7 +152,11 @@ impl S3QuiltServer {
         self.state.runs.wait_all().await;
     }
 
-    fn registry_bucket(&self, field: &'static str, given: Option<&str>) -> Result<String, ToolError> {
+    fn registry_bucket(
+        &self,
+        field: &'static str,
+        given: Option<&str>,
+    ) -> Result<String, ToolError> {
         let value = given
             .filter(|r| !r.is_empty())
             .or(self.state.default_registry.as_deref())
@@ -489,8 +497,12 @@ impl S3QuiltServer {
                 Err(e) => return failure(e),
             },
         };
-        let mut request =
-            PackageRequest::new(&p.source_bucket, &p.source_prefix, &p.package_name, &registry);
+        let mut request = PackageRequest::new(
+            &p.source_bucket,
+            &p.source_prefix,
+            &p.package_name,
+            &registry,
+        );
         request.target_bucket = p.target_bucket;
         request.description = p.description;
         request.include_patterns = p.include_patterns;
@@ -524,8 +536,7 @@ impl S3QuiltServer {
         Parameters(p): Parameters<CreateParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let registry = match self.registry_bucket("target_registry", p.target_registry.as_deref())
-        {
+        let registry = match self.registry_bucket("target_registry", p.target_registry.as_deref()) {
             Ok(r) => r,
             Err(e) => return failure(e),
         };
@@ -636,7 +647,7 @@ impl S3QuiltServer {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for S3QuiltServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
