@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -21,9 +20,9 @@ use super::ToolError;
 use super::explicit;
 use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
 use super::types::{
-    BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams, MAX_PAGE,
+    Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams, MAX_PAGE,
     MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents, PackagesParams,
-    PackagesView, RunStatus, RunView, StatusParams, VersionView,
+    PackagesView, RunStatus, RunView, StatusParams, VersionView, input_schema,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
@@ -476,6 +475,7 @@ impl S3QuiltServer {
     /// and bytes) when the request carries a progress token. A failed run is rolled back.
     #[tool(
         title = "Create a package from an S3 folder",
+        input_schema = input_schema::<CreateFromS3Params>(),
         output_schema = schema_for_output::<RunView>(),
         annotations(
             title = "Create a package from an S3 folder",
@@ -487,7 +487,7 @@ impl S3QuiltServer {
     )]
     async fn package_create_from_s3(
         &self,
-        Parameters(p): Parameters<CreateFromS3Params>,
+        Args(p): Args<CreateFromS3Params>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let registry = match p.target_registry.as_deref() {
@@ -522,6 +522,7 @@ impl S3QuiltServer {
     /// the end of its source's path; renaming is refused with the keys that are possible.
     #[tool(
         title = "Create a package from listed S3 objects",
+        input_schema = input_schema::<CreateParams>(),
         output_schema = schema_for_output::<RunView>(),
         annotations(
             title = "Create a package from listed S3 objects",
@@ -533,7 +534,7 @@ impl S3QuiltServer {
     )]
     async fn package_create(
         &self,
-        Parameters(p): Parameters<CreateParams>,
+        Args(p): Args<CreateParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let registry = match self.registry_bucket("target_registry", p.target_registry.as_deref()) {
@@ -551,6 +552,7 @@ impl S3QuiltServer {
     /// kept. With `wait_seconds`, waits for the end while sending progress notifications.
     #[tool(
         title = "Package creation status",
+        input_schema = input_schema::<StatusParams>(),
         output_schema = schema_for_output::<RunView>(),
         annotations(
             title = "Package creation status",
@@ -561,7 +563,7 @@ impl S3QuiltServer {
     )]
     async fn package_create_status(
         &self,
-        Parameters(p): Parameters<StatusParams>,
+        Args(p): Args<StatusParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         match self.state.runs.find(p.run_id.trim()) {
@@ -574,6 +576,7 @@ impl S3QuiltServer {
     /// Every key is returned exactly as stored, whatever characters it holds.
     #[tool(
         title = "List S3 objects",
+        input_schema = input_schema::<ListParams>(),
         output_schema = schema_for_output::<ObjectsPage>(),
         annotations(
             title = "List S3 objects",
@@ -584,7 +587,7 @@ impl S3QuiltServer {
     )]
     async fn bucket_objects_list(
         &self,
-        Parameters(p): Parameters<ListParams>,
+        Args(p): Args<ListParams>,
     ) -> Result<CallToolResult, McpError> {
         respond(self.list(p).await)
     }
@@ -593,6 +596,7 @@ impl S3QuiltServer {
     /// and stored checksums.
     #[tool(
         title = "S3 object metadata",
+        input_schema = input_schema::<InfoParams>(),
         output_schema = schema_for_output::<ObjectDetails>(),
         annotations(
             title = "S3 object metadata",
@@ -603,7 +607,7 @@ impl S3QuiltServer {
     )]
     async fn bucket_object_info(
         &self,
-        Parameters(p): Parameters<InfoParams>,
+        Args(p): Args<InfoParams>,
     ) -> Result<CallToolResult, McpError> {
         respond(self.info(p).await)
     }
@@ -612,6 +616,7 @@ impl S3QuiltServer {
     /// one package.
     #[tool(
         title = "List packages",
+        input_schema = input_schema::<PackagesParams>(),
         output_schema = schema_for_output::<PackagesView>(),
         annotations(
             title = "List packages",
@@ -622,7 +627,7 @@ impl S3QuiltServer {
     )]
     async fn packages_list(
         &self,
-        Parameters(p): Parameters<PackagesParams>,
+        Args(p): Args<PackagesParams>,
     ) -> Result<CallToolResult, McpError> {
         respond(self.packages(p).await)
     }
@@ -631,6 +636,7 @@ impl S3QuiltServer {
     /// hashes and metadata, one page at a time, plus the package message and metadata.
     #[tool(
         title = "Browse a package",
+        input_schema = input_schema::<BrowseParams>(),
         output_schema = schema_for_output::<PackageContents>(),
         annotations(
             title = "Browse a package",
@@ -641,7 +647,7 @@ impl S3QuiltServer {
     )]
     async fn package_browse(
         &self,
-        Parameters(p): Parameters<BrowseParams>,
+        Args(p): Args<BrowseParams>,
     ) -> Result<CallToolResult, McpError> {
         respond(self.browse(p).await)
     }

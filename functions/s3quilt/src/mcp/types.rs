@@ -7,6 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use rmcp::ErrorData;
+use rmcp::handler::server::common::{FromContextPart, schema_for_input};
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::JsonObject;
 use s3quilt_core::engine::{Phase, ProgressSnapshot};
 use s3quilt_core::quilt::HashType;
 use schemars::JsonSchema;
@@ -22,6 +26,40 @@ pub const DEFAULT_MAX_KEYS: u32 = 100;
 pub const DEFAULT_MAX_ENTRIES: u32 = 100;
 /// Most keys or entries one page returns.
 pub const MAX_PAGE: u32 = 1000;
+
+/// Tool arguments of type `T`. Unlike rmcp's `Parameters`, a value of the wrong type is
+/// reported with the argument's name (`wait_seconds: invalid type: string "x", expected u32`);
+/// rmcp turns the error into a tool error, as the protocol asks for argument errors.
+pub struct Args<T>(pub T);
+
+impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Args<T> {
+    fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, ErrorData> {
+        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        serde_path_to_error::deserialize(arguments)
+            .map(Args)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
+                // This prefix is what rmcp recognises as an argument error.
+                ErrorData::invalid_params(
+                    format!(
+                        "failed to deserialize parameters: {at}{}. The tool's input schema lists each argument with its type and an example",
+                        e.inner()
+                    ),
+                    None,
+                )
+            })
+    }
+}
+
+/// The input schema of a tool taking [`Args<T>`].
+pub fn input_schema<T: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
+    schema_for_input::<T>().unwrap_or_else(|e| panic!("input schema of a tool: {e}"))
+}
 
 fn default_wait() -> u32 {
     DEFAULT_WAIT_SECONDS
