@@ -3,9 +3,9 @@
 //! running the real Lambda binaries against that moto, and the real definition
 //! (`infra/statemachine.asl.json`) created in moto with the functions substituted.
 //!
-//! Everything binds 127.0.0.1 on free ports. Every process runs in its own process group and
-//! is stopped by `Drop` (also when a test panics) and, should the test process die without
-//! unwinding, by a watchdog shell that waits for the test process to go away.
+//! Everything binds 127.0.0.1 on free ports. Every process (with all it starts) is stopped by
+//! `Drop` (also when a test panics) and, should the test process die without unwinding or the
+//! stack live in a `static`, by a watchdog shell that waits for the test process to go away.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,16 +30,77 @@ pub const FUNCTIONS: [(&str, &str); 4] = [
     ("RollbackFunctionArn", "rollback"),
 ];
 
-/// A child process in its own process group, stopped on drop (group TERM, then KILL), with a
-/// watchdog for when the test process dies without unwinding.
-struct GroupProcess {
+/// A child process and everything it starts (`cargo lambda watch` runs each function in a
+/// process group of its own), stopped on drop: the whole process tree gets TERM, then KILL. A
+/// watchdog does the same should the test process die without unwinding.
+struct TreeProcess {
     child: Child,
     watchdog: Option<Child>,
     log: PathBuf,
 }
 
-impl GroupProcess {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> GroupProcess {
+/// `pid` and all its descendants, children before parents' parents (from `/proc`).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last `)`.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree.reverse();
+    tree
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl TreeProcess {
+    /// Spawns `cmd`; its watchdog also removes `cleanup` (the stack's directory) if given.
+    fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        log: PathBuf,
+        cleanup: Option<&Path>,
+    ) -> TreeProcess {
         let out = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log file");
         cmd.stdin(Stdio::null())
@@ -49,9 +110,12 @@ impl GroupProcess {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        const SCRIPT: &str = r#"t=$1; g=$2
+        const SCRIPT: &str = r#"t=$1; r=$2; d=$3
+tree() { for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree "$c"; done; echo "$1"; }
 while kill -0 "$t" 2>/dev/null; do sleep 0.5; done
-kill -TERM -- "-$g" 2>/dev/null; sleep 3; kill -KILL -- "-$g" 2>/dev/null
+pids=$(tree "$r")
+kill -TERM $pids 2>/dev/null; sleep 3; kill -KILL $pids 2>/dev/null
+if [ -n "$d" ]; then rm -rf "$d"; fi
 "#;
         let watchdog = Command::new("sh")
             .arg("-c")
@@ -59,13 +123,14 @@ kill -TERM -- "-$g" 2>/dev/null; sleep 3; kill -KILL -- "-$g" 2>/dev/null
             .arg("s3quilt-sfn-watchdog")
             .arg(std::process::id().to_string())
             .arg(child.id().to_string())
+            .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .ok();
-        GroupProcess {
+        TreeProcess {
             child,
             watchdog,
             log,
@@ -85,24 +150,20 @@ kill -TERM -- "-$g" 2>/dev/null; sleep 3; kill -KILL -- "-$g" 2>/dev/null
     }
 
     fn stop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let signal = |sig: &str| {
-            let _ = Command::new("kill")
-                .args([sig, "--", &group])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
         if self.exited().is_none() {
-            signal("-TERM");
+            let tree = process_tree(self.child.id());
+            signal(&tree, "-TERM");
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline && self.exited().is_none() {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // Children may outlive their parent's TERM.
+            let alive: Vec<u32> = tree
+                .into_iter()
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            signal(&alive, "-KILL");
         }
-        // The group may hold children (cargo, the function processes) after the leader is gone.
-        signal("-KILL");
         let _ = self.child.wait();
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
@@ -111,7 +172,7 @@ kill -TERM -- "-$g" 2>/dev/null; sleep 3; kill -KILL -- "-$g" 2>/dev/null
     }
 }
 
-impl Drop for GroupProcess {
+impl Drop for TreeProcess {
     fn drop(&mut self) {
         self.stop();
     }
@@ -155,7 +216,12 @@ fn http(
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no answer within {timeout:?}")
+            }
+            _ => e.to_string(),
+        })?;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split(' ')
@@ -177,9 +243,9 @@ fn tail(text: &str, max: usize) -> &str {
 /// `cargo lambda watch` with the four binaries. Stopped on drop.
 pub struct SfnStack {
     // Field order is drop order: the functions first, the router, then moto.
-    lambdas: GroupProcess,
+    lambdas: TreeProcess,
     router: LambdaRouter,
-    moto: GroupProcess,
+    moto: TreeProcess,
     moto_port: u16,
     lambda_port: u16,
     dir: PathBuf,
@@ -203,7 +269,7 @@ impl SfnStack {
         cmd.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .env("MOTO_PORT", router.port().to_string())
             .current_dir(&dir);
-        let mut moto = GroupProcess::spawn("moto", cmd, dir.join("moto.log"));
+        let mut moto = TreeProcess::spawn("moto", cmd, dir.join("moto.log"), Some(&dir));
         let deadline = Instant::now() + Duration::from_secs(30);
         while !accepts(moto_port) {
             if let Some(status) = moto.exited() {
@@ -248,7 +314,7 @@ impl SfnStack {
         moto_port: u16,
         lambda_port: u16,
         function_env: &[(&str, &str)],
-    ) -> GroupProcess {
+    ) -> TreeProcess {
         let cargo_lambda = venv_bin("cargo-lambda");
         let bin_dir = cargo_lambda.parent().expect("venv bin").to_path_buf();
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -288,8 +354,8 @@ impl SfnStack {
             &lambda_port.to_string(),
         ])
         .args(["--concurrency", "4", "--ignore-changes"])
-        .arg("--target-dir")
-        .arg(&target_dir)
+        // (`--target-dir` would also be passed to `cargo metadata`, which refuses it.)
+        .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(repo_root())
         .env("PATH", std::env::join_paths(paths).expect("PATH"))
         .env("CARGO_TERM_COLOR", "never");
@@ -305,7 +371,8 @@ impl SfnStack {
             cmd.arg("--env-var").arg(format!("{k}={v}"));
             cmd.env(k, v);
         }
-        let mut lambdas = GroupProcess::spawn("cargo lambda watch", cmd, dir.join("lambdas.log"));
+        let mut lambdas =
+            TreeProcess::spawn("cargo lambda watch", cmd, dir.join("lambdas.log"), None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !accepts(lambda_port) {
             if let Some(status) = lambdas.exited() {
@@ -329,7 +396,9 @@ impl SfnStack {
     fn warm_up(&mut self) {
         for (_, function) in FUNCTIONS {
             let started = Instant::now();
-            let result = self.invoke(function, "{}", Duration::from_secs(900));
+            // The first one compiles the functions' dependencies (minutes on a cold target
+            // directory and a busy machine).
+            let result = self.invoke(function, "{}", Duration::from_secs(1800));
             match result {
                 Ok((_, body)) if body.contains("S3Quilt.InvalidRequest") => {
                     eprintln!("sfn stack: {function} ready after {:?}", started.elapsed());

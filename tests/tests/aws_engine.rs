@@ -235,12 +235,16 @@ async fn state_machine_package_equals_the_local_engines() {
     let shards = report.shards.expect("map run counts");
     assert_eq!((shards.total, shards.succeeded, shards.failed), (3, 3, 0));
     assert!(report.run_id.is_some());
-    assert!(
-        list_all(store.as_ref(), &via_sfn, ".s3quilt/")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let run_id = report.run_id.clone().unwrap();
+    let staging = list_all(store.as_ref(), &via_sfn, ".s3quilt/runs/")
+        .await
+        .unwrap();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+    let results = list_all(store.as_ref(), &via_sfn, ".s3quilt/results/")
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0].key.contains(&run_id), "{results:?}");
 
     // A retried start with the same token starts nothing new.
     let sfn = stack.sfn_client();

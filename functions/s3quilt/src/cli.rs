@@ -44,6 +44,9 @@ pub enum Command {
     /// Serve the Model Context Protocol on stdin/stdout (for Claude Desktop, Claude Code and
     /// other agents): package creation, progress and status, bucket and package browsing.
     Mcp(crate::mcp::McpArgs),
+    /// Benchmark on a local moto server behind a latency proxy: the S3 floor (bare CopyObject
+    /// requests), s3quilt end to end, and quilt3 `set_dir` + `push`, on the same data.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `--hash-type` values.
@@ -260,7 +263,9 @@ mod tests {
     fn package_args(args: &[&str]) -> PackageArgs {
         match parse(args).command {
             Command::Create(a) | Command::Plan(a) => a,
-            Command::Demo(_) | Command::Mcp(_) => panic!("not a package command"),
+            Command::Demo(_) | Command::Mcp(_) | Command::Bench(_) => {
+                panic!("not a package command")
+            }
         }
     }
 

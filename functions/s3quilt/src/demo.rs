@@ -379,7 +379,7 @@ mod tests {
         let staging = client
             .list_objects_v2()
             .bucket(REGISTRY_BUCKET)
-            .prefix(".s3quilt/")
+            .prefix(".s3quilt/runs/")
             .send()
             .await
             .unwrap();

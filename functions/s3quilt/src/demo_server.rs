@@ -181,9 +181,11 @@ impl DemoServer {
 
     /// Stops accepting, lets open requests finish (5 s at most) and returns.
     pub async fn stop(self) {
+        tracing::debug!(endpoint = %self.endpoint, "stopping the demo S3 server");
         let _ = self.shutdown.send(());
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "demo server task failed");
         }
+        tracing::debug!("demo S3 server stopped");
     }
 }

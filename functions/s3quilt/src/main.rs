@@ -4,6 +4,7 @@
 //! with a progress bar, text or JSON output, and exit codes that say what kind of failure
 //! happened (see `s3quilt --help`).
 
+mod bench;
 mod cli;
 mod demo;
 mod demo_server;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Create(a) | Command::Plan(a) => a.json,
         Command::Demo(a) => a.json,
         Command::Mcp(_) => false,
+        Command::Bench(a) => a.json,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
@@ -51,6 +53,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Plan(args) => package(&args, true).await,
         Command::Demo(args) => demo::run(&args).await,
         Command::Mcp(args) => mcp::run(args).await,
+        Command::Bench(args) => bench::run(&args).await,
     }
 }
 

@@ -71,6 +71,7 @@ impl ProgressView {
     }
 
     fn show(&mut self, snapshot: ProgressSnapshot) {
+        self.bar.set_message(progress_message(&snapshot));
         if !self.copying && snapshot.phase != Phase::Planning {
             self.copying = true;
             self.bar.set_style(Self::style(
@@ -80,7 +81,6 @@ impl ProgressView {
             self.bar.reset_eta();
         }
         self.bar.set_position(snapshot.bytes_done);
-        self.bar.set_message(progress_message(&snapshot));
     }
 }
 

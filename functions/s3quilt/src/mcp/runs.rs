@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use rmcp::model::{ProgressNotificationParam, ProgressToken};
 use rmcp::{Peer, RoleServer};
 use s3quilt_core::aws::{ExecutionInput, ExecutionReport, execution_report, start_execution};
-use s3quilt_core::engine::{EngineOptions, Progress, RunOutcome, run_local};
+use s3quilt_core::engine::{EngineError, EngineOptions, Progress, RunOutcome, run_local};
+use s3quilt_core::plan::PlanError;
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::ObjectStore;
 use tokio::sync::watch;
@@ -133,6 +134,18 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The engine's error, with a hint where the fix is not obvious from it.
+fn explain(error: &EngineError) -> String {
+    match error {
+        EngineError::Plan(PlanError::EmptySelection { not_included, .. }) if *not_included > 0 => {
+            format!(
+                "{error}. include_patterns are matched against each key relative to source_prefix, not the full key: for s3://bucket/data/tables/a.csv with source_prefix \"data/\", `tables/*.csv` or `*.csv` select it, `data/tables/*.csv` does not"
+            )
+        }
+        _ => error.to_string(),
     }
 }
 
@@ -296,7 +309,7 @@ impl Runs {
                 tokio::task::spawn_blocking(move || {
                     let result = runtime
                         .block_on(run_local(store, &request, &options, progress))
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| explain(&e));
                     match &result {
                         Ok(_) => tracing::info!(run_id = id, "run finished"),
                         Err(e) => tracing::warn!(run_id = id, "run failed: {e}"),
@@ -322,18 +335,21 @@ impl Runs {
         match local.get(run_id) {
             Some(run) => Ok(RunRef::Local(run.clone())),
             None => {
+                // Run ids sort by start time: show the latest few.
                 let mut known: Vec<&String> = local.keys().collect();
                 known.sort();
+                let latest: Vec<String> = known
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .map(|k| format!("{k:?}"))
+                    .collect();
                 Err(ToolError(format!(
-                    "run_id {run_id:?} is not a run of this server. Give the run_id a create call returned (local runs are kept while the server runs; known: {})",
-                    if known.is_empty() {
+                    "run_id {run_id:?} is not a run of this server. Give the run_id a create call returned (runs are kept while the server runs; latest: {})",
+                    if latest.is_empty() {
                         "none".to_string()
                     } else {
-                        known
-                            .iter()
-                            .map(|k| format!("{k:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        latest.join(", ")
                     }
                 )))
             }

@@ -20,9 +20,9 @@ use super::ToolError;
 use super::explicit;
 use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
 use super::types::{
-    Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams, MAX_PAGE,
-    MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents, PackagesParams,
-    PackagesView, RunStatus, RunView, StatusParams, VersionView, input_schema,
+    Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
+    MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
+    PackagesParams, PackagesView, RunStatus, RunView, StatusParams, VersionView, input_schema,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \

@@ -1,0 +1,576 @@
+//! `s3quilt bench`: in one run, on one seeded dataset in a local moto server behind our latency
+//! proxy, times (1) the floor — a bare aws-sdk-s3 client issuing only the CopyObject requests,
+//! at several concurrencies, best kept; (2) s3quilt's local engine end to end, as a child
+//! process (peak RSS measured); (3) quilt3's `set_dir` + `push`. Measuring only: no domain
+//! logic lives here.
+
+mod proxy;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::types::{ChecksumAlgorithm, MetadataDirective};
+use clap::Args;
+use futures::StreamExt;
+use serde_json::json;
+
+use self::proxy::{Counts, LatencyProxy, diff};
+use self::tools::{Measured, Moto, run_measured};
+
+const SOURCE_BUCKET: &str = "bench-src";
+const SOURCE_PREFIX: &str = "data/";
+const FLOOR_BUCKET: &str = "bench-floor";
+const S3QUILT_REGISTRY: &str = "bench-reg-s3quilt";
+const QUILT3_REGISTRY: &str = "bench-reg-quilt3";
+const REGION: &str = "us-east-1";
+const ACCESS_KEY: &str = "testing";
+const SECRET_KEY: &str = "testing";
+
+/// `bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Objects to seed (sizes 1 KiB–256 KiB, log-uniform, over 16 folders).
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub objects: u32,
+    /// Delay the proxy adds before forwarding each request (models S3's round trip).
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub latency_ms: u64,
+    /// Concurrencies tried for the floor (comma-separated); s3quilt runs at the floor's best.
+    #[arg(long, value_name = "N,..", value_delimiter = ',', default_values_t = [16u16, 64, 128, 256], value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Vec<u16>,
+    /// `moto_server` to use (default: .venv/bin, then PATH).
+    #[arg(long, value_name = "PATH")]
+    pub moto: Option<PathBuf>,
+    /// Python with quilt3 to use (default: .venv/bin, then PATH).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Skip quilt3 (e.g. for very large runs); quilt3_s is then null.
+    #[arg(long)]
+    pub no_quilt3: bool,
+    /// After the table, print one JSON object as the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured contender.
+struct Row {
+    name: String,
+    seconds: f64,
+    peak_rss: Option<u64>,
+    requests: Counts,
+}
+
+fn total(c: &Counts) -> u64 {
+    c.values().sum()
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Log-uniform sizes in [1 KiB, 256 KiB], deterministic (a fixed LCG), so every run seeds
+/// the same bytes.
+fn object_sizes(n: u32) -> Vec<u64> {
+    let mut state: u64 = 0x5eed_5eed_1234_5678;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            (1024.0 * 2f64.powf(u * 8.0)) as u64
+        })
+        .collect()
+}
+
+fn client(endpoint: &str) -> Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ACCESS_KEY, SECRET_KEY, None, None, "bench",
+        ))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Test credentials and a clean AWS environment for a child process (no profile, config file,
+/// session token or metadata service can leak in).
+fn apply_env(cmd: &mut Command, endpoint: &str, dir: &std::path::Path) {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let d = |p: &str| dir.join(p).display().to_string();
+    cmd.envs([
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_ENDPOINT_URL_S3", endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_REGION", REGION.to_string()),
+        ("AWS_DEFAULT_REGION", REGION.to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ("AWS_CONFIG_FILE", d("no-aws-config")),
+        ("AWS_SHARED_CREDENTIALS_FILE", d("no-aws-credentials")),
+        ("QUILT_DISABLE_USAGE_METRICS", "true".to_string()),
+        ("QUILT_DISABLE_CACHE", "true".to_string()),
+        ("QUILT_MINIMIZE_STDOUT", "true".to_string()),
+        ("XDG_DATA_HOME", d("xdg/data")),
+        ("XDG_CACHE_HOME", d("xdg/cache")),
+        ("XDG_CONFIG_HOME", d("xdg/config")),
+    ]);
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// Runs the benchmark and prints the table (and, with `--json`, a JSON line last).
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let moto_bin = tools::find_moto(args.moto.as_deref())?;
+    let python = if args.no_quilt3 {
+        None
+    } else {
+        Some(tools::find_python(args.python.as_deref())?)
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("s3quilt-bench-")
+        .tempdir()?;
+    eprintln!("bench: starting {}", moto_bin.display());
+    let moto = Moto::start(&moto_bin, &dir.path().join("moto.log")).await?;
+    let latency = Duration::from_millis(args.latency_ms);
+    let proxy = LatencyProxy::start(moto.addr, latency)?;
+    let endpoint = proxy.endpoint();
+
+    // Seed directly into moto (no proxy): untimed.
+    let direct = client(&format!("http://{}", moto.addr));
+    for bucket in [
+        SOURCE_BUCKET,
+        FLOOR_BUCKET,
+        S3QUILT_REGISTRY,
+        QUILT3_REGISTRY,
+    ] {
+        direct
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .with_context(|| format!("creating bucket {bucket} in moto"))?;
+    }
+    let sizes = object_sizes(args.objects);
+    let keys: Vec<String> = (0..args.objects)
+        .map(|i| format!("{SOURCE_PREFIX}part-{:02}/obj-{i:07}.bin", i % 16))
+        .collect();
+    let bytes: u64 = sizes.iter().sum();
+    eprintln!(
+        "bench: seeding {} objects, {:.1} MB, into moto",
+        args.objects,
+        mb(bytes)
+    );
+    let seeded = Instant::now();
+    let mut puts = futures::stream::iter(keys.iter().zip(&sizes).map(|(key, size)| {
+        let direct = direct.clone();
+        async move {
+            let body = vec![(key.len() % 251) as u8; usize::try_from(*size)?];
+            direct
+                .put_object()
+                .bucket(SOURCE_BUCKET)
+                .key(key)
+                .content_type("application/octet-stream")
+                .metadata("bench", "1")
+                .body(body.into())
+                .send()
+                .await
+                .with_context(|| format!("seeding {key}"))?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(32);
+    while let Some(r) = puts.next().await {
+        r?;
+    }
+    drop(puts);
+    eprintln!("bench: seeded in {:.1} s", seeded.elapsed().as_secs_f64());
+
+    // (1) The floor: only the CopyObject requests, through the proxy, per concurrency.
+    let via_proxy = client(&endpoint);
+    let mut sweep: Vec<(u16, f64, Counts)> = Vec::new();
+    for &conc in &args.concurrency {
+        let dest = format!("c{conc}/");
+        let before = proxy.counts();
+        let start = Instant::now();
+        let mut copies = futures::stream::iter(keys.iter().map(|key| {
+            let (c, dest) = (via_proxy.clone(), &dest);
+            async move {
+                c.copy_object()
+                    .copy_source(format!("{SOURCE_BUCKET}/{key}"))
+                    .bucket(FLOOR_BUCKET)
+                    .key(format!("{dest}{key}"))
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .metadata_directive(MetadataDirective::Copy)
+                    .send()
+                    .await
+                    .with_context(|| format!("floor: copying {key}"))?;
+                anyhow::Ok(())
+            }
+        }))
+        .buffer_unordered(usize::from(conc));
+        while let Some(r) = copies.next().await {
+            r?;
+        }
+        drop(copies);
+        let secs = start.elapsed().as_secs_f64();
+        let requests = diff(&before, &proxy.counts());
+        eprintln!("bench: floor at concurrency {conc}: {secs:.2} s");
+        sweep.push((conc, secs, requests));
+        // Free moto's memory before the next contender (direct, untimed).
+        delete_prefix(&direct, FLOOR_BUCKET, &dest).await?;
+    }
+    let (best_conc, floor_s, floor_requests) = sweep
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .cloned()
+        .context("no floor concurrency given")?;
+
+    // (2) s3quilt, end to end, as a child process.
+    let exe = std::env::current_exe().context("locating the s3quilt executable")?;
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "create",
+        &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
+        "bench/s3quilt",
+        "--registry",
+        &format!("s3://{S3QUILT_REGISTRY}"),
+        "--message",
+        "bench",
+        "--json",
+        "--endpoint-url",
+        &endpoint,
+        "--concurrency",
+        &best_conc.to_string(),
+    ]);
+    apply_env(&mut cmd, &endpoint, dir.path());
+    eprintln!("bench: s3quilt create at concurrency {best_conc}");
+    let before = proxy.counts();
+    let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
+    let ours_requests = diff(&before, &proxy.counts());
+    let ours_phases = Phases::from_log(&proxy.log_since(ours.started), &ours);
+    let outcome: serde_json::Value = serde_json::from_str(&ours.stdout)
+        .with_context(|| format!("s3quilt create printed no JSON:\n{}", ours.stdout))?;
+    let packaged = outcome["package"]["objects"].as_u64();
+    if packaged != Some(u64::from(args.objects)) {
+        bail!(
+            "s3quilt packaged {packaged:?} objects, expected {}:\n{}",
+            args.objects,
+            ours.stdout
+        );
+    }
+
+    // (3) quilt3 8.0.0: set_dir + push to another registry.
+    let mut quilt3_row = None;
+    let mut quilt3_process_s = None;
+    let mut quilt3_version = None;
+    let mut quilt3_phases = None;
+    if let Some((python, version)) = python {
+        let mut cmd = Command::new(&python);
+        cmd.args([
+            "-c",
+            QUILT3_SCRIPT,
+            &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
+            &format!("s3://{QUILT3_REGISTRY}"),
+        ]);
+        apply_env(&mut cmd, &endpoint, dir.path());
+        eprintln!("bench: quilt3 {version} set_dir + push");
+        let before = proxy.counts();
+        let theirs: Measured = blocking(move || run_measured(cmd, "quilt3 push")).await?;
+        let requests = diff(&before, &proxy.counts());
+        quilt3_phases = Some(Phases::from_log(&proxy.log_since(theirs.started), &theirs));
+        let last = theirs.stdout.lines().last().unwrap_or("");
+        let report: serde_json::Value = serde_json::from_str(last).with_context(|| {
+            format!(
+                "the quilt3 script printed no JSON:\n{}\n{}",
+                theirs.stdout, theirs.stderr
+            )
+        })?;
+        if report["entries"].as_u64() != Some(u64::from(args.objects)) {
+            bail!(
+                "quilt3 pushed {} entries, expected {}",
+                report["entries"],
+                args.objects
+            );
+        }
+        quilt3_process_s = Some(theirs.wall.as_secs_f64());
+        quilt3_version = Some(version);
+        quilt3_row = Some(Row {
+            name: "quilt3 set_dir+push".into(),
+            seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
+            peak_rss: Some(theirs.peak_rss),
+            requests,
+        });
+    }
+    drop(proxy);
+    drop(moto);
+
+    let floor = Row {
+        name: format!("floor (c={best_conc})"),
+        seconds: floor_s,
+        peak_rss: None,
+        requests: floor_requests,
+    };
+    let ours_row = Row {
+        name: format!("s3quilt (c={best_conc})"),
+        seconds: ours.wall.as_secs_f64(),
+        peak_rss: Some(ours.peak_rss),
+        requests: ours_requests,
+    };
+    let ratio_floor = ours_row.seconds / floor.seconds;
+    let ratio_quilt3 = quilt3_row.as_ref().map(|q| q.seconds / ours_row.seconds);
+
+    // The table.
+    println!(
+        "\n{} objects, {:.1} MB (1 KiB–256 KiB each; all under 8 MiB because quilt3's push cannot \
+         copy larger objects on moto), +{} ms per request",
+        args.objects,
+        mb(bytes),
+        args.latency_ms
+    );
+    println!(
+        "floor sweep: {}",
+        sweep
+            .iter()
+            .map(|(c, s, _)| format!("c={c} {s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{:<22} {:>9} {:>10} {:>8} {:>12} {:>9}",
+        "", "wall s", "objects/s", "MB/s", "peak RSS MB", "requests"
+    );
+    for row in std::iter::once(&floor)
+        .chain(std::iter::once(&ours_row))
+        .chain(quilt3_row.as_ref())
+    {
+        println!(
+            "{:<22} {:>9.2} {:>10.0} {:>8.1} {:>12} {:>9}",
+            row.name,
+            row.seconds,
+            f64::from(args.objects) / row.seconds,
+            mb(bytes) / row.seconds,
+            row.peak_rss
+                .map(|b| format!("{:.0}", mb(b)))
+                .unwrap_or_else(|| "n/a".into()),
+            total(&row.requests)
+        );
+    }
+    println!("s3quilt / floor:   {ratio_floor:.2}");
+    match ratio_quilt3 {
+        Some(r) => println!("quilt3 / s3quilt:  {r:.2}"),
+        None => println!("quilt3 / s3quilt:  n/a (--no-quilt3)"),
+    }
+    let by_op = |c: &Counts| {
+        c.iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("requests, s3quilt: {}", by_op(&ours_row.requests));
+    if let Some(q) = &quilt3_row {
+        println!("requests, quilt3:  {}", by_op(&q.requests));
+    }
+    println!("phases, s3quilt: {}", ours_phases.describe(args.latency_ms));
+    if let Some(p) = &quilt3_phases {
+        println!("phases, quilt3:  {}", p.describe(args.latency_ms));
+    }
+    if let Some(p) = quilt3_process_s {
+        println!(
+            "quilt3 time is set_dir+push inside Python; the whole process (interpreter, imports) took {p:.2} s. \
+             s3quilt time is its whole process. The floor runs in this process (RSS not measured)."
+        );
+    }
+
+    if args.json {
+        let row_json = |r: &Row| {
+            json!({
+                "seconds": r.seconds,
+                "peak_rss_mb": r.peak_rss.map(mb),
+                "requests": total(&r.requests),
+                "requests_by_op": r.requests,
+            })
+        };
+        let doc = json!({
+            "objects": args.objects,
+            "bytes": bytes,
+            "latency_ms": args.latency_ms,
+            "floor_s": floor.seconds,
+            "floor_concurrency": best_conc,
+            "floor_sweep": sweep.iter().map(|(c, s, _)| json!({"concurrency": c, "seconds": s})).collect::<Vec<_>>(),
+            "s3quilt_s": ours_row.seconds,
+            "quilt3_s": quilt3_row.as_ref().map(|q| q.seconds),
+            "quilt3_process_s": quilt3_process_s,
+            "quilt3_version": quilt3_version,
+            "peak_rss_mb": mb(ours.peak_rss),
+            "quilt3_peak_rss_mb": quilt3_row.as_ref().and_then(|q| q.peak_rss).map(mb),
+            "s3quilt_over_floor": ratio_floor,
+            "quilt3_over_s3quilt": ratio_quilt3,
+            "floor": row_json(&floor),
+            "s3quilt": row_json(&ours_row),
+            "quilt3": quilt3_row.as_ref().map(row_json),
+            "s3quilt_phases": ours_phases.to_json(),
+            "quilt3_phases": quilt3_phases.as_ref().map(Phases::to_json),
+        });
+        println!("{doc}");
+    }
+    Ok(())
+}
+
+/// A child's run split by the proxy's log: before its first copy request (startup, listing,
+/// planning), the copies, and after its last copy answer (finalizing).
+struct Phases {
+    before_s: f64,
+    before_requests: usize,
+    copying_s: f64,
+    copying_requests: usize,
+    after_s: f64,
+    after_requests: usize,
+}
+
+impl Phases {
+    fn from_log(log: &[proxy::Logged], run: &Measured) -> Phases {
+        let end = run.started + run.wall;
+        let is_copy = |op: &str| op == "CopyObject" || op == "UploadPartCopy";
+        let first = log.iter().filter(|l| is_copy(l.2)).map(|l| l.0).min();
+        let last = log.iter().filter(|l| is_copy(l.2)).map(|l| l.1).max();
+        let (first, last) = (first.unwrap_or(end), last.unwrap_or(end));
+        let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+        Phases {
+            before_s: secs(run.started, first),
+            before_requests: log.iter().filter(|l| l.0 < first).count(),
+            copying_s: secs(first, last),
+            copying_requests: log.iter().filter(|l| l.0 >= first && l.1 <= last).count(),
+            after_s: secs(last, end),
+            after_requests: log.iter().filter(|l| l.1 > last).count(),
+        }
+    }
+
+    fn describe(&self, latency_ms: u64) -> String {
+        let rtts = |s: f64| {
+            if latency_ms == 0 {
+                String::new()
+            } else {
+                format!(", ~{:.0} round trips", s * 1000.0 / latency_ms as f64)
+            }
+        };
+        format!(
+            "before first copy {:.2} s ({} requests{}), copying {:.2} s ({} requests), after last copy {:.2} s ({} requests{})",
+            self.before_s,
+            self.before_requests,
+            rtts(self.before_s),
+            self.copying_s,
+            self.copying_requests,
+            self.after_s,
+            self.after_requests,
+            rtts(self.after_s)
+        )
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "before_first_copy_s": self.before_s,
+            "before_first_copy_requests": self.before_requests,
+            "copying_s": self.copying_s,
+            "copying_requests": self.copying_requests,
+            "after_last_copy_s": self.after_s,
+            "after_last_copy_requests": self.after_requests,
+        })
+    }
+}
+
+/// Deletes every object under `prefix` (directly on moto; not part of any timing).
+async fn delete_prefix(c: &Client, bucket: &str, prefix: &str) -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let mut pages = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let ids = page?
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            continue;
+        }
+        c.delete_objects()
+            .bucket(bucket)
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(ids))
+                    .quiet(true)
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("cleaning up the floor's copies")?;
+    }
+    Ok(())
+}
+
+/// quilt3's side: `Package().set_dir('', SRC)` then `push(..., registry=REG, force=True)`,
+/// timed inside Python; prints one JSON line.
+const QUILT3_SCRIPT: &str = r#"
+import json, sys, time
+import quilt3
+src, registry = sys.argv[1], sys.argv[2]
+t = time.perf_counter()
+pkg = quilt3.Package().set_dir('', src)
+pkg.push('bench/q3', registry=registry, force=True, message='bench')
+seconds = time.perf_counter() - t
+entries = sum(1 for _ in pkg.walk())
+print(json.dumps({'seconds': seconds, 'entries': entries}))
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_deterministic_small_and_mixed() {
+        let sizes = object_sizes(5000);
+        assert_eq!(sizes, object_sizes(5000));
+        assert!(sizes.iter().all(|s| (1024..=256 * 1024).contains(s)));
+        assert!(sizes.iter().any(|s| *s < 4 * 1024));
+        assert!(sizes.iter().any(|s| *s > 128 * 1024));
+    }
+
+    #[test]
+    fn counts_diff_keeps_new_requests_only() {
+        let before = Counts::from([("CopyObject", 2), ("HeadObject", 1)]);
+        let after = Counts::from([("CopyObject", 5), ("HeadObject", 1), ("PutObject", 1)]);
+        assert_eq!(
+            diff(&before, &after),
+            Counts::from([("CopyObject", 3), ("PutObject", 1)])
+        );
+        assert_eq!(total(&after), 7);
+    }
+}

@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""A real MCP client (the Python `mcp` SDK, 2.x) driving `s3quilt mcp` over stdio, for
+tests/tests/mcp.rs.
+
+Usage: mcp_client.py SCENARIO CONFIG_JSON
+
+CONFIG_JSON: {"command": path, "args": [...], "env": {...}, "version": "0.1.0", ...} plus the
+scenario's buckets and keys (see each scenario). Each scenario checks what the protocol shows
+(schemas, annotations, tool errors, progress notifications, results) with `check`, and prints
+one JSON line, the last line of stdout, with what the Rust test checks against S3 and quilt3.
+On failure a traceback goes to stderr, the last stdout line is {"error": ...}, exit status 1.
+
+Scenarios:
+  main     every tool, both protocol revisions, the flaws a package server must not have, bad
+           input answered with tool errors while the server stays up;
+  slow     a run that outlasts wait_seconds, followed to its end with package_create_status;
+  failing  a run whose copies fail: a tool error naming the rollback, kept for status calls;
+  sfn      Step Functions mode: executions started, followed and reported by ARN.
+"""
+
+import json
+import sys
+import time
+import traceback
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+READ_ONLY = {
+    "package_create_status",
+    "bucket_objects_list",
+    "bucket_object_info",
+    "packages_list",
+    "package_browse",
+}
+CREATING = {"package_create_from_s3", "package_create"}
+# Arguments whose schema must carry an example (what an agent most needs to get right).
+EXAMPLES = {
+    "package_create_from_s3": ["source_bucket", "source_prefix", "package_name", "target_registry",
+                               "include_patterns", "metadata", "wait_seconds"],
+    "package_create": ["package_name", "target_registry"],
+    "package_create_status": ["run_id"],
+    "bucket_objects_list": ["bucket", "prefix", "max_keys"],
+    "bucket_object_info": ["bucket", "key"],
+    "packages_list": ["registry"],
+    "package_browse": ["package_name", "registry"],
+}
+# Never in any output: signed URLs and credentials.
+SECRETS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=", "aws_secret_access_key")
+
+
+def emit(obj):
+    sys.stdout.flush()
+    sys.stdout.write(json.dumps(obj, ensure_ascii=True) + "\n")
+    sys.stdout.flush()
+
+
+def check(condition, message, *context):
+    if not condition:
+        detail = "\n".join(json.dumps(c, default=str)[:4000] for c in context)
+        raise AssertionError(f"{message}\n{detail}" if detail else message)
+
+
+def texts(result):
+    return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+class Session:
+    """One client connection, recording every result's text for the secrets check."""
+
+    def __init__(self, client, secret):
+        self.client = client
+        self.seen = []
+        self.secret = secret
+
+    async def call(self, name, arguments, progress=None):
+        result = await self.client.call_tool(name, arguments, progress_callback=progress)
+        text = texts(result)
+        self.seen.append(text + json.dumps(result.structured_content, default=str))
+        return result
+
+    async def ok(self, name, arguments, progress=None):
+        result = await self.call(name, arguments, progress)
+        check(not result.is_error, f"{name} failed: {texts(result)}", arguments)
+        check(isinstance(result.structured_content, dict), f"{name}: no structured content")
+        check(len(result.content) >= 1 and result.content[0].text,
+              f"{name}: no human-readable text")
+        return result.structured_content
+
+    async def error(self, name, arguments, *needles):
+        result = await self.call(name, arguments)
+        message = texts(result)
+        check(result.is_error is True, f"{name} should fail as a tool error", arguments, message)
+        for needle in needles:
+            check(needle.lower() in message.lower(),
+                  f"{name}: the error should mention {needle!r}", arguments, message)
+        return result
+
+    def check_no_secrets(self):
+        for text in self.seen:
+            for s in SECRETS + ((self.secret,) if self.secret else ()):
+                check(s not in text, f"output contains {s!r}", text)
+
+
+def server_params(config):
+    return StdioServerParameters(command=config["command"], args=config["args"], env=config["env"])
+
+
+def connect(config, mode):
+    return Client(server_params(config), mode=mode, read_timeout_seconds=120)
+
+
+async def check_tools(client):
+    listed = (await client.list_tools()).tools
+    names = {t.name for t in listed}
+    check(names == READ_ONLY | CREATING, "the tools", sorted(names))
+    for tool in listed:
+        schema = tool.input_schema
+        check(schema.get("type") == "object", f"{tool.name}: input schema is an object", schema)
+        check(schema.get("additionalProperties") is False,
+              f"{tool.name}: unknown arguments are refused", schema)
+        for prop, spec in schema["properties"].items():
+            check(spec.get("description"), f"{tool.name}.{prop} has a description", spec)
+        for prop in EXAMPLES[tool.name]:
+            check(schema["properties"][prop].get("examples"), f"{tool.name}.{prop} has examples",
+                  schema["properties"][prop])
+        check(tool.description and len(tool.description) > 40, f"{tool.name}: description")
+        check(tool.title, f"{tool.name}: title")
+        check(tool.output_schema and tool.output_schema.get("type") == "object",
+              f"{tool.name}: output schema", tool.output_schema)
+        a = tool.annotations
+        check(a is not None and a.title, f"{tool.name}: annotations with a title")
+        if tool.name in READ_ONLY:
+            check(a.read_only_hint is True, f"{tool.name} is read-only", a.model_dump())
+        else:
+            check(a.read_only_hint is False and a.destructive_hint is False
+                  and a.idempotent_hint is False,
+                  f"{tool.name}: creates (not read-only), not destructive, not idempotent",
+                  a.model_dump())
+    wait = {t.name: t for t in listed}["package_create_from_s3"].input_schema["properties"][
+        "wait_seconds"]
+    check(wait.get("maximum") == 50 and wait.get("default") == 20, "wait_seconds bounds", wait)
+    return sorted(names)
+
+
+async def list_keys(s, bucket, prefix, max_keys):
+    keys, token, pages = [], None, 0
+    while True:
+        args = {"bucket": bucket, "prefix": prefix, "delimiter": "", "max_keys": max_keys}
+        if token:
+            args["continuation_token"] = token
+        page = await s.ok("bucket_objects_list", args)
+        keys += [o["key"] for o in page["objects"]]
+        pages += 1
+        token = page["next_continuation_token"]
+        if not token:
+            return keys, pages
+
+
+async def browse_all(s, name, registry, page_size, top_hash=None):
+    entries, cursor, pages = [], None, 0
+    while True:
+        args = {"package_name": name, "registry": registry, "max_entries": page_size}
+        if top_hash:
+            args["top_hash"] = top_hash
+        if cursor:
+            args["cursor"] = cursor
+        page = await s.ok("package_browse", args)
+        entries += page["entries"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            return page, entries, pages
+
+
+async def scenario_main(config):
+    src, reg, prefix = config["source_bucket"], config["registry"], config["source_prefix"]
+    expected_keys = sorted(config["keys"])
+    report = {}
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        check(client.protocol_version == "2025-11-25", "handshake revision", client.protocol_version)
+        info = client.server_info
+        check(info.name == "s3quilt" and info.version == config["version"], "server identity",
+              info.model_dump())
+        report["tools"] = await check_tools(client)
+
+        # Listing: folders at "/", every key (whatever characters) when paging without one.
+        top = await s.ok("bucket_objects_list", {"bucket": src, "prefix": prefix})
+        report["folders"] = top["common_prefixes"]
+        keys, pages = await list_keys(s, src, prefix, 2)
+        check(sorted(keys) == expected_keys, "every key is listed", keys, expected_keys)
+        check(pages >= len(expected_keys) // 2, "listing pages", pages)
+
+        for key, (content_type, meta) in config["object_info"].items():
+            obj = await s.ok("bucket_object_info", {"bucket": src, "key": key})
+            check(obj["key"] == key and obj["content_type"] == content_type
+                  and obj["metadata"] == meta and obj["size"] > 0, "object info", obj)
+
+        # Globs are relative to the prefix and `*` stays within a folder.
+        dry = await s.ok("package_create_from_s3", {
+            "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
+            "target_registry": reg, "include_patterns": ["tables/*.csv"], "dry_run": True})
+        check(dry["status"] == "succeeded" and dry["dry_run"] and dry["package"] is None,
+              "dry run", dry)
+        report["glob_keys"] = dry["plan"]["sample_logical_keys"]
+        full_key_glob = await s.error("package_create_from_s3", {
+            "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
+            "target_registry": reg, "include_patterns": [prefix + "tables/*.csv"]},
+            "nothing to package", "not matched by include_patterns", "relative to source_prefix")
+        report["full_key_glob_error"] = texts(full_key_glob)
+
+        # Preview, then the real run with a progress token: same logical keys.
+        request = {"source_bucket": src, "source_prefix": prefix, "package_name": "team/full",
+                   "target_registry": reg, "description": "made over MCP",
+                   "metadata": {"project": "mcp-test", "n": 1}}
+        preview = await s.ok("package_create_from_s3", dict(request, dry_run=True))
+        notes = []
+
+        async def on_progress(progress, total, message):
+            notes.append({"progress": progress, "total": total, "message": message})
+
+        made = await s.ok("package_create_from_s3", dict(request, wait_seconds=50), on_progress)
+        check(made["status"] == "succeeded" and made["package"], "package created", made)
+        check(made["run_id"].startswith("local-") and made["engine"] == "local", "run id", made)
+        check(notes, "progress notifications arrived")
+        last = notes[-1]
+        check(last["progress"] == last["total"] == made["package"]["objects"],
+              "the last notification counts every object", notes)
+        check(all(a["progress"] <= b["progress"] for a, b in zip(notes, notes[1:])),
+              "progress never goes back", notes)
+        report["full"] = made["package"]
+        report["progress"] = notes
+        kept = await s.ok("package_create_status", {"run_id": made["run_id"]})
+        check(kept["status"] == "succeeded" and kept["package"] == made["package"],
+              "a finished run keeps its result", kept)
+
+        # Browse it page by page: every entry, and exactly the preview's layout.
+        page, entries, pages = await browse_all(s, "team/full", reg, 3)
+        logical = [e["logical_key"] for e in entries]
+        check(pages > 1 and page["total_entries"] == len(entries) == made["package"]["objects"],
+              "paginated browse", page, logical)
+        check(logical[:len(preview["plan"]["sample_logical_keys"])]
+              == preview["plan"]["sample_logical_keys"], "the preview is the package's layout",
+              preview["plan"], logical)
+        check(all(e["hash"] and e["hash_type"] and e["physical_key"].startswith("s3://")
+                  for e in entries), "entries have hashes and physical keys", entries)
+        check(page["metadata"] == request["metadata"] and page["message"] == "made over MCP",
+              "package metadata and message", page)
+        report["browsed_keys"] = logical
+        sub = await s.ok("package_browse", {"package_name": "team/full", "registry": reg,
+                                            "path_prefix": "tables/"})
+        check(all(e["logical_key"].startswith("tables/") for e in sub["entries"])
+              and sub["matching_entries"] == len(sub["entries"]) > 0, "path_prefix", sub)
+
+        listed = await s.ok("packages_list", {"registry": reg})
+        check("team/full" in listed["packages"], "packages_list", listed)
+        versions = await s.ok("packages_list", {"registry": reg, "package_name": "team/full"})
+        check(versions["versions"][-1]["top_hash"] == made["package"]["top_hash"], "versions",
+              versions)
+
+        # Flattening that would overwrite is refused, naming the files.
+        flat = {"source_bucket": src, "source_prefix": prefix, "package_name": "team/flat",
+                "target_registry": reg, "preserve_structure": False,
+                "include_patterns": ["same/**"]}
+        await s.error("package_create_from_s3", flat, "several objects",
+                      *config["same_name_keys"])
+
+        # package_create keeps paths: same-named files stay two entries.
+        explicit = await s.ok("package_create", {
+            "package_name": "team/explicit", "target_registry": reg,
+            "entries": [{"source": f"s3://{src}/{k}"} for k in config["same_name_keys"]]
+                       + [{"source": f"s3://{src}/{config['odd_folder']}"}],
+            "wait_seconds": 50})
+        check(explicit["status"] == "succeeded", "package_create", explicit)
+        report["explicit"] = explicit["package"]
+        _, entries, _ = await browse_all(s, "team/explicit", reg, 100)
+        report["explicit_keys"] = [e["logical_key"] for e in entries]
+        await s.error("package_create", {
+            "package_name": "team/renamed", "target_registry": reg,
+            "entries": [{"source": f"s3://{src}/{config['same_name_keys'][0]}",
+                         "logical_key": "renamed.csv"}]}, "rename")
+
+        # Bad input: tool errors that say what to fix; the server stays up.
+        bad = [
+            ("package_create_from_s3", {"source_bucket": src, "package_name": "team/x",
+                                        "target_registry": reg, "flaten": True}, ["flaten"]),
+            ("package_create_from_s3", {"source_bucket": src, "package_name": "team/x",
+                                        "target_registry": reg, "wait_seconds": "soon"},
+             ["wait_seconds", "invalid type"]),
+            ("package_create_from_s3", {"source_bucket": "Bad_Bucket", "package_name": "team/x",
+                                        "target_registry": reg}, ["source_bucket", "lowercase"]),
+            ("package_create_from_s3", {"source_bucket": src, "package_name": "no-slash",
+                                        "target_registry": reg}, ["package_name"]),
+            ("package_create_from_s3", {"source_bucket": src, "package_name": "team/x"},
+             ["target_registry", "--registry"]),
+            ("package_create_from_s3", {"source_bucket": config["missing_bucket"],
+                                        "package_name": "team/x", "target_registry": reg},
+             ["cannot read the source", config["missing_bucket"]]),
+            ("package_create_from_s3", {"source_bucket": src, "source_prefix": "no/such/prefix",
+                                        "package_name": "team/x", "target_registry": reg},
+             ["nothing to package"]),
+            ("package_create_from_s3", {"source_bucket": src, "package_name": "team/x",
+                                        "target_registry": reg, "include_patterns": ["[oops"]},
+             ["include_patterns", "[oops"]),
+            ("package_create_status", {"run_id": "local-nope"}, ["not a run of this server"]),
+            ("bucket_object_info", {"bucket": src, "key": "no/such/key"},
+             ["does not exist", "bucket_objects_list"]),
+            ("bucket_objects_list", {"bucket": "s3://" + src + "/with/path"}, ["bucket"]),
+            ("package_browse", {"package_name": "team/none", "registry": reg},
+             ["not found", "packages_list"]),
+            ("package_browse", {"package_name": "team/full", "registry": reg, "cursor": "x"},
+             ["cursor"]),
+            ("package_create", {"package_name": "team/y", "target_registry": reg,
+                                "entries": [{"source": f"s3://{src}/missing.csv"}]},
+             ["neither an object nor a folder"]),
+        ]
+        messages = []
+        for name, args, needles in bad:
+            messages.append(texts(await s.error(name, args, *needles)))
+        report["bad_input_messages"] = messages
+        await client.send_ping()
+        check(len((await client.list_tools()).tools) == 7, "the server is still up")
+        s.check_no_secrets()
+
+    # The 2026-07-28 revision (no handshake: server/discover and per-request metadata).
+    async with connect(config, "auto") as client:
+        s = Session(client, config.get("secret"))
+        check(client.protocol_version == "2026-07-28", "modern revision", client.protocol_version)
+        listed = await s.ok("packages_list", {"registry": reg})
+        check("team/full" in listed["packages"], "packages_list on 2026-07-28", listed)
+        dry = await s.ok("package_create_from_s3", {
+            "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
+            "target_registry": reg, "include_patterns": ["tables/*.csv"], "dry_run": True})
+        check(dry["plan"]["sample_logical_keys"] == report["glob_keys"], "same plan", dry)
+        report["modern_revision"] = client.protocol_version
+    return report
+
+
+async def scenario_slow(config):
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        request = {"source_bucket": config["source_bucket"], "source_prefix": config["source_prefix"],
+                   "package_name": "team/slow", "target_registry": config["registry"],
+                   "wait_seconds": 0}
+        started = time.monotonic()
+        first = await s.ok("package_create_from_s3", request)
+        returned_after = time.monotonic() - started
+        check(first["status"] == "running" and first["package"] is None,
+              "a run that outlasts wait_seconds returns running", first)
+        check(first["progress"]["phase"] != "planning" and first["progress"]["objects_total"] > 0,
+              "the create call returns after planning", first)
+        check("package_create_status" in first["next_step"], "next step", first)
+        notes, polls, view = [], 0, first
+
+        async def on_progress(progress, total, message):
+            notes.append({"progress": progress, "total": total, "message": message})
+
+        while view["status"] == "running":
+            polls += 1
+            check(polls < 40, "the run ends", view)
+            view = await s.ok("package_create_status",
+                              {"run_id": first["run_id"], "wait_seconds": 2}, on_progress)
+        check(view["status"] == "succeeded" and view["package"], "the run succeeded", view)
+        check(view["progress"]["objects_done"] == view["progress"]["objects_total"], "all copied",
+              view)
+        check(notes, "status calls send progress too")
+        again = await s.ok("package_create_status", {"run_id": first["run_id"]})
+        check(again["package"] == view["package"], "the result is kept", again)
+        s.check_no_secrets()
+        return {"package": view["package"], "polls": polls, "returned_after": returned_after,
+                "running_view": first, "progress": notes}
+
+
+async def scenario_failing(config):
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        request = {"source_bucket": config["source_bucket"], "source_prefix": config["source_prefix"],
+                   "package_name": "team/failing", "target_registry": config["registry"],
+                   "wait_seconds": 50}
+        failed = await s.error("package_create_from_s3", request, "rolled back", "AccessDenied")
+        run = failed.structured_content
+        check(run and run["status"] == "failed" and run["error"], "structured failure", run)
+        kept = await s.error("package_create_status", {"run_id": run["run_id"]}, "rolled back")
+        check(kept.structured_content["error"] == run["error"], "the failure is kept")
+        # Still serving.
+        listed = await s.ok("packages_list", {"registry": config["registry"]})
+        check("team/failing" not in listed["packages"], "no package was written", listed)
+        s.check_no_secrets()
+        return {"error": run["error"], "run_id": run["run_id"]}
+
+
+async def scenario_sfn(config):
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        request = {"source_bucket": config["source_bucket"], "source_prefix": config["source_prefix"],
+                   "package_name": "team/sfn", "target_registry": config["registry"]}
+        # Validation happens before any execution starts.
+        await s.error("package_create_from_s3", dict(request, source_bucket="Bad_Bucket"),
+                      "source_bucket")
+        notes = []
+
+        async def on_progress(progress, total, message):
+            notes.append({"progress": progress, "total": total, "message": message})
+
+        view = await s.ok("package_create_from_s3", dict(request, wait_seconds=50), on_progress)
+        check(view["engine"] == "step_functions" and view["run_id"].startswith("arn:aws:states:"),
+              "an execution ARN", view)
+        polls = 0
+        while view["status"] == "running":
+            polls += 1
+            check(polls < 20, "the execution ends", view)
+            view = await s.ok("package_create_status", {"run_id": view["run_id"], "wait_seconds": 30},
+                              on_progress)
+        check(view["status"] == "succeeded" and view["package"], "the execution made a package",
+              view)
+        check(view["plan"] and view["plan"]["objects"] == view["package"]["objects"], "plan", view)
+        check(notes, "progress notifications in Step Functions mode")
+        again = await s.ok("package_create_status", {"run_id": view["run_id"]})
+        check(again["package"] == view["package"], "status by execution ARN", again)
+        await s.error("package_create_status", {"run_id": view["run_id"] + "-nope"}, "execution")
+        s.check_no_secrets()
+        return {"package": view["package"], "polls": polls, "progress": notes}
+
+
+SCENARIOS = {"main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
+             "sfn": scenario_sfn}
+
+
+def main():
+    scenario, config = sys.argv[1], json.loads(sys.argv[2])
+    try:
+        report = anyio.run(SCENARIOS[scenario], config)
+    except BaseException as e:  # noqa: BLE001 - reported, then exit 1
+        traceback.print_exc()
+        emit({"error": f"{type(e).__name__}: {e}"})
+        sys.exit(1)
+    emit(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+//! The MCP server (`s3quilt mcp`) driven by a real MCP client: the Python `mcp` SDK 2.x
+//! (`tests/py/mcp_client.py`) spawns the built binary over stdio against moto, and quilt3
+//! reads what it made.
+//!
+//! - every tool, on both protocol revisions (2025-11-25 handshake, 2026-07-28 discover):
+//!   schemas with descriptions and examples, annotations, structured results, progress
+//!   notifications, paginated listing and browsing;
+//! - what a package server must not do: globs matched against the full key or `*` crossing
+//!   `/`, keys with `% # [ ] ~ {` dropped, a preview that differs from what is written,
+//!   flattening that overwrites, failures returned as ordinary results, no progress, no
+//!   rollback, no annotations;
+//! - a run that outlasts `wait_seconds`, followed to its end with `package_create_status`;
+//! - a run whose copies fail: a tool error that names the rollback, and nothing left behind;
+//! - bad input answered with tool errors that say what to fix, the server staying up.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use s3quilt_core::quilt::PackageName;
+use s3quilt_core::registry::Registry;
+use s3quilt_core::storage::S3Store;
+use s3quilt_tests::{
+    Fault, FaultProxy, ProxyRule, S3Server, SeedObject, Select, SfnStack, create_bucket,
+    list_all_versions, moto, repo_root, run_oracle, seed, venv_bin,
+};
+use serde_json::{Value, json};
+
+/// How long one client scenario may take.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The `s3quilt` binary, built once per test process. `cargo build` with the same target
+/// selection as `cargo test --workspace` (bins need no dev-dependencies, but selecting the
+/// tests keeps the feature set, so dependencies already built for the tests are reused).
+fn s3quilt_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(&cargo)
+            .args(["build", "--workspace", "--bins", "--tests", "--quiet"])
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cargo} build: {e}"));
+        assert!(status.success(), "cargo build of the s3quilt binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug").join("s3quilt");
+        assert!(bin.is_file(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Runs `mcp_client.py <scenario> <config>` with the venv's python and returns its report.
+/// `server_args` follow `s3quilt mcp`; the server's environment is `env` (credentials,
+/// endpoint), and nothing else of this process's.
+fn run_client(
+    env: Vec<(String, String)>,
+    scenario: &str,
+    server_args: &[&str],
+    mut config: Value,
+) -> Value {
+    let secret = env
+        .iter()
+        .find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let env: serde_json::Map<String, Value> = env
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .chain([("RUST_LOG".to_string(), json!("warn"))])
+        .collect();
+    let mut args = vec!["mcp".to_string()];
+    args.extend(server_args.iter().map(|a| a.to_string()));
+    config["command"] = json!(s3quilt_bin());
+    config["args"] = json!(args);
+    config["env"] = Value::Object(env);
+    config["version"] = json!(env!("CARGO_PKG_VERSION"));
+    config["secret"] = json!(secret);
+
+    let script = repo_root().join("tests").join("py").join("mcp_client.py");
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(&script).arg(scenario).arg(config.to_string());
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("start the MCP client");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the MCP client") {
+            break status;
+        }
+        if started.elapsed() > CLIENT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "MCP client {scenario} timed out after {CLIENT_TIMEOUT:?}\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let report: Option<Value> = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok());
+    match report {
+        Some(report) if status.success() => {
+            eprintln!(
+                "MCP client {scenario}: {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            report
+        }
+        _ => panic!(
+            "MCP client {scenario} failed ({status})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        ),
+    }
+}
+
+fn browse(server: &S3Server, registry: &str, name: &str) -> Value {
+    let out = run_oracle(
+        server,
+        &[
+            "browse",
+            "--registry",
+            &format!("s3://{registry}"),
+            "--name",
+            name,
+        ],
+    );
+    assert_eq!(out["all_hashes_valid"], json!(true), "{out}");
+    out
+}
+
+fn oracle_keys(browsed: &Value) -> Vec<String> {
+    browsed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["logical_key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Keys under `data/` that other servers have dropped or mangled.
+const ODD_KEYS: [&str; 3] = [
+    "data/odd/100% #1 [draft] ~{x}.txt",
+    "data/odd/ü space+plus=&?.txt",
+    "data/odd/a,b;c'd\"e.txt",
+];
+
+fn sample() -> Vec<SeedObject> {
+    let mut objects = vec![
+        SeedObject::new("data/README.md", b"# sample\n".to_vec())
+            .content_type("text/markdown")
+            .meta("owner", "lab-7"),
+        SeedObject::new("data/tables/a.csv", b"x,y\n1,2\n".to_vec()).content_type("text/csv"),
+        SeedObject::new("data/tables/b.csv", b"x,y\n3,4\n".to_vec()).content_type("text/csv"),
+        SeedObject::new("data/tables/2024/c.csv", b"x,y\n5,6\n".to_vec()),
+        SeedObject::new("data/same/a/same.csv", b"first\n".to_vec()),
+        SeedObject::new("data/same/b/same.csv", b"second\n".to_vec()),
+        SeedObject::new("elsewhere/tables/z.csv", b"outside the prefix\n".to_vec()),
+    ];
+    for (i, key) in ODD_KEYS.iter().enumerate() {
+        objects.push(
+            SeedObject::new(*key, format!("odd {i}\n").into_bytes()).content_type("text/plain"),
+        );
+    }
+    objects
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_uses_every_tool_over_stdio() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects = sample();
+    seed(&client, &source, &objects).await;
+    let keys: Vec<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| k.starts_with("data/"))
+        .collect();
+    let config = json!({
+        "source_bucket": source,
+        "source_prefix": "data/",
+        "registry": format!("s3://{registry}"),
+        "keys": keys,
+        "object_info": {
+            "data/README.md": ["text/markdown", {"owner": "lab-7"}],
+            ODD_KEYS[0]: ["text/plain", {}],
+        },
+        "same_name_keys": ["data/same/a/same.csv", "data/same/b/same.csv"],
+        "odd_folder": "data/odd/",
+        "missing_bucket": format!("{source}-missing"),
+    });
+    let report = tokio::task::block_in_place(|| run_client(server.env(), "main", &[], config));
+
+    assert_eq!(
+        report["folders"],
+        json!(["data/odd/", "data/same/", "data/tables/"])
+    );
+    // Globs: relative to the prefix, `*` within a folder; full-key globs select nothing.
+    assert_eq!(report["glob_keys"], json!(["tables/a.csv", "tables/b.csv"]));
+    assert_eq!(report["modern_revision"], json!("2026-07-28"));
+
+    // What the server made, read by quilt3: every key (odd ones too), hashes verified, the
+    // same entries the MCP client browsed.
+    let full = &report["full"];
+    let browsed = tokio::task::block_in_place(|| browse(server, &registry, "team/full"));
+    assert_eq!(browsed["top_hash"], full["top_hash"]);
+    let mut expected: Vec<String> = keys
+        .iter()
+        .map(|k| k.strip_prefix("data/").unwrap().to_string())
+        .collect();
+    let mut got = oracle_keys(&browsed);
+    assert_eq!(
+        json!(got),
+        report["browsed_keys"],
+        "MCP browse = quilt3 order"
+    );
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "every key under the prefix, none dropped");
+    assert_eq!(browsed["message"], json!("made over MCP"));
+    assert_eq!(
+        browsed["user_meta"],
+        json!({"project": "mcp-test", "n": 1}),
+        "{browsed}"
+    );
+
+    // package_create kept both same-named files and the odd folder's keys.
+    let explicit = tokio::task::block_in_place(|| browse(server, &registry, "team/explicit"));
+    assert_eq!(explicit["top_hash"], report["explicit"]["top_hash"]);
+    let mut explicit_keys = oracle_keys(&explicit);
+    explicit_keys.sort();
+    let mut want: Vec<String> = ODD_KEYS
+        .iter()
+        .map(|k| k.strip_prefix("data/").unwrap().to_string())
+        .chain(["same/a/same.csv".into(), "same/b/same.csv".into()])
+        .collect();
+    want.sort();
+    assert_eq!(explicit_keys, want);
+
+    let messages = report["bad_input_messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 14, "{messages:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_outlasts_the_call_is_followed_with_status() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..12)
+        .map(|i| {
+            SeedObject::new(
+                format!("run/part-{i:02}.csv"),
+                format!("{i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    seed(&client, &source, &objects).await;
+    // Every copy is answered 3 s late: the run outlasts wait_seconds = 0.
+    let proxy = FaultProxy::start(
+        server.endpoint(),
+        vec![ProxyRule {
+            operation: "CopyObject",
+            select: Select::Calls(1..=1000),
+            fault: Fault::Delay(Duration::from_secs(3)),
+        }],
+    );
+    let endpoint = proxy.endpoint();
+    let config = json!({
+        "source_bucket": source, "source_prefix": "run", "registry": format!("s3://{registry}"),
+    });
+    let report = tokio::task::block_in_place(|| {
+        run_client(server.env(), "slow", &["--endpoint-url", &endpoint], config)
+    });
+    assert!(
+        report["returned_after"].as_f64().unwrap() < 2.5,
+        "the create call returned once planned: {report}"
+    );
+    assert!(report["polls"].as_u64().unwrap() >= 1, "{report}");
+    let browsed = tokio::task::block_in_place(|| browse(server, &registry, "team/slow"));
+    assert_eq!(browsed["top_hash"], report["package"]["top_hash"]);
+    assert_eq!(browsed["entries"].as_array().unwrap().len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_is_a_tool_error_and_is_rolled_back() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..8)
+        .map(|i| SeedObject::new(format!("f/part-{i}.csv"), format!("{i}\n").into_bytes()))
+        .collect();
+    seed(&client, &source, &objects).await;
+    let before = list_all_versions(&client, &registry).await;
+    // The fourth copy is refused for good.
+    let proxy = FaultProxy::start(
+        server.endpoint(),
+        vec![ProxyRule {
+            operation: "CopyObject",
+            select: Select::Calls(4..=4),
+            fault: Fault::Status(403, "AccessDenied"),
+        }],
+    );
+    let endpoint = proxy.endpoint();
+    let config = json!({
+        "source_bucket": source, "source_prefix": "f", "registry": format!("s3://{registry}"),
+    });
+    let report = tokio::task::block_in_place(|| {
+        run_client(
+            server.env(),
+            "failing",
+            &["--endpoint-url", &endpoint],
+            config,
+        )
+    });
+    assert!(
+        report["error"].as_str().unwrap().contains("rolled back"),
+        "{report}"
+    );
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        before,
+        "rollback left the registry exactly as it was"
+    );
+}
+
+/// Step Functions mode: the real state machine in moto, the real Lambdas under
+/// `cargo lambda watch` (`SfnStack`), started and followed through the MCP tools.
+#[tokio::test(flavor = "multi_thread")]
+async fn step_functions_mode_runs_executions() {
+    let stack =
+        tokio::task::block_in_place(|| SfnStack::start(&[("S3QUILT_SHARD_MAX_OBJECTS", "2")]));
+    let client = stack.s3_client();
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..5)
+        .map(|i| {
+            SeedObject::new(
+                format!("sfn/dir {i}/part-{i}.csv"),
+                format!("{i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    seed(&client, &source, &objects).await;
+    let machine = stack.create_state_machine("s3quilt-mcp").await;
+    let endpoint = stack.endpoint();
+    let env: Vec<(String, String)> = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/s3quilt-aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/s3quilt-aws-credentials",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = json!({
+        "source_bucket": source, "source_prefix": "sfn", "registry": format!("s3://{registry}"),
+    });
+    let report = tokio::task::block_in_place(|| {
+        run_client(env, "sfn", &["--state-machine-arn", &machine], config)
+    });
+    let name: PackageName = "team/sfn".parse().unwrap();
+    let (top_hash, manifest) = Registry::new(S3Store::shared(client), &registry)
+        .latest_manifest(&name)
+        .await
+        .unwrap_or_else(|e| panic!("no package: {e}\n{}", stack.logs()));
+    assert_eq!(json!(top_hash), report["package"]["top_hash"], "{report}");
+    let keys: Vec<&str> = manifest
+        .entries
+        .iter()
+        .map(|e| e.logical_key.as_str())
+        .collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert!(keys.contains(&"dir 3/part-3.csv"), "{keys:?}");
+}
+
+#[test]
+fn help_lists_the_configuration() {
+    let out = Command::new(s3quilt_bin())
+        .args(["mcp", "--help"])
+        .output()
+        .expect("run s3quilt mcp --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--endpoint-url",
+        "--region",
+        "--profile",
+        "--registry",
+        "S3QUILT_REGISTRY",
+        "--state-machine-arn",
+        "S3QUILT_STATE_MACHINE_ARN",
+        "AWS_ENDPOINT_URL",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`s3quilt mcp --help` lacks {needle}:\n{help}"
+        );
+    }
+}
