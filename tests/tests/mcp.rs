@@ -31,17 +31,48 @@ use serde_json::{Value, json};
 /// How long one client scenario may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// The `s3quilt` binary, built once per test process. `cargo build` with the same target
-/// selection as `cargo test --workspace` (bins need no dev-dependencies, but selecting the
-/// tests keeps the feature set, so dependencies already built for the tests are reused).
+/// The `s3quilt` binary, built once per test process (`cargo test` builds no binary of another
+/// package). `--workspace --tests` gives the feature set `cargo test --workspace` resolved, so
+/// after it only the binary itself is compiled; `cargo build -p s3quilt` would resolve other
+/// features and rebuild the AWS SDK.
 fn s3quilt_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let root = repo_root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(&cargo)
-            .args(["build", "--workspace", "--bins", "--tests", "--quiet"])
-            .current_dir(&root)
+        let mut build = Command::new(&cargo);
+        build
+            .args([
+                "build",
+                "--workspace",
+                "--tests",
+                "--bin",
+                "s3quilt",
+                "--quiet",
+            ])
+            .current_dir(&root);
+        // The variables cargo sets for this test process are not a build's: some build scripts
+        // (ring's) watch CARGO_MANIFEST_DIR, and building with it set would make the next
+        // plain `cargo` command rebuild them and everything above them.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let status = build
             .status()
             .unwrap_or_else(|e| panic!("cannot run {cargo} build: {e}"));
         assert!(status.success(), "cargo build of the s3quilt binary failed");

@@ -189,9 +189,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         let kept = dir.keep();
         eprintln!("kept the demo buckets in {}", kept.display());
-    } else {
-        dir.close()
-            .with_context(|| format!("removing {}", root.display()))?;
+    } else if let Err(e) = dir.close() {
+        tracing::warn!(dir = %root.display(), error = %e, "could not remove the demo directory");
     }
     result
 }

@@ -84,7 +84,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let rendered = e.render().to_string();
         let message = rendered.trim_end();
         let message = message.strip_prefix("error: ").unwrap_or(message);
-        println!("{}", Failure::usage(message.to_string()).to_json());
+        println!("{:#}", Failure::usage(message.to_string()).to_json());
     }
     let _ = e.print();
     ExitCode::from(u8::try_from(code).unwrap_or(failure::EXIT_BAD_INPUT))
@@ -92,11 +92,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 fn report_failure(failure: &Failure, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&failure.to_json())
-                .unwrap_or_else(|_| failure.to_json().to_string())
-        );
+        println!("{:#}", failure.to_json());
     }
     eprintln!("error: {}", failure.message);
 }

@@ -141,9 +141,9 @@ pub async fn plan_step(
     let registry_bucket = parse_bucket("target_registry", &input.request.target_registry)
         .map_err(|e| StepError::invalid(e.to_string()))?;
     let run_id = planned.run.as_ref().map(|r| r.run_id.clone());
-    let staging = run_id
+    let shard_index_key = run_id
         .as_ref()
-        .map(|id| Staging::new(store.clone(), &registry_bucket, id));
+        .map(|id| Staging::new(store.clone(), &registry_bucket, id).shard_index_key());
     tracing::info!(
         execution = event.execution_name.as_deref().unwrap_or(""),
         run_id = run_id.as_deref().unwrap_or(""),
@@ -155,7 +155,7 @@ pub async fn plan_step(
         dry_run: planned.run.is_none(),
         run_id,
         registry_bucket,
-        shard_index_key: staging.as_ref().map(Staging::shard_index_key),
+        shard_index_key,
         shards: planned.summary.shards,
         objects: planned.summary.objects,
         bytes: planned.summary.bytes,

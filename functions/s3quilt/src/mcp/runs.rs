@@ -1,6 +1,6 @@
 //! Package creation runs started by this server, and following them.
 //!
-//! A run is either local (the core engine on a tokio task of this process) or a Step
+//! A run is either local (the core engine in this process, in the background) or a Step
 //! Functions execution. Either way a create call starts it, then [`Runs::follow`] waits a
 //! bounded time, sending progress notifications, and returns a [`RunView`]: the finished
 //! result, or the run id and progress so far. A local run's outcome is kept for later status
@@ -170,8 +170,12 @@ fn next_step(view: &RunView) -> String {
         (RunStatus::Succeeded, None) => {
             "Nothing was written. Call again without dry_run to create the package.".into()
         }
+        // The engine's message lists what rollback could not remove.
+        (RunStatus::Failed, _) if view.error.as_deref().is_some_and(|e| e.contains("NOT removed")) => {
+            "Rollback could not remove some objects (listed above): delete them by hand, fix the cause and start a new run.".into()
+        }
         (RunStatus::Failed, _) => {
-            "Nothing of this run remains in S3. Fix the cause above and start a new run.".into()
+            "What the run wrote was rolled back. Fix the cause above and start a new run.".into()
         }
     }
 }

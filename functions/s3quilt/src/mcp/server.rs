@@ -44,12 +44,20 @@ struct State {
     runs: Runs,
 }
 
-/// A successful result: structured content, a one-line summary, and the JSON as text (for
+/// A result with structured content, a one-line summary, and the same JSON as text (for
 /// clients that show only text).
-fn success<T: Serialize>(value: &T, summary: String) -> Result<CallToolResult, McpError> {
+fn structured<T: Serialize>(
+    value: &T,
+    summary: String,
+    is_error: bool,
+) -> Result<CallToolResult, McpError> {
     let json = serde_json::to_value(value)
         .map_err(|e| McpError::internal_error(format!("result not serializable: {e}"), None))?;
-    let mut result = CallToolResult::structured(json.clone());
+    let mut result = if is_error {
+        CallToolResult::structured_error(json.clone())
+    } else {
+        CallToolResult::structured(json.clone())
+    };
     result.content = vec![
         ContentBlock::text(summary),
         ContentBlock::text(json.to_string()),
@@ -67,7 +75,7 @@ fn respond<T: Serialize>(
     outcome: Result<(T, String), ToolError>,
 ) -> Result<CallToolResult, McpError> {
     match outcome {
-        Ok((value, summary)) => success(&value, summary),
+        Ok((value, summary)) => structured(&value, summary, false),
         Err(e) => failure(e),
     }
 }
@@ -75,17 +83,7 @@ fn respond<T: Serialize>(
 /// A run's result: success while running or succeeded; a tool error (still with the structured
 /// run, so the run id and rollback report are there) when it failed.
 fn run_result(view: RunView) -> Result<CallToolResult, McpError> {
-    let summary = run_summary(&view);
-    if view.status == RunStatus::Failed {
-        let json = serde_json::to_value(&view).unwrap_or_default();
-        let mut result = CallToolResult::structured_error(json.clone());
-        result.content = vec![
-            ContentBlock::text(summary),
-            ContentBlock::text(json.to_string()),
-        ];
-        return Ok(result);
-    }
-    success(&view, summary)
+    structured(&view, run_summary(&view), view.status == RunStatus::Failed)
 }
 
 fn run_summary(view: &RunView) -> String {

@@ -471,7 +471,7 @@ pub struct RunView {
     pub dry_run: bool,
     /// Progress.
     pub progress: RunProgress,
-    /// Seconds since the run started.
+    /// Seconds since the run started (0 for an execution this server did not start).
     pub elapsed_seconds: u64,
     /// The plan (once known).
     pub plan: Option<PlanView>,
