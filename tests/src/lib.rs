@@ -8,10 +8,12 @@
 //! - [`FaultProxy`]: an HTTP proxy in front of a server that injects 5xx, resets and delays.
 //! - [`run_oracle`]: quilt3 8.0.0 (`tests/py/quilt_oracle.py`) as the format oracle.
 //! - Paths and vectors: [`repo_root`], [`vectors_dir`], [`load_vector`], [`venv_bin`].
+//! - [`s3quilt_bin`]: the `s3quilt` binary, built once per test process.
 //!
 //! Tools come from the project's Python venv (`bash .ci/run` creates it). A missing tool makes
 //! a test fail with a message saying how to install it; nothing is ever skipped.
 
+mod bin;
 mod faults;
 mod oracle;
 mod paths;
@@ -21,6 +23,7 @@ mod server;
 mod sfn_env;
 mod sfn_router;
 
+pub use bin::s3quilt_bin;
 pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use s3quilt_core::copy::{CopyOptions, copy_shard};
+use s3quilt_core::copy::{CopyOptions, copy_shard, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
 use s3quilt_core::finalize::{FinalizeError, finalize, rollback};
 use s3quilt_core::plan::{PlanError, PlanOptions, plan};
@@ -119,18 +119,19 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
     )
     .await
     .unwrap();
-    // Every hash came from S3's copy checksums: no object was read (only staging documents).
-    let object_reads: Vec<_> = counted
-        .calls()
-        .into_iter()
-        .filter(|(op, _, key)| *op == "GetObject" && !key.starts_with(".s3quilt/"))
-        .collect();
-    assert!(object_reads.is_empty(), "{object_reads:?}");
+    // Every hash came from S3's copy checksums, and the local engine reads no staging
+    // document back: nothing at all was read.
+    assert_eq!(counted.count("GetObject"), 0, "{:?}", counted.calls());
     assert_eq!(counted.count("CopyObject"), 8);
     assert_eq!(
         counted.count("HeadObject"),
-        8 + 1 + 1,
-        "one per object, the read-access check and the manifest check"
+        8 + 1,
+        "one per object (beside its copy) and the read-access check"
+    );
+    assert_eq!(
+        counted.count("PutObject"),
+        4,
+        "the plan document, the manifest and two pointers"
     );
     let package = created(outcome);
     let snapshot = progress.snapshot();
@@ -198,28 +199,14 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
         Some("1")
     );
 
-    // Staging is gone; the registry has the manifest, two pointers, the copies and the run's
-    // result record only.
+    // Staging is gone: the registry has the manifest, two pointers and the copies only (the
+    // local engine keeps no result record; it never finalizes twice).
     let keys: Vec<String> = list_all_versions(&client, &registry)
         .await
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
-    let records: Vec<&String> = keys.iter().filter(|k| k.starts_with(".s3quilt/")).collect();
-    assert_eq!(
-        records,
-        [&format!(".s3quilt/results/{}.json", package.run_id)],
-        "{keys:?}"
-    );
-    // Finalizing again (a retried finalizer) answers with the same package and writes nothing.
-    let again = finalize(store(server).await, &registry, &package.run_id)
-        .await
-        .unwrap();
-    assert_eq!(again, package);
-    assert_eq!(
-        list_all_versions(&client, &registry).await.len(),
-        keys.len()
-    );
+    assert!(!keys.iter().any(|k| k.starts_with(".s3quilt/")), "{keys:?}");
     assert_eq!(
         keys.iter().filter(|k| k.starts_with(".quilt/")).count(),
         3,
@@ -478,6 +465,22 @@ async fn unversioned_target_refuses_to_overwrite_unless_asked() {
     let name: PackageName = "team/twice".parse().unwrap();
     assert_eq!(registry_api.latest(&name).await.unwrap(), second.top_hash);
     browse(server, &registry, "team/twice");
+
+    // The same content again: the same top hash, and the manifest already there is kept as is
+    // (the conditional write finds it) while the pointers move.
+    let manifests = |versions: &[(String, Option<String>, bool)]| {
+        versions
+            .iter()
+            .filter(|(k, _, _)| k.starts_with(".quilt/packages/"))
+            .count()
+    };
+    let before = list_all_versions(&client, &registry).await;
+    let third = created(run(store(server).await, &again).await.unwrap());
+    assert_eq!(third.top_hash, second.top_hash);
+    let after = list_all_versions(&client, &registry).await;
+    assert_eq!(manifests(&after), manifests(&before));
+    assert_eq!(manifests(&after), 2, "one manifest per distinct top hash");
+    assert_eq!(registry_api.latest(&name).await.unwrap(), third.top_hash);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -601,6 +604,66 @@ async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_staged_run_finalizes_once_and_a_second_finalize_answers_the_same() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let store = store(server).await;
+    let request = PackageRequest::new(&source, "data", "team/staged", &registry);
+    let options = PlanOptions {
+        shard_max_objects: 4,
+        ..Default::default()
+    };
+    // What the AWS engine does, step by step: plan to staging, copy each shard from staging.
+    let planned = plan(store.clone(), &request, &options).await.unwrap();
+    let run_plan = planned.run.clone().unwrap();
+    assert_eq!(planned.shards.len(), 2);
+    for shard in 0..2 {
+        copy_shard_from_staging(
+            store.clone(),
+            &registry,
+            &run_plan.run_id,
+            shard,
+            &CopyOptions::new(4),
+        )
+        .await
+        .unwrap();
+    }
+    let package = finalize(store.clone(), &registry, &run_plan.run_id)
+        .await
+        .unwrap();
+    let browsed = browse(server, &registry, "team/staged");
+    assert_eq!(browsed["top_hash"], json!(package.top_hash));
+    assert_eq!(logical_keys(&browsed).len(), 8);
+
+    // Staging is gone except the run's result record, kept so a retried finalizer answers the
+    // same and writes nothing.
+    let keys: Vec<String> = list_all_versions(&client, &registry)
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    let records: Vec<&String> = keys.iter().filter(|k| k.starts_with(".s3quilt/")).collect();
+    assert_eq!(
+        records,
+        [&format!(".s3quilt/results/{}.json", package.run_id)],
+        "{keys:?}"
+    );
+    let again = finalize(store.clone(), &registry, &package.run_id)
+        .await
+        .unwrap();
+    assert_eq!(again, package);
+    assert_eq!(
+        list_all_versions(&client, &registry).await.len(),
+        keys.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failure_mid_copy_rolls_back_to_exactly_what_was_there() {
     let server = moto();
     let client = server.client().await;
@@ -689,4 +752,57 @@ async fn crc64nvme_entries_are_verified_by_quilt3() {
         manifest.header.as_object().get("message"),
         Some(&Json::Null)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failure_no_new_object_is_started() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..60)
+        .map(|i| {
+            SeedObject::new(
+                format!("many/{i:03}.txt"),
+                format!("object {i}").into_bytes(),
+            )
+        })
+        .collect();
+    seed(&client, &source, &objects).await;
+    let failing = InstrumentedStore::new(
+        store(server).await,
+        vec![FaultRule {
+            operation: "CopyObject",
+            calls: 3..=3,
+            kind: StoreErrorKind::Permanent,
+        }],
+    );
+    let request = PackageRequest::new(&source, "many", "team/stops", &registry);
+    let options = EngineOptions {
+        concurrency: 2,
+        plan: PlanOptions {
+            shard_max_objects: 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = run_local(failing.clone(), &request, &options, Progress::new())
+        .await
+        .unwrap_err();
+    let EngineError::Copy { error, rollback } = &err else {
+        panic!("expected a copy failure, got {err}")
+    };
+    assert!(error.to_string().contains("injected failure"), "{error}");
+    // Only objects already in progress when the copy failed went on (at most the shards in
+    // flight × objects each); the other ~50 were never copied just to be rolled back.
+    let copies = failing.count("CopyObject");
+    assert!(
+        copies <= 12,
+        "{copies} copies issued after an early failure"
+    );
+    assert_eq!(rollback.deleted, copies - 1, "{rollback:?}");
+    assert!(rollback.not_deleted.is_empty(), "{rollback:?}");
+    assert!(list_all_versions(&client, &registry).await.is_empty());
 }

@@ -14,9 +14,7 @@
 //! - bad input answered with tool errors that say what to fix, the server staying up.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use s3quilt_core::quilt::PackageName;
@@ -24,67 +22,12 @@ use s3quilt_core::registry::Registry;
 use s3quilt_core::storage::S3Store;
 use s3quilt_tests::{
     Fault, FaultProxy, ProxyRule, S3Server, SeedObject, Select, SfnStack, create_bucket,
-    list_all_versions, moto, repo_root, run_oracle, seed, venv_bin,
+    list_all_versions, moto, repo_root, run_oracle, s3quilt_bin, seed, venv_bin,
 };
 use serde_json::{Value, json};
 
 /// How long one client scenario may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
-
-/// The `s3quilt` binary, built once per test process (`cargo test` builds no binary of another
-/// package). `--workspace --tests` gives the feature set `cargo test --workspace` resolved, so
-/// after it only the binary itself is compiled; `cargo build -p s3quilt` would resolve other
-/// features and rebuild the AWS SDK.
-fn s3quilt_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(&cargo);
-        build
-            .args([
-                "build",
-                "--workspace",
-                "--tests",
-                "--bin",
-                "s3quilt",
-                "--quiet",
-            ])
-            .current_dir(&root);
-        // The variables cargo sets for this test process are not a build's: some build scripts
-        // (ring's) watch CARGO_MANIFEST_DIR, and building with it set would make the next
-        // plain `cargo` command rebuild them and everything above them.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                    "OUT_DIR",
-                ]
-                .contains(&name.as_ref())
-            {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let status = build
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cargo} build: {e}"));
-        assert!(status.success(), "cargo build of the s3quilt binary failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("s3quilt");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
 
 /// Runs `mcp_client.py <scenario> <config>` with the venv's python and returns its report.
 /// `server_args` follow `s3quilt mcp`; the server's environment is `env` (credentials,

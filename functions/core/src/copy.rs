@@ -8,6 +8,7 @@
 //! `content_type` (when set) and `metadata` (the `x-amz-meta-*` user metadata, possibly `{}`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -81,6 +82,9 @@ pub enum CopyError {
     /// The shard named is not in the plan.
     #[error("shard {0} is not part of this run")]
     NoSuchShard(u32),
+    /// The shard stopped early because another object of the run failed.
+    #[error("shard {0} stopped because another object of the run failed")]
+    Stopped(u32),
 }
 
 impl CopyError {
@@ -97,15 +101,19 @@ impl CopyError {
 /// How a shard is copied.
 #[derive(Clone)]
 pub struct CopyOptions {
-    /// Objects of this shard in flight at once.
+    /// Objects of this shard in progress at once (each waits for request slots of `limit`).
     pub concurrency: usize,
-    /// Shared, throttle-adaptive limit on objects in flight (the local engine shares one
-    /// across shards).
+    /// Shared, throttle-adaptive limit on S3 requests in flight (the local engine shares one
+    /// across shards): a copy and the HEAD beside it hold two slots, a large object one per
+    /// part copy.
     pub limit: Arc<AdaptiveLimit>,
     /// Concurrent UploadPartCopy requests per large object.
     pub part_concurrency: usize,
     /// Retry policy for each request.
     pub retry: RetryPolicy,
+    /// Set once an object has failed for good: objects not yet started are skipped (their
+    /// copies would only be rolled back). Shared by every shard of a local run.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl CopyOptions {
@@ -116,6 +124,7 @@ impl CopyOptions {
             limit: Arc::new(AdaptiveLimit::new(concurrency)),
             part_concurrency: 8,
             retry: RetryPolicy::default(),
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -127,6 +136,8 @@ struct CopiedObject {
 }
 
 /// Hashes an object by streaming it (never to disk), restarting the stream on a transient error.
+/// The read holds one slot of `limit` while it streams.
+#[allow(clippy::too_many_arguments)]
 pub async fn stream_hash(
     store: &dyn ObjectStore,
     bucket: &str,
@@ -135,9 +146,10 @@ pub async fn stream_hash(
     size: u64,
     kind: HashType,
     retry: &RetryPolicy,
+    limit: Option<&AdaptiveLimit>,
 ) -> Result<QuiltHash, StoreError> {
     retry
-        .run(|_| async move {
+        .run_with(limit, |_| async move {
             let mut hasher = ObjectHasher::new(kind, size);
             let mut body = store.get(bucket, key, version_id, None).await?;
             let mut seen = 0u64;
@@ -229,7 +241,9 @@ impl ObjectCopier<'_> {
         let info = self
             .options
             .retry
-            .run(|_| self.store.head(&self.plan.source_bucket, &object.key, None))
+            .run_with(Some(&self.options.limit), |_| {
+                self.store.head(&self.plan.source_bucket, &object.key, None)
+            })
             .await
             .map_err(self.object_error(&object.key))?;
         if let (Some(planned), Some(now)) = (&object.etag, &info.etag)
@@ -374,7 +388,7 @@ impl ObjectCopier<'_> {
         let upload_id = self
             .options
             .retry
-            .run(|_| {
+            .run_with(Some(&self.options.limit), |_| {
                 self.store.create_multipart(
                     target,
                     &dst_key,
@@ -390,7 +404,7 @@ impl ObjectCopier<'_> {
             Ok(parts) => self
                 .options
                 .retry
-                .run(|_| {
+                .run_with(Some(&self.options.limit), |_| {
                     self.store.complete_multipart(
                         target,
                         &dst_key,
@@ -505,6 +519,7 @@ impl ObjectCopier<'_> {
                 object.size,
                 self.plan.hash_type,
                 &self.options.retry,
+                Some(&self.options.limit),
             )
             .await
             .map_err(self.object_error(&object.key))?,
@@ -556,6 +571,7 @@ impl ObjectCopier<'_> {
                     info.size,
                     self.plan.hash_type,
                     &self.options.retry,
+                    Some(&self.options.limit),
                 )
                 .await
                 .map_err(self.object_error(&object.key))?
@@ -586,9 +602,9 @@ pub struct ShardOutcome {
     pub already_done: bool,
 }
 
-/// Copies one shard and writes its fragment. Re-running a shard whose fragment exists does
-/// nothing. On failure, what was created is recorded in the shard's failure record (and
-/// returned inside the error's context) so rollback can remove it.
+/// Copies one shard and writes its fragment to staging (what a copier Lambda does). Re-running
+/// a shard whose fragment exists does nothing. On failure, what was created is recorded in the
+/// shard's failure record (and returned beside the error) so rollback can remove it.
 pub async fn copy_shard(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
@@ -613,64 +629,22 @@ pub async fn copy_shard(
         Ok(None) => {}
         Err(e) => return Err((e.into(), Vec::new())),
     }
-    let copier = ObjectCopier {
-        store: store.as_ref(),
-        plan,
-        options,
-    };
-    let mut results = futures::stream::iter(shard.objects.iter().map(|object| {
-        let copier = &copier;
-        async move {
-            let _slot = options.limit.acquire().await;
-            let copied = copier.run(object).await;
-            if copied.is_ok() {
-                on_object(object.size);
+    let fragment = match copy_objects(store.as_ref(), plan, shard, options, on_object).await {
+        Ok(fragment) => fragment,
+        Err((error, created)) => {
+            let record = FailureRecord {
+                shard: shard.shard,
+                created: created.clone(),
+                error: error.to_string(),
+            };
+            if let Err(e) = staging
+                .put(&staging.failure_key(shard.shard), &record)
+                .await
+            {
+                tracing::warn!(shard = shard.shard, error = %e, "could not record the failed shard's objects");
             }
-            copied
+            return Err((error, created));
         }
-    }))
-    .buffer_unordered(options.concurrency.max(1));
-
-    let mut entries = Vec::with_capacity(shard.objects.len());
-    let mut created = Vec::new();
-    let mut failure = None;
-    while let Some(result) = results.next().await {
-        match result {
-            Ok(copied) => {
-                created.extend(copied.created);
-                entries.push(copied.entry);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(error) = failure {
-        // Let the objects already in flight finish so everything they create is recorded.
-        while let Some(result) = results.next().await {
-            if let Ok(copied) = result {
-                created.extend(copied.created);
-            }
-        }
-        let record = FailureRecord {
-            shard: shard.shard,
-            created: created.clone(),
-            error: error.to_string(),
-        };
-        if let Err(e) = staging
-            .put(&staging.failure_key(shard.shard), &record)
-            .await
-        {
-            tracing::warn!(shard = shard.shard, error = %e, "could not record the failed shard's objects");
-        }
-        return Err((error, created));
-    }
-    drop(results);
-    let fragment = ManifestFragment {
-        shard: shard.shard,
-        entries,
-        created: created.clone(),
     };
     match staging
         .put(&staging.fragment_key(shard.shard), &fragment)
@@ -680,8 +654,77 @@ pub async fn copy_shard(
             fragment,
             already_done: false,
         }),
-        Err(e) => Err((StagingError::from(e).into(), created)),
+        Err(e) => Err((StagingError::from(e).into(), fragment.created)),
     }
+}
+
+/// Copies (or references) every object of a shard and returns its fragment, touching no
+/// staging document: the local engine keeps fragments in memory. On failure the objects
+/// already in flight finish first, so everything created is returned beside the error.
+pub async fn copy_objects(
+    store: &dyn ObjectStore,
+    plan: &RunPlan,
+    shard: &Shard,
+    options: &CopyOptions,
+    on_object: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ManifestFragment, (CopyError, Vec<WrittenObject>)> {
+    let copier = ObjectCopier {
+        store,
+        plan,
+        options,
+    };
+    let mut results = futures::stream::iter(shard.objects.iter().map(|object| {
+        let copier = &copier;
+        async move {
+            if options.stop.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let copied = copier.run(object).await;
+            match &copied {
+                Ok(_) => on_object(object.size),
+                Err(_) => options.stop.store(true, Ordering::Release),
+            }
+            copied.map(Some)
+        }
+    }))
+    .buffer_unordered(options.concurrency.max(1));
+
+    let mut entries = Vec::with_capacity(shard.objects.len());
+    let mut created = Vec::new();
+    let mut failure = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(Some(copied)) => {
+                created.extend(copied.created);
+                entries.push(copied.entry);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(error) = failure {
+        // Objects already in flight finish so everything they create is known; those not yet
+        // started see `stop` and skip.
+        while let Some(result) = results.next().await {
+            if let Ok(Some(copied)) = result {
+                created.extend(copied.created);
+            }
+        }
+        return Err((error, created));
+    }
+    if entries.len() < shard.objects.len() {
+        // Another shard of the run failed while this one was copying: what was copied is
+        // returned for rollback, and no fragment (it would be incomplete).
+        return Err((CopyError::Stopped(shard.shard), created));
+    }
+    Ok(ManifestFragment {
+        shard: shard.shard,
+        entries,
+        created,
+    })
 }
 
 /// Loads the plan and shard from staging and copies it (what the copier Lambda does).

@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::copy::{CopyError, CopyOptions, copy_shard};
-use crate::finalize::{FinalizeError, PackageResult, RollbackReport, finalize, rollback};
+use crate::copy::{CopyError, CopyOptions, copy_objects};
+use crate::finalize::{
+    FinalizeError, PackageResult, RollbackReport, finalize_fragments, remove_staged, rollback_known,
+};
 use crate::plan::{PlanError, PlanOptions, PlanSummary, plan};
 use crate::registry::WrittenObject;
 use crate::request::PackageRequest;
+use crate::staging::ManifestFragment;
 use crate::storage::ObjectStore;
 
 /// Where a run is.
@@ -169,7 +172,10 @@ fn leftover_note(report: &RollbackReport) -> String {
     }
 }
 
-/// Runs a request end to end in this process.
+/// Runs a request end to end in this process. Shards and fragments stay in memory: staging
+/// holds only the plan document (the write proof and a trace of a run in progress), so the
+/// only round trips outside the copies are the listing, the access checks, the manifest and
+/// the pointers.
 pub async fn run_local(
     store: Arc<dyn ObjectStore>,
     request: &PackageRequest,
@@ -177,7 +183,11 @@ pub async fn run_local(
     progress: Arc<Progress>,
 ) -> Result<RunOutcome, EngineError> {
     progress.set_phase(Phase::Planning);
-    let planned = match plan(store.clone(), request, &options.plan).await {
+    let plan_options = PlanOptions {
+        stage_shards: false,
+        ..options.plan.clone()
+    };
+    let planned = match plan(store.clone(), request, &plan_options).await {
         Ok(planned) => planned,
         Err(e) => {
             progress.set_phase(Phase::Failed);
@@ -196,37 +206,41 @@ pub async fn run_local(
     };
 
     progress.set_phase(Phase::Copying);
-    let mut copy_options = CopyOptions::new(options.concurrency);
-    copy_options.concurrency = options.concurrency.max(1);
+    // One request limit for the whole run; each shard keeps up to `concurrency` objects in
+    // progress so the limit, not the object count, is what binds.
+    let copy_options = CopyOptions::new(options.concurrency);
     let on_object = {
         let progress = progress.clone();
         move |bytes: u64| progress.object_done(bytes)
     };
     let mut results = futures::stream::iter(planned.shards.iter().map(|shard| {
         let (store, run, copy_options, on_object) =
-            (store.clone(), &run, &copy_options, &on_object);
-        async move { copy_shard(store, run, shard, copy_options, on_object).await }
+            (store.as_ref(), &run, &copy_options, &on_object);
+        async move { copy_objects(store, run, shard, copy_options, on_object).await }
     }))
     .buffer_unordered(options.shard_concurrency.max(1));
     let mut failure: Option<CopyError> = None;
     let mut created: Vec<WrittenObject> = Vec::new();
+    let mut fragments: Vec<ManifestFragment> = Vec::with_capacity(planned.shards.len());
     while let Some(result) = results.next().await {
         match result {
-            Ok(outcome) => created.extend(outcome.fragment.created),
+            Ok(fragment) => {
+                created.extend(fragment.created.iter().cloned());
+                fragments.push(fragment);
+            }
             Err((error, partial)) => {
                 created.extend(partial);
-                if failure.is_none() {
-                    failure = Some(error);
-                    // Stop starting shards; let those in flight end so their objects are known.
-                    break;
-                }
+                failure = Some(error);
+                // Shards not yet started skip every object (`stop` is set); those in flight
+                // finish the objects they started, so everything created is known.
+                break;
             }
         }
     }
     if failure.is_some() {
         while let Some(result) = results.next().await {
             match result {
-                Ok(outcome) => created.extend(outcome.fragment.created),
+                Ok(fragment) => created.extend(fragment.created),
                 Err((_, partial)) => created.extend(partial),
             }
         }
@@ -234,7 +248,7 @@ pub async fn run_local(
     drop(results);
     if let Some(error) = failure {
         progress.set_phase(Phase::RollingBack);
-        let report = rollback(store, &run.registry_bucket, &run.run_id, &created).await;
+        let report = rollback_known(store.as_ref(), &run, created, &planned.staged).await;
         progress.set_phase(Phase::Failed);
         return Err(EngineError::Copy {
             error,
@@ -243,8 +257,12 @@ pub async fn run_local(
     }
 
     progress.set_phase(Phase::Finalizing);
-    match finalize(store.clone(), &run.registry_bucket, &run.run_id).await {
+    match finalize_fragments(store.clone(), &run, fragments).await {
         Ok(package) => {
+            // The version stands; staging leftovers are only litter, reported not fatal.
+            for leftover in remove_staged(store.as_ref(), &run, &planned.staged).await {
+                tracing::warn!(run_id = %run.run_id, leftover, "could not remove staging object");
+            }
             progress.set_phase(Phase::Succeeded);
             Ok(RunOutcome::Created {
                 plan: planned.summary,
@@ -253,7 +271,7 @@ pub async fn run_local(
         }
         Err(error) => {
             progress.set_phase(Phase::RollingBack);
-            let report = rollback(store, &run.registry_bucket, &run.run_id, &created).await;
+            let report = rollback_known(store.as_ref(), &run, created, &planned.staged).await;
             progress.set_phase(Phase::Failed);
             Err(EngineError::Finalize {
                 error,

@@ -123,8 +123,9 @@ fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, F
         .collect()
 }
 
-/// Finalizes run `run_id`: see the module docs. Registry writes made before a failure are
-/// undone here, so a failed finalize leaves no partial version.
+/// Finalizes run `run_id` from its staging area (what the finalizer Lambda does): see the
+/// module docs. Registry writes made before a failure are undone here, so a failed finalize
+/// leaves no partial version.
 pub async fn finalize(
     store: Arc<dyn ObjectStore>,
     registry_bucket: &str,
@@ -160,6 +161,39 @@ pub async fn finalize(
     .buffered(16)
     .try_collect()
     .await?;
+    let result = finalize_fragments(store.clone(), &plan, fragments).await?;
+    // The version is visible now. The result record makes a re-run answer the same; if it
+    // cannot be written the package still stands, so that is only logged.
+    if let Err(e) = staging.put(&staging.result_key(), &result).await {
+        tracing::warn!(run_id, error = %e, "could not record the run's result");
+    }
+    // Leftovers of staging are only litter, reported not fatal.
+    let (leftovers, ()) = tokio::join!(staging.remove_all(), remove_probes(store.as_ref(), &plan));
+    for leftover in leftovers {
+        tracing::warn!(run_id, leftover, "could not remove staging object");
+    }
+    Ok(result)
+}
+
+/// Merges the fragments of every shard of `plan` (any order) into the manifest and writes the
+/// version: manifest, then pointers. Registry writes made before a failure are undone. The
+/// local engine calls this with the fragments it kept in memory; [`finalize`] with those it
+/// read from staging.
+pub async fn finalize_fragments(
+    store: Arc<dyn ObjectStore>,
+    plan: &RunPlan,
+    mut fragments: Vec<ManifestFragment>,
+) -> Result<PackageResult, FinalizeError> {
+    let run_id = plan.run_id.as_str();
+    fragments.sort_by_key(|f| f.shard);
+    let present: HashSet<u32> = fragments.iter().map(|f| f.shard).collect();
+    let missing: Vec<u32> = (0..plan.shards).filter(|s| !present.contains(s)).collect();
+    if !missing.is_empty() {
+        return Err(FinalizeError::MissingFragments {
+            run_id: run_id.to_string(),
+            missing,
+        });
+    }
     let mut entries = Vec::with_capacity(plan.objects as usize);
     for fragment in &fragments {
         entries.extend(fragment_entries(fragment)?);
@@ -183,10 +217,10 @@ pub async fn finalize(
     let header = PackageHeader::new(valid.message.as_deref(), valid.user_meta);
     // Sorting into walk order is n log n; the manifest is the only thing held in memory.
     let manifest = Manifest::new(header, entries)?;
-    let registry = Registry::new(store.clone(), registry_bucket);
+    let registry = Registry::new(store.clone(), &plan.registry_bucket);
     let timestamp = unix_now();
-    let written = write_version(&registry, &plan, &manifest, timestamp).await?;
-    let result = PackageResult {
+    let written = write_version(&registry, plan, &manifest, timestamp).await?;
+    Ok(PackageResult {
         run_id: run_id.to_string(),
         package_name: plan.package_name.to_string(),
         top_hash: written.clone(),
@@ -195,18 +229,36 @@ pub async fn finalize(
         objects: plan.objects,
         bytes,
         browse: browse_command(plan.package_name.as_str(), &registry.url(), &written),
-    };
-    // The version is visible now. The result record makes a re-run answer the same; if it
-    // cannot be written the package still stands, so that is only logged.
-    if let Err(e) = staging.put(&staging.result_key(), &result).await {
-        tracing::warn!(run_id, error = %e, "could not record the run's result");
-    }
-    // Leftovers of staging are only litter, reported not fatal.
-    for leftover in staging.remove_all().await {
-        tracing::warn!(run_id, leftover, "could not remove staging object");
-    }
-    remove_probes(store.as_ref(), &plan).await;
-    Ok(result)
+    })
+}
+
+/// Removes the staging documents and probes a run wrote whose keys and versions are known (the
+/// local engine's case: no listing needed). Returns what could not be removed.
+pub async fn remove_staged(
+    store: &dyn ObjectStore,
+    plan: &RunPlan,
+    staged: &[WrittenObject],
+) -> Vec<String> {
+    let retry = RetryPolicy::default();
+    let targets = staged
+        .iter()
+        .map(|o| (plan.registry_bucket.as_str(), o))
+        .chain(plan.probes.iter().map(|o| (plan.target_bucket.as_str(), o)));
+    futures::stream::iter(targets.map(|(bucket, object)| {
+        let retry = &retry;
+        async move {
+            retry
+                .run(|_| store.delete(bucket, &object.key, object.version_id.as_deref()))
+                .await
+                .err()
+                .filter(|e| e.kind != StoreErrorKind::NotFound)
+                .map(|e| format!("s3://{bucket}/{} ({e})", object.key))
+        }
+    }))
+    .buffer_unordered(32)
+    .filter_map(|failed| async move { failed })
+    .collect()
+    .await
 }
 
 async fn write_version(
@@ -217,21 +269,16 @@ async fn write_version(
 ) -> Result<String, FinalizeError> {
     let retry = RetryPolicy::default();
     let top_hash = manifest.top_hash();
-    let manifest_key = format!("{}{top_hash}", crate::registry::PACKAGES_PREFIX);
     let store = registry.store();
-    // A manifest with this top hash may already exist (same content pushed before): then it is
-    // not ours to remove on failure.
-    let existed = match store.head(registry.bucket(), &manifest_key, None).await {
-        Ok(_) => true,
-        Err(e) if e.kind == StoreErrorKind::NotFound => false,
-        Err(e) => return Err(RegistryError::from(e).into()),
-    };
     let mut created: Vec<WrittenObject> = Vec::new();
     let result: Result<(), FinalizeError> = async {
-        let (_, object) = retry_registry(&retry, || registry.put_manifest(manifest)).await?;
-        if !existed {
-            created.push(object);
-        }
+        // A manifest with this top hash may already exist (the same content pushed before):
+        // then it is not ours to remove on failure. The conditional write tells, with no HEAD
+        // in series before it. (If a first attempt landed but its answer was lost, the retry
+        // sees "exists" and the manifest is left on failure: unreferenced, never a version.)
+        let (_, object) =
+            retry_registry(&retry, || registry.put_manifest_if_absent(manifest)).await?;
+        created.extend(object);
         let pointers = retry_registry(&retry, || {
             registry.put_pointers(&plan.package_name, &top_hash, timestamp)
         })
@@ -302,7 +349,6 @@ pub async fn rollback(
     run_id: &str,
     also_created: &[WrittenObject],
 ) -> RollbackReport {
-    let retry = RetryPolicy::default();
     let staging = Staging::new(store.clone(), registry_bucket, run_id);
     let mut report = RollbackReport::default();
     let plan = match staging.plan().await {
@@ -317,21 +363,31 @@ pub async fn rollback(
     };
     if let Some(plan) = &plan {
         let mut created: Vec<WrittenObject> = also_created.to_vec();
-        for shard in 0..plan.shards {
-            match staging
-                .get::<ManifestFragment>(&staging.fragment_key(shard))
-                .await
-            {
+        // Each shard's fragment and failure record name what it created; read them at once.
+        let records: Vec<_> = futures::stream::iter((0..plan.shards).map(|shard| {
+            let staging = &staging;
+            async move {
+                let fragment = staging
+                    .get::<ManifestFragment>(&staging.fragment_key(shard))
+                    .await;
+                let failure = staging
+                    .get::<FailureRecord>(&staging.failure_key(shard))
+                    .await;
+                (shard, fragment, failure)
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+        for (shard, fragment, failure) in records {
+            match fragment {
                 Ok(Some(fragment)) => created.extend(fragment.created),
                 Ok(None) => {}
                 Err(e) => report
                     .not_deleted
                     .push(format!("fragment of shard {shard} unreadable: {e}")),
             }
-            match staging
-                .get::<FailureRecord>(&staging.failure_key(shard))
-                .await
-            {
+            match failure {
                 Ok(Some(record)) => created.extend(record.created),
                 Ok(None) => {}
                 Err(e) => report
@@ -339,40 +395,68 @@ pub async fn rollback(
                     .push(format!("failure record of shard {shard} unreadable: {e}")),
             }
         }
-        created.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
-        created.dedup();
-        let results: Vec<(WrittenObject, Result<(), crate::storage::StoreError>)> =
-            futures::stream::iter(created.into_iter().map(|object| {
-                let (store, retry, bucket) = (store.clone(), retry, plan.target_bucket.clone());
-                async move {
-                    let result = retry
-                        .run(|_| store.delete(&bucket, &object.key, object.version_id.as_deref()))
-                        .await;
-                    (object, result)
-                }
-            }))
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        for (object, result) in results {
-            match result {
-                Ok(()) => report.deleted += 1,
-                Err(e) if e.kind == StoreErrorKind::NotFound => report.deleted += 1,
-                Err(e) => report.not_deleted.push(format!(
-                    "s3://{}/{}{} ({e})",
-                    plan.target_bucket,
-                    object.key,
-                    object
-                        .version_id
-                        .map(|v| format!("?versionId={v}"))
-                        .unwrap_or_default()
-                )),
-            }
-        }
+        delete_created(store.as_ref(), plan, created, &mut report).await;
         remove_probes(store.as_ref(), plan).await;
     }
     for leftover in staging.remove_all().await {
         report.not_deleted.push(format!("staging {leftover}"));
     }
     report
+}
+
+/// Rolls back a run whose created objects and staging documents are known in memory (the
+/// local engine): deletes exactly those versions, its probes and its staging documents, with no
+/// listing and no staging reads. Never touches objects that existed before.
+pub async fn rollback_known(
+    store: &dyn ObjectStore,
+    plan: &RunPlan,
+    created: Vec<WrittenObject>,
+    staged: &[WrittenObject],
+) -> RollbackReport {
+    let mut report = RollbackReport::default();
+    delete_created(store, plan, created, &mut report).await;
+    for leftover in remove_staged(store, plan, staged).await {
+        report.not_deleted.push(format!("staging {leftover}"));
+    }
+    report
+}
+
+/// Deletes the object versions a run created in its target, counting them in `report`.
+async fn delete_created(
+    store: &dyn ObjectStore,
+    plan: &RunPlan,
+    mut created: Vec<WrittenObject>,
+    report: &mut RollbackReport,
+) {
+    let retry = RetryPolicy::default();
+    created.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
+    created.dedup();
+    let bucket = plan.target_bucket.as_str();
+    let results: Vec<(WrittenObject, Result<(), crate::storage::StoreError>)> =
+        futures::stream::iter(created.into_iter().map(|object| {
+            let retry = &retry;
+            async move {
+                let result = retry
+                    .run(|_| store.delete(bucket, &object.key, object.version_id.as_deref()))
+                    .await;
+                (object, result)
+            }
+        }))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (object, result) in results {
+        match result {
+            Ok(()) => report.deleted += 1,
+            Err(e) if e.kind == StoreErrorKind::NotFound => report.deleted += 1,
+            Err(e) => report.not_deleted.push(format!(
+                "s3://{bucket}/{}{} ({e})",
+                object.key,
+                object
+                    .version_id
+                    .map(|v| format!("?versionId={v}"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
 }

@@ -9,6 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
+use crate::registry::WrittenObject;
 use crate::request::{PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
 use crate::select::logical_key;
@@ -28,6 +29,9 @@ pub struct PlanOptions {
     pub list_concurrency: usize,
     /// How many offenders of each kind an error lists.
     pub max_reported: usize,
+    /// Write every shard and the shard index to staging, for copiers in other processes (the
+    /// AWS engine). The local engine keeps them in memory and stages only the plan document.
+    pub stage_shards: bool,
 }
 
 impl Default for PlanOptions {
@@ -37,6 +41,7 @@ impl Default for PlanOptions {
             shard_max_bytes: 500 * 1024 * 1024 * 1024,
             list_concurrency: 16,
             max_reported: 20,
+            stage_shards: true,
         }
     }
 }
@@ -221,6 +226,8 @@ pub struct Plan {
     pub run: Option<RunPlan>,
     /// The shards (empty for a dry run).
     pub shards: Vec<Shard>,
+    /// The staging documents this plan wrote (removed again by finalize or rollback).
+    pub staged: Vec<WrittenObject>,
 }
 
 const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
@@ -358,15 +365,24 @@ async fn plan_valid(
         prefix: valid.source_prefix.clone(),
         source,
     };
-    let (listed, list_pages) = list_source(
-        store.as_ref(),
-        &valid.source_bucket,
-        &valid.source_prefix,
-        options.list_concurrency,
-        &retry,
-    )
-    .await
-    .map_err(source_error)?;
+    let package_prefix = format!(
+        "{}/{}/",
+        valid.package_name.namespace(),
+        valid.package_name.name()
+    );
+    // The target's versioning (it decides rollback and overwrite rules) is asked while the
+    // source is listed: neither depends on the other, and each is a round trip or more.
+    let (listed, target_versioned) = tokio::join!(
+        list_source(
+            store.as_ref(),
+            &valid.source_bucket,
+            &valid.source_prefix,
+            options.list_concurrency,
+            &retry,
+        ),
+        target_versioning(store.as_ref(), &valid, &package_prefix, &retry),
+    );
+    let (listed, list_pages) = listed.map_err(source_error)?;
 
     // Select and map.
     let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
@@ -433,24 +449,30 @@ async fn plan_valid(
         .collect();
 
     // Archived objects: readable only once restored.
-    for o in selected
-        .iter()
-        .filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str()))
-    {
-        let info = retry
-            .run(|_| store.head(&valid.source_bucket, &o.key, None))
-            .await
-            .map_err(source_error)?;
-        let restored = info
-            .restore
-            .as_deref()
-            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
-        if !restored {
-            problems
-                .archived
-                .push((o.key.clone(), o.storage_class.clone()));
-        }
-    }
+    let archived: Vec<(String, String)> = futures::stream::iter(
+        selected
+            .iter()
+            .filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str()))
+            .map(|o| {
+                let (store, retry, bucket) = (store.as_ref(), &retry, &valid.source_bucket);
+                async move {
+                    let info = retry.run(|_| store.head(bucket, &o.key, None)).await?;
+                    let restored = info
+                        .restore
+                        .as_deref()
+                        .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+                    Ok::<_, StoreError>(
+                        (!restored).then(|| (o.key.clone(), o.storage_class.clone())),
+                    )
+                }
+            }),
+    )
+    .buffered(options.list_concurrency.max(1))
+    .try_filter_map(|found| async move { Ok(found) })
+    .try_collect()
+    .await
+    .map_err(source_error)?;
+    problems.archived = archived;
 
     selected.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
     let objects = selected.len() as u64;
@@ -478,63 +500,43 @@ async fn plan_valid(
         dry_run: valid.dry_run,
     };
 
-    // Read access: listing does not prove GetObject permission; one HEAD does.
-    if let Some(first) = selected.first() {
-        retry
-            .run(|_| store.head(&valid.source_bucket, &first.key, None))
-            .await
-            .map_err(source_error)?;
-    }
-
-    // The target: versioning decides rollback and overwrite rules.
-    let package_prefix = format!(
-        "{}/{}/",
-        valid.package_name.namespace(),
-        valid.package_name.name()
-    );
-    let target_versioned = if valid.copy {
-        match retry
-            .run(|_| store.is_versioned(&valid.target_bucket))
-            .await
-        {
-            Ok(Some(v)) => v,
-            // The server's answer was unreadable: versions under the package's own prefix tell
-            // (no versions there means no key can be overwritten either way).
-            Ok(None) => retry
-                .run(|_| store.list_versions(&valid.target_bucket, &package_prefix))
+    // Read access (listing does not prove GetObject permission; one HEAD does) and the keys
+    // already in an unversioned target are asked at the same time.
+    let target_versioned = target_versioned?;
+    let read_access = async {
+        match selected.first() {
+            Some(first) => retry
+                .run(|_| store.head(&valid.source_bucket, &first.key, None))
                 .await
-                .map(|versions| versions.iter().any(|v| v.version_id.is_some()))
-                .unwrap_or(false),
-            // Unknown: assume unversioned, the stricter case (existing keys are refused).
-            Err(e) if e.kind == StoreErrorKind::AccessDenied => false,
-            Err(e) if e.kind == StoreErrorKind::NotFound => {
-                return Err(PlanError::TargetAccess {
-                    bucket: valid.target_bucket.clone(),
-                    source: e,
-                });
-            }
-            Err(e) => return Err(e.into()),
+                .map(drop)
+                .map_err(source_error),
+            None => Ok(()),
         }
-    } else {
-        false
     };
-    if valid.copy && !target_versioned && !valid.overwrite_existing {
-        let existing: HashSet<String> = retry
+    let existing = async {
+        if !(valid.copy && !target_versioned && !valid.overwrite_existing) {
+            return Ok(HashSet::new());
+        }
+        retry
             .run(|_| list_all(store.as_ref(), &valid.target_bucket, &package_prefix))
             .await
+            .map(|found| {
+                found
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect::<HashSet<String>>()
+            })
             .map_err(|e| PlanError::TargetAccess {
                 bucket: valid.target_bucket.clone(),
                 source: e,
-            })?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        problems.existing_in_target = selected
-            .iter()
-            .map(|o| format!("{package_prefix}{}", o.logical_key))
-            .filter(|k| existing.contains(k))
-            .collect();
-    }
+            })
+    };
+    let ((), existing) = futures::try_join!(read_access, existing)?;
+    problems.existing_in_target = selected
+        .iter()
+        .map(|o| format!("{package_prefix}{}", o.logical_key))
+        .filter(|k| existing.contains(k))
+        .collect();
     if !problems.is_empty() {
         return Err(PlanError::Problems(problems));
     }
@@ -553,11 +555,13 @@ async fn plan_valid(
             summary,
             run: None,
             shards: Vec::new(),
+            staged: Vec::new(),
         });
     }
 
     // Write staging: shards, then the index, then the plan document (its presence means the
-    // staging area is complete). The first write proves write access to the registry.
+    // staging area is complete). The first write proves write access to the registry; the
+    // probe of a separate target bucket is written at the same time as the shards.
     let run_id = new_run_id();
     let staging = Staging::new(store.clone(), &valid.registry_bucket, &run_id);
     let target_error = |bucket: &str| {
@@ -568,11 +572,15 @@ async fn plan_valid(
         }
     };
     // Anything written before a failure is removed again: a failed plan leaves nothing.
-    let mut probes: Vec<crate::registry::WrittenObject> = Vec::new();
+    let mut probes: Vec<WrittenObject> = Vec::new();
+    let mut staged: Vec<WrittenObject> = Vec::new();
     let written: Result<RunPlan, PlanError> = async {
-        if valid.copy && valid.target_bucket != valid.registry_bucket {
-            let probe_key = format!("{}probe", staging.prefix());
-            let written = retry
+        let probe_key = format!("{}probe", staging.prefix());
+        let probe = async {
+            if !(valid.copy && valid.target_bucket != valid.registry_bucket) {
+                return Ok(None);
+            }
+            retry
                 .run(|_| {
                     store.put(
                         &valid.target_bucket,
@@ -585,34 +593,57 @@ async fn plan_valid(
                     )
                 })
                 .await
-                .map_err(target_error(&valid.target_bucket))?;
-            probes.push(crate::registry::WrittenObject {
-                key: probe_key,
-                version_id: written.version_id,
-            });
-        }
-        let index: Vec<ShardRef> = shards
-            .iter()
-            .map(|s| ShardRef {
-                run_id: run_id.clone(),
-                registry_bucket: valid.registry_bucket.clone(),
-                shard: s.shard,
-                objects: s.objects.len(),
-                bytes: s.objects.iter().map(|o| o.size).sum(),
-            })
-            .collect();
-        futures::stream::iter(shards.iter().map(|s| {
-            let staging = &staging;
-            async move { staging.put(&staging.shard_key(s.shard), s).await }
-        }))
-        .buffer_unordered(options.list_concurrency.max(1))
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(target_error(&valid.registry_bucket))?;
-        staging
-            .put(&staging.shard_index_key(), &index)
+                .map(|written| {
+                    Some(WrittenObject {
+                        key: probe_key.clone(),
+                        version_id: written.version_id,
+                    })
+                })
+                .map_err(target_error(&valid.target_bucket))
+        };
+        let shard_documents = async {
+            if !options.stage_shards {
+                return Ok::<_, PlanError>(Vec::new());
+            }
+            let mut written: Vec<WrittenObject> = futures::stream::iter(shards.iter().map(|s| {
+                let staging = &staging;
+                async move { staging.put(&staging.shard_key(s.shard), s).await }
+            }))
+            .buffer_unordered(options.list_concurrency.max(1))
+            .try_collect()
             .await
             .map_err(target_error(&valid.registry_bucket))?;
+            let index: Vec<ShardRef> = shards
+                .iter()
+                .map(|s| ShardRef {
+                    run_id: run_id.clone(),
+                    registry_bucket: valid.registry_bucket.clone(),
+                    shard: s.shard,
+                    objects: s.objects.len(),
+                    bytes: s.objects.iter().map(|o| o.size).sum(),
+                })
+                .collect();
+            written.push(
+                staging
+                    .put(&staging.shard_index_key(), &index)
+                    .await
+                    .map_err(target_error(&valid.registry_bucket))?,
+            );
+            Ok(written)
+        };
+        let (probe, shard_documents) = tokio::join!(probe, shard_documents);
+        // Both are recorded before either error is returned, so the cleanup below sees them.
+        let probe_failed = match probe {
+            Ok(written) => {
+                probes.extend(written);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        staged.extend(shard_documents?);
+        if let Some(e) = probe_failed {
+            return Err(e);
+        }
         let run = RunPlan {
             run_id: run_id.clone(),
             request: valid.original.clone(),
@@ -631,10 +662,12 @@ async fn plan_valid(
             started_at,
             probes: probes.clone(),
         };
-        staging
-            .put(&staging.plan_key(), &run)
-            .await
-            .map_err(target_error(&valid.registry_bucket))?;
+        staged.push(
+            staging
+                .put(&staging.plan_key(), &run)
+                .await
+                .map_err(target_error(&valid.registry_bucket))?,
+        );
         Ok(run)
     }
     .await;
@@ -665,5 +698,38 @@ async fn plan_valid(
         summary,
         run: Some(run),
         shards,
+        staged,
     })
+}
+
+/// Whether the target bucket keeps versions; `false` (the stricter case: existing keys are
+/// refused) when referencing in place or when the answer is denied.
+async fn target_versioning(
+    store: &dyn ObjectStore,
+    valid: &ValidRequest,
+    package_prefix: &str,
+    retry: &RetryPolicy,
+) -> Result<bool, PlanError> {
+    if !valid.copy {
+        return Ok(false);
+    }
+    match retry
+        .run(|_| store.is_versioned(&valid.target_bucket))
+        .await
+    {
+        Ok(Some(v)) => Ok(v),
+        // The server's answer was unreadable: versions under the package's own prefix tell (no
+        // versions there means no key can be overwritten either way).
+        Ok(None) => Ok(retry
+            .run(|_| store.list_versions(&valid.target_bucket, package_prefix))
+            .await
+            .map(|versions| versions.iter().any(|v| v.version_id.is_some()))
+            .unwrap_or(false)),
+        Err(e) if e.kind == StoreErrorKind::AccessDenied => Ok(false),
+        Err(e) if e.kind == StoreErrorKind::NotFound => Err(PlanError::TargetAccess {
+            bucket: valid.target_bucket.clone(),
+            source: e,
+        }),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -145,6 +145,39 @@ impl Registry {
         Ok((top_hash, written))
     }
 
+    /// Writes a manifest unless one with its top hash is already there (`If-None-Match: *`);
+    /// returns the top hash and the object written, `None` when it existed (same top hash,
+    /// same content: not this run's to remove).
+    pub async fn put_manifest_if_absent(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<(String, Option<WrittenObject>), RegistryError> {
+        let top_hash = manifest.top_hash();
+        let body = manifest
+            .to_jsonl()
+            .map_err(|source| RegistryError::Manifest {
+                bucket: self.bucket.clone(),
+                top_hash: top_hash.clone(),
+                source,
+            })?;
+        let key = format!("{PACKAGES_PREFIX}{top_hash}");
+        let options = PutOptions {
+            if_none_match: true,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put(&self.bucket, &key, Bytes::from(body), options)
+            .await
+        {
+            Ok(WriteResult { version_id, .. }) => {
+                Ok((top_hash, Some(WrittenObject { key, version_id })))
+            }
+            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => Ok((top_hash, None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {
         let WriteResult { version_id, .. } = self
             .store

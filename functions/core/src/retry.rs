@@ -54,8 +54,10 @@ impl RetryPolicy {
         self.run_with(None, op).await
     }
 
-    /// [`RetryPolicy::run`], telling `limit` about throttles and successes so the number of
-    /// requests in flight adapts to what S3 accepts.
+    /// [`RetryPolicy::run`] with each attempt holding a slot of `limit` while its request is in
+    /// flight (so the limit counts requests, not objects: a copy and the HEAD beside it are
+    /// two), and telling `limit` about throttles and successes so the number of requests in
+    /// flight adapts to what S3 accepts. The backoff sleep holds no slot.
     pub async fn run_with<T, F, Fut>(
         &self,
         limit: Option<&AdaptiveLimit>,
@@ -67,7 +69,14 @@ impl RetryPolicy {
     {
         let mut attempt = 1;
         loop {
-            match op(attempt).await {
+            let result = match limit {
+                Some(limit) => {
+                    let _slot = limit.acquire().await;
+                    op(attempt).await
+                }
+                None => op(attempt).await,
+            };
+            match result {
                 Ok(value) => {
                     if let Some(limit) = limit {
                         limit.on_success();

@@ -196,9 +196,9 @@ impl From<CopyError> for StepError {
                 CopyError::SourceChanged { .. } => ErrorType::SourceChanged,
                 CopyError::Staging(s) => staging_type(s, ErrorType::CopyFailed),
                 CopyError::NoSuchShard(_) => ErrorType::InvalidRequest,
-                CopyError::Checksum { .. } | CopyError::DestinationExists { .. } => {
-                    ErrorType::CopyFailed
-                }
+                CopyError::Checksum { .. }
+                | CopyError::DestinationExists { .. }
+                | CopyError::Stopped(_) => ErrorType::CopyFailed,
             }
         };
         StepError::new(error_type, e.to_string())
