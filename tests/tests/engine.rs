@@ -10,7 +10,7 @@ use s3quilt_core::finalize::{FinalizeError, finalize, rollback};
 use s3quilt_core::plan::{PlanError, PlanOptions, plan};
 use s3quilt_core::quilt::{Json, PackageName, PhysicalKey};
 use s3quilt_core::registry::Registry;
-use s3quilt_core::request::PackageRequest;
+use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions, moto,
@@ -134,6 +134,31 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
         "the plan document, the manifest and two pointers"
     );
     let package = created(outcome);
+    // The package metadata keeps the key order it was given in (quilt3 writes insertion
+    // order; only the top hash sorts keys).
+    let manifest = client
+        .get_object()
+        .bucket(&registry)
+        .key(format!(".quilt/packages/{}", package.top_hash))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let header = std::str::from_utf8(&manifest)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    assert!(
+        header.contains(
+            r#""user_meta": {"project": "s3quilt", "ratio": 0.5, "nested": {"n": [1, 2]}}"#
+        ),
+        "{header}"
+    );
     let snapshot = progress.snapshot();
     assert_eq!(snapshot.phase, Phase::Succeeded);
     assert_eq!((snapshot.objects_done, snapshot.objects_total), (8, 8));
@@ -805,4 +830,52 @@ async fn after_a_failure_no_new_object_is_started() {
     assert_eq!(rollback.deleted, copies - 1, "{rollback:?}");
     assert!(rollback.not_deleted.is_empty(), "{rollback:?}");
     assert!(list_all_versions(&client, &registry).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_metadata_copies_with_one_request_per_object() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let mut request = PackageRequest::new(&source, "data", "team/listing", &registry);
+    request.object_metadata = ObjectMetadata::Listing;
+    let counted = InstrumentedStore::new(store(server).await, Vec::new());
+    let package = created(run(counted.clone(), &request).await.unwrap());
+    assert_eq!(counted.count("CopyObject"), 8);
+    assert_eq!(counted.count("HeadObject"), 1, "only the read-access check");
+    let browsed = browse(server, &registry, "team/listing");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    for entry in browsed["entries"].as_array().unwrap() {
+        let s3 = &entry["meta"]["s3"];
+        let source_key: PhysicalKey = s3["source"].as_str().unwrap().parse().unwrap();
+        assert!(
+            source_key.version_id.is_some(),
+            "the copy's answer names the source version: {s3}"
+        );
+        assert!(
+            s3["etag"].is_string() && s3["last_modified"].is_string(),
+            "{s3}"
+        );
+        assert!(
+            s3.get("content_type").is_none() && s3.get("metadata").is_none(),
+            "not read, so not recorded: {s3}"
+        );
+    }
+    // The copies themselves still carry the content type and user metadata.
+    let head = client
+        .head_object()
+        .bucket(&registry)
+        .key("team/listing/README.md")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/markdown"));
+    assert_eq!(
+        head.metadata().unwrap().get("owner").map(String::as_str),
+        Some("lab-7")
+    );
 }

@@ -3,9 +3,10 @@
 //! what Quilt hashes, stream-hash it where they are not, keep its S3 metadata, and write the
 //! shard's manifest fragment to staging.
 //!
-//! Entry metadata schema (documented in the README): `meta.s3` holds `source` (the source
+//! Entry metadata schema (documented in docs/metadata.md): `meta.s3` holds `source` (the source
 //! object's physical key, with its version id), `etag`, `last_modified`, `storage_class`,
-//! `content_type` (when set) and `metadata` (the `x-amz-meta-*` user metadata, possibly `{}`).
+//! `content_type` (when set) and `metadata` (the `x-amz-meta-*` user metadata, possibly `{}`);
+//! with `object_metadata: listing` the last two are not recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use crate::quilt::checksum::{
 use crate::quilt::json::{Json, JsonObject};
 use crate::quilt::physical_key::PhysicalKey;
 use crate::registry::WrittenObject;
+use crate::request::ObjectMetadata;
 use crate::retry::{AdaptiveLimit, RetryPolicy};
 use crate::staging::{
     FailureRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, Staging,
@@ -186,18 +188,22 @@ fn entry_meta(plan: &RunPlan, object: &PlannedObject, info: &ObjectInfo) -> Stri
         s3.insert("last_modified", Json::str(modified.as_str()));
     }
     s3.insert("storage_class", Json::str(info.storage_class.as_str()));
-    if let Some(ct) = &info.content_type {
-        s3.insert("content_type", Json::str(ct.as_str()));
+    // With `object_metadata: listing` nothing was read that tells these, so they are left out
+    // (absent means "not recorded"; `{}` means "none").
+    if plan.request.object_metadata == ObjectMetadata::Full || !plan.copy {
+        if let Some(ct) = &info.content_type {
+            s3.insert("content_type", Json::str(ct.as_str()));
+        }
+        s3.insert(
+            "metadata",
+            Json::Object(
+                info.metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Json::str(v.as_str())))
+                    .collect(),
+            ),
+        );
     }
-    s3.insert(
-        "metadata",
-        Json::Object(
-            info.metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), Json::str(v.as_str())))
-                .collect(),
-        ),
-    );
     let mut meta = JsonObject::new();
     meta.insert("s3", Json::Object(s3));
     Json::Object(meta).to_manifest_string()
@@ -268,6 +274,19 @@ impl ObjectCopier<'_> {
             let info = self.head_source(object).await?;
             self.copy_multipart(object, info).await
         } else {
+            if self.plan.request.object_metadata == ObjectMetadata::Listing {
+                // No HEAD: the entry records what the listing and the copy returned.
+                let (written, hash) = self.copy_single(object).await?;
+                let info = ObjectInfo {
+                    size: object.size,
+                    version_id: written.source_version_id.clone(),
+                    etag: object.etag.clone(),
+                    storage_class: object.storage_class.clone(),
+                    last_modified: object.last_modified.clone(),
+                    ..ObjectInfo::default()
+                };
+                return self.finish(object, &info, written, hash).await;
+            }
             // HEAD (metadata for the entry) runs beside the copy, not in series with it.
             let (info, copied) = tokio::join!(self.head_source(object), self.copy_single(object));
             let info = info?;

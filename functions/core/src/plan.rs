@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
 use crate::registry::WrittenObject;
-use crate::request::{PackageRequest, RequestError, ValidRequest};
+use crate::request::{ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
 use crate::select::logical_key;
 use crate::staging::{PlannedObject, RunPlan, Shard, ShardRef, Staging, new_run_id};
@@ -82,8 +82,11 @@ impl std::fmt::Display for PlanProblems {
         let mut parts = Vec::new();
         if !self.collisions.is_empty() {
             parts.push(format!(
-                "{} logical keys would hold several objects (flattening drops folders; keep the structure or exclude duplicates): {}",
-                self.collisions.len(),
+                "{} would hold several objects (flattening drops folders; keep the structure or exclude duplicates): {}",
+                match self.collisions.len() {
+                    1 => "1 logical key".to_string(),
+                    n => format!("{n} logical keys"),
+                },
                 list_some(&self.collisions, max, |(lk, keys)| format!("{lk:?} <- {}", keys.join(", ")))
             ));
         }
@@ -103,7 +106,7 @@ impl std::fmt::Display for PlanProblems {
         }
         if !self.existing_in_target.is_empty() {
             parts.push(format!(
-                "{} destination keys already exist in the unversioned target bucket and would be overwritten (set `overwrite_existing` to allow it, or use a versioned bucket): {}",
+                "{} destination keys already exist in the unversioned target bucket and would be overwritten (set `overwrite_existing` (CLI: `--overwrite-existing`) to allow it, or use a versioned bucket): {}",
                 self.existing_in_target.len(),
                 list_some(&self.existing_in_target, max, |k| format!("{k:?}"))
             ));
@@ -317,26 +320,34 @@ pub fn make_shards(objects: Vec<PlannedObject>, max_objects: usize, max_bytes: u
     shards
 }
 
-fn estimate(
-    objects: &[PlannedObject],
+fn estimate<'a>(
+    objects: impl Iterator<Item = &'a PlannedObject>,
     list_pages: u64,
     shards: u64,
-    copy: bool,
+    valid: &ValidRequest,
+    stage_shards: bool,
 ) -> RequestEstimate {
+    // Staged runs write each shard, the index, the plan, each fragment, the manifest, two
+    // pointers and a result record; local runs the plan, the manifest and two pointers.
+    let probe = u64::from(valid.copy && valid.target_bucket != valid.registry_bucket);
+    let put = if stage_shards { shards * 2 + 5 } else { 4 };
     let mut e = RequestEstimate {
         list: list_pages,
-        put: shards * 2 + 5,
+        put: put + probe,
         ..Default::default()
     };
+    let listing_only = valid.original.object_metadata == ObjectMetadata::Listing;
     for o in objects {
-        e.head += 1;
-        if !copy {
+        if !valid.copy {
+            e.head += 1;
             continue;
         }
         if is_multipart(o.size) {
+            e.head += 1;
             e.upload_part_copy += chunk_count(o.size);
             e.multipart_control += 2;
         } else {
+            e.head += u64::from(!listing_only);
             e.copy_object += 1;
         }
     }
@@ -543,12 +554,12 @@ async fn plan_valid(
 
     let shards = make_shards(selected, options.shard_max_objects, options.shard_max_bytes);
     summary.shards = shards.len() as u32;
-    let all: Vec<&PlannedObject> = shards.iter().flat_map(|s| &s.objects).collect();
     summary.estimated_requests = estimate(
-        &all.into_iter().cloned().collect::<Vec<_>>(),
+        shards.iter().flat_map(|s| &s.objects),
         list_pages,
         shards.len() as u64,
-        valid.copy,
+        &valid,
+        options.stage_shards,
     );
     if valid.dry_run {
         return Ok(Plan {

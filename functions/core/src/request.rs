@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::quilt::checksum::HashType;
 use crate::quilt::json::{Json, JsonObject};
+use crate::quilt::manifest::{MAX_LINE_BYTES, PackageHeader};
 use crate::quilt::names::PackageName;
 use crate::select::{Selector, SelectorError};
 
@@ -55,6 +56,30 @@ pub struct PackageRequest {
     /// On an unversioned target bucket, allow replacing keys that already exist.
     #[serde(default)]
     pub overwrite_existing: bool,
+    /// What each entry's `meta.s3` records (see [`ObjectMetadata`]); default `full`.
+    #[serde(default, skip_serializing_if = "ObjectMetadata::is_full")]
+    pub object_metadata: ObjectMetadata,
+}
+
+/// How much of each source object's S3 metadata an entry records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectMetadata {
+    /// Source version, ETag, last-modified and storage class, plus the content type and the
+    /// user metadata (`x-amz-meta-*`), read by a HEAD that runs beside each copy.
+    #[default]
+    Full,
+    /// Only what the listing and the copy itself return (source version, ETag, last-modified,
+    /// storage class): one request per object instead of two. The copies still carry their
+    /// content type and user metadata; only the manifest does not repeat them.
+    Listing,
+}
+
+impl ObjectMetadata {
+    /// Whether this is the default, `full`.
+    pub fn is_full(&self) -> bool {
+        *self == ObjectMetadata::Full
+    }
 }
 
 fn default_true() -> bool {
@@ -84,6 +109,7 @@ impl PackageRequest {
             dry_run: false,
             hash_type: None,
             overwrite_existing: false,
+            object_metadata: ObjectMetadata::Full,
         }
     }
 }
@@ -271,6 +297,24 @@ impl PackageRequest {
                 ));
             }
         };
+        // Each field is bounded above; together they form the manifest's first line, which quilt3
+        // refuses at 1,000,000 bytes or more (escapes can make the message longer in JSON).
+        let header = PackageHeader::new(self.description.as_deref(), user_meta.clone());
+        let header_bytes = Json::Object(header.as_object().clone())
+            .to_manifest_string()
+            .len();
+        if header_bytes >= MAX_LINE_BYTES {
+            return Err(invalid(
+                if user_meta.is_some() {
+                    "metadata"
+                } else {
+                    "description"
+                },
+                format!(
+                    "with the description, makes a manifest header of {header_bytes} bytes as JSON; quilt3 reads lines under {MAX_LINE_BYTES} bytes"
+                ),
+            ));
+        }
         let selector = Selector::new(&self.include_patterns, &self.exclude_patterns)?;
         let hash_type = self.hash_type.unwrap_or(HashType::Sha2_256Chunked);
         if hash_type == HashType::Sha256Legacy {
@@ -370,6 +414,19 @@ mod tests {
                 "hash_type",
                 Box::new(|r| r.hash_type = Some(HashType::Sha256Legacy)),
             ),
+            // Each under its own bound, together over quilt3's line limit (control characters
+            // are escaped as six bytes each in the manifest).
+            (
+                "metadata",
+                Box::new(|r| {
+                    r.description = Some("\u{1}".repeat(MAX_METADATA_BYTES));
+                    r.metadata = Some(serde_json::json!({"k": "v"}));
+                }),
+            ),
+            (
+                "description",
+                Box::new(|r| r.description = Some("\u{1}".repeat(200_000))),
+            ),
         ];
         for (field, mutate) in cases {
             let mut request = base();
@@ -395,5 +452,25 @@ mod tests {
             "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg", "flaten": true
         }));
         assert!(unknown.unwrap_err().to_string().contains("flaten"));
+        assert_eq!(request.object_metadata, ObjectMetadata::Full);
+        let listing: PackageRequest = serde_json::from_value(serde_json::json!({
+            "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg",
+            "object_metadata": "listing"
+        }))
+        .unwrap();
+        assert_eq!(listing.object_metadata, ObjectMetadata::Listing);
+        let bad = serde_json::from_value::<PackageRequest>(serde_json::json!({
+            "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg",
+            "object_metadata": "some"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("`full`") && bad.contains("`listing`"), "{bad}");
+        // The default is not written, so requests and plan documents keep their shape.
+        assert!(
+            !serde_json::to_string(&request)
+                .unwrap()
+                .contains("object_metadata")
+        );
     }
 }

@@ -33,7 +33,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay before attempt `attempt + 1` ("full jitter": uniform in 0..=cap), longer after
+    /// The delay before attempt `attempt + 1` ("equal jitter": uniform in cap/2..=cap), longer after
     /// a throttle so that S3 gets the pause it asked for.
     pub fn delay(&self, attempt: u32, throttled: bool) -> Duration {
         let factor = if throttled { 4 } else { 1 };

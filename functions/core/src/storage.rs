@@ -176,6 +176,8 @@ pub struct WriteResult {
     pub checksum_sha256: Option<String>,
     /// CRC-64/NVME checksum S3 returned, if any.
     pub checksum_crc64nvme: Option<String>,
+    /// The version of the source that a copy read (`x-amz-copy-source-version-id`).
+    pub source_version_id: Option<String>,
 }
 
 /// One part of a multipart copy.
@@ -689,6 +691,7 @@ impl ObjectStore for S3Store {
             etag: out.e_tag().map(str::to_string),
             checksum_sha256: out.checksum_sha256().map(str::to_string),
             checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
+            source_version_id: None,
         })
     }
 
@@ -714,6 +717,7 @@ impl ObjectStore for S3Store {
             checksum_crc64nvme: result
                 .and_then(|r| r.checksum_crc64_nvme())
                 .map(str::to_string),
+            source_version_id: out.copy_source_version_id().map(str::to_string),
         })
     }
 
@@ -810,6 +814,7 @@ impl ObjectStore for S3Store {
             etag: out.e_tag().map(str::to_string),
             checksum_sha256: out.checksum_sha256().map(str::to_string),
             checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
+            source_version_id: None,
         })
     }
 
