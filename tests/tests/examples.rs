@@ -8,7 +8,8 @@
 //! - `scheduled-nightly`: `request.json` is an execution input the planner Lambda's step
 //!   accepts (the event built as the state machine builds it, planned as a dry run on moto),
 //!   `schedule.yaml` passes cfn-lint and its schedule starts the state machine with exactly
-//!   `request.json`, and `run.sh`'s dry run plans the expected keys and writes nothing.
+//!   `request.json`, and `run.sh`'s dry run (`s3quilt plan --request`) plans the expected keys
+//!   and writes nothing.
 //! - `step-functions-from-cli`: `request.json` (the wrapped form) is accepted by the planner
 //!   likewise, and `run.sh` runs with a stub `aws` that records its calls: the file is what
 //!   `start-execution` gets, the script polls until the execution ends, and exits non-zero when
@@ -633,10 +634,16 @@ async fn scheduled_nightly_request_and_schedule_start_the_state_machine_with_a_v
         (2, expected.map(String::from).as_slice())
     );
 
-    // run.sh: the same request as a local dry run; it writes nothing.
+    // run.sh: the same request, given to `s3quilt plan --request`, as a local dry run; it
+    // writes nothing.
     let run = run_recipe("scheduled-nightly", &b.env(), None);
     run.assert_success("scheduled-nightly");
     assert!(run.stdout.contains("dry run"), "{}", run.describe());
+    assert!(
+        run.stdout.contains(" plan --request "),
+        "run.sh plans the file itself: {}",
+        run.describe()
+    );
     for key in expected {
         assert!(run.stdout.contains(key), "{key}: {}", run.describe());
     }

@@ -73,7 +73,7 @@ pub enum CopyError {
     Staging(#[from] StagingError),
     /// The destination exists and this run did not create it.
     #[error(
-        "s3://{bucket}/{key} already exists in the unversioned target bucket; set `overwrite_existing` to replace it"
+        "s3://{bucket}/{key} already exists in the unversioned target bucket; set `overwrite_existing` (CLI: `--overwrite-existing`) to replace it"
     )]
     DestinationExists {
         /// Target bucket.

@@ -104,7 +104,7 @@ impl Progress {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Objects in flight at once across all shards.
+    /// S3 requests in flight at once across all shards (a copy and the HEAD beside it are two).
     pub concurrency: usize,
     /// Shards copied at once (they share `concurrency`).
     pub shard_concurrency: usize,

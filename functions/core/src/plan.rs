@@ -68,6 +68,11 @@ impl PlanProblems {
     }
 }
 
+/// `"1 key"` / `"3 keys"`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn list_some<T>(items: &[T], max: usize, show: impl Fn(&T) -> String) -> String {
     let mut shown: Vec<String> = items.iter().take(max).map(show).collect();
     if items.len() > max {
@@ -83,31 +88,28 @@ impl std::fmt::Display for PlanProblems {
         if !self.collisions.is_empty() {
             parts.push(format!(
                 "{} would hold several objects (flattening drops folders; keep the structure or exclude duplicates): {}",
-                match self.collisions.len() {
-                    1 => "1 logical key".to_string(),
-                    n => format!("{n} logical keys"),
-                },
+                plural(self.collisions.len(), "logical key", "logical keys"),
                 list_some(&self.collisions, max, |(lk, keys)| format!("{lk:?} <- {}", keys.join(", ")))
             ));
         }
         if !self.invalid_keys.is_empty() {
             parts.push(format!(
-                "{} keys cannot be logical keys (exclude them): {}",
-                self.invalid_keys.len(),
+                "{} cannot be logical keys (exclude them): {}",
+                plural(self.invalid_keys.len(), "key", "keys"),
                 list_some(&self.invalid_keys, max, |(k, why)| format!("{k:?}: {why}"))
             ));
         }
         if !self.archived.is_empty() {
             parts.push(format!(
-                "{} objects are in archive storage and not restored (restore them or exclude them): {}",
-                self.archived.len(),
+                "{} in archive storage and not restored (restore or exclude): {}",
+                plural(self.archived.len(), "object is", "objects are"),
                 list_some(&self.archived, max, |(k, class)| format!("{k:?} ({class})"))
             ));
         }
         if !self.existing_in_target.is_empty() {
             parts.push(format!(
-                "{} destination keys already exist in the unversioned target bucket and would be overwritten (set `overwrite_existing` (CLI: `--overwrite-existing`) to allow it, or use a versioned bucket): {}",
-                self.existing_in_target.len(),
+                "{} in the unversioned target bucket and would be overwritten (set `overwrite_existing` (CLI: `--overwrite-existing`) to allow it, or use a versioned bucket): {}",
+                plural(self.existing_in_target.len(), "destination key already exists", "destination keys already exist"),
                 list_some(&self.existing_in_target, max, |k| format!("{k:?}"))
             ));
         }

@@ -186,5 +186,23 @@ mod tests {
         assert_eq!(err.field(), "exclude_patterns");
         assert!(err.to_string().contains("\"[\""));
         assert!(Selector::new(&["".to_string()], &[]).is_err());
+        let empty = Selector::new(&["/".to_string()], &[]).unwrap_err();
+        assert_eq!(empty.field(), "include_patterns");
+        assert_eq!(empty.reason, "it is empty");
+    }
+
+    #[test]
+    fn only_include_patterns_count_as_includes() {
+        assert!(!sel(&[], &["*.tmp"]).has_includes());
+        assert!(sel(&["*.csv"], &[]).has_includes());
+    }
+
+    #[test]
+    fn logical_keys_keep_the_path_or_flatten_to_the_base_name() {
+        assert_eq!(logical_key("a/b/c.csv", false).unwrap().as_str(), "a/b/c.csv");
+        assert_eq!(logical_key("a/b/c.csv", true).unwrap().as_str(), "c.csv");
+        assert_eq!(logical_key("c.csv", true).unwrap().as_str(), "c.csv");
+        assert!(logical_key("a//c.csv", false).is_err());
+        assert!(logical_key("a/..", true).is_err(), "`..` is refused even flattened");
     }
 }

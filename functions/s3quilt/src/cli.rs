@@ -1,11 +1,16 @@
-//! The command line: clap definitions and the pure mapping from arguments to a
-//! [`PackageRequest`], [`EngineOptions`] and [`S3Settings`].
+//! The command line: clap definitions and the mapping from arguments (or a `--request` file)
+//! to a [`PackageRequest`], [`EngineOptions`] and [`S3Settings`].
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use s3quilt_core::aws::ExecutionInput;
 use s3quilt_core::engine::EngineOptions;
 use s3quilt_core::quilt::HashType;
-use s3quilt_core::request::PackageRequest;
+use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::S3Settings;
+use serde::Deserialize;
 
 /// Exit codes, shown at the end of `--help`.
 const EXIT_CODES: &str = "\
@@ -18,6 +23,13 @@ Exit codes:
 
 With --json, stdout holds exactly one JSON document: the outcome, or {\"error\": {\"kind\", \"message\"}}.
 Logs go to stderr (RUST_LOG sets the level; default: warn).";
+
+/// The usage lines of `create` and `plan`: the arguments, or a request file.
+fn usage(command: &str) -> String {
+    format!(
+        "s3quilt {command} [OPTIONS] <s3://BUCKET/PREFIX> <NAMESPACE/NAME> --registry <s3://BUCKET>\n       s3quilt {command} [OPTIONS] --request <FILE>"
+    )
+}
 
 /// Turn what sits in S3 into Quilt data packages, with server-side copies.
 #[derive(Debug, Parser)]
@@ -32,11 +44,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Package s3://BUCKET/PREFIX as NAMESPACE/NAME in a registry (copies objects server-side).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = usage("create"))]
     Create(PackageArgs),
     /// Dry run of `create`: list and select, print counts, bytes, shards, sample logical keys and
     /// estimated S3 requests; writes nothing.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = usage("plan"))]
     Plan(PackageArgs),
     /// Start an embedded S3 server on 127.0.0.1, seed a sample dataset and package it.
     #[command(after_help = EXIT_CODES)]
@@ -69,6 +81,43 @@ impl From<HashTypeArg> for HashType {
     }
 }
 
+/// `--object-metadata` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectMetadataArg {
+    /// Version, ETag, last-modified, storage class, content type and user metadata
+    /// (x-amz-meta-*), read by a HEAD beside each copy.
+    Full,
+    /// Only what the listing and the copy return (no content type, no user metadata): one S3
+    /// request per copied object instead of two. The copies themselves keep both.
+    Listing,
+}
+
+impl From<ObjectMetadataArg> for ObjectMetadata {
+    fn from(value: ObjectMetadataArg) -> Self {
+        match value {
+            ObjectMetadataArg::Full => ObjectMetadata::Full,
+            ObjectMetadataArg::Listing => ObjectMetadata::Listing,
+        }
+    }
+}
+
+/// The flags that set request fields: `--request` takes the whole request instead.
+const REQUEST_FIELD_ARGS: [&str; 13] = [
+    "source",
+    "package",
+    "registry",
+    "target_bucket",
+    "include",
+    "exclude",
+    "flatten",
+    "message",
+    "meta",
+    "no_copy",
+    "hash_type",
+    "overwrite_existing",
+    "object_metadata",
+];
+
 fn default_concurrency() -> u16 {
     u16::try_from(EngineOptions::default().concurrency).unwrap_or(u16::MAX)
 }
@@ -77,14 +126,14 @@ fn default_concurrency() -> u16 {
 #[derive(Debug, Clone, Args)]
 pub struct PackageArgs {
     /// Source: s3://BUCKET or s3://BUCKET/PREFIX (a folder).
-    #[arg(value_name = "s3://BUCKET/PREFIX")]
-    pub source: String,
+    #[arg(value_name = "s3://BUCKET/PREFIX", required_unless_present = "request")]
+    pub source: Option<String>,
     /// Package name, NAMESPACE/NAME.
-    #[arg(value_name = "NAMESPACE/NAME")]
-    pub package: String,
+    #[arg(value_name = "NAMESPACE/NAME", required_unless_present = "request")]
+    pub package: Option<String>,
     /// Registry bucket the package is written to (s3://BUCKET).
-    #[arg(long, value_name = "s3://BUCKET")]
-    pub registry: String,
+    #[arg(long, value_name = "s3://BUCKET", required_unless_present = "request")]
+    pub registry: Option<String>,
     /// Bucket receiving the copies (default: the registry bucket).
     #[arg(long, value_name = "BUCKET")]
     pub target_bucket: Option<String>,
@@ -114,7 +163,18 @@ pub struct PackageArgs {
     /// On an unversioned target bucket, allow replacing keys that already exist.
     #[arg(long)]
     pub overwrite_existing: bool,
-    /// Objects copied at once.
+    /// What entries' meta.s3 record about each source object: `full` (default), or `listing`,
+    /// which leaves out content type and user metadata and halves the S3 requests per copied
+    /// object (one instead of two).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub object_metadata: Option<ObjectMetadataArg>,
+    /// Take the whole request from a JSON file (`-`: stdin) instead of the arguments above: the
+    /// Step Functions execution input, as a schedule starts it (the bare request, or
+    /// {"request": {...}, "max_concurrency": N}, whose max_concurrency is the Map's and not used
+    /// here). `plan` always makes it a dry run.
+    #[arg(long, value_name = "FILE", conflicts_with_all = REQUEST_FIELD_ARGS)]
+    pub request: Option<PathBuf>,
+    /// S3 requests in flight at once (a copy and the HEAD beside it are two).
     #[arg(long, value_name = "N", default_value_t = default_concurrency(), value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     #[command(flatten)]
@@ -198,11 +258,120 @@ pub fn parse_meta(text: &str) -> Result<serde_json::Value, ArgError> {
     Ok(value)
 }
 
+/// The Step Functions execution input's wrapped form (see `s3quilt_core::aws::ExecutionInput`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrappedRequest {
+    request: PackageRequest,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+}
+
+/// Parses a `--request` document, `name` being where it came from (for messages): the bare
+/// request or the wrapped execution input, exactly as the state machine takes them. Errors
+/// name the field (`request.copy: invalid type: ...`, `target_registry: ...`).
+pub fn parse_request_json(
+    name: &str,
+    text: &str,
+    dry_run: bool,
+) -> Result<PackageRequest, ArgError> {
+    let error = |problem: String| ArgError {
+        arg: "--request",
+        problem: format!("{name}: {problem}"),
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        error(format!(
+            "is not valid JSON ({e}); expected a packaging request such as {{\"source_bucket\": \"b\", \"package_name\": \"team/pkg\", \"target_registry\": \"s3://reg\"}}"
+        ))
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(error(
+            "must be a JSON object: the request, or {\"request\": {...}, \"max_concurrency\": N}"
+                .into(),
+        ));
+    };
+    let wrapped = object.contains_key("request");
+    let typed = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        error(format!("{at}{}", e.inner()))
+    };
+    let mut request = if wrapped {
+        let input: WrappedRequest = serde_path_to_error::deserialize(value).map_err(typed)?;
+        let input = ExecutionInput {
+            request: input.request,
+            max_concurrency: input.max_concurrency,
+        };
+        // The Map's setting, with no meaning here; checked as the planner checks it.
+        input
+            .effective_max_concurrency()
+            .map_err(|e| error(e.message))?;
+        input.request
+    } else {
+        serde_path_to_error::deserialize::<_, PackageRequest>(value).map_err(typed)?
+    };
+    if dry_run {
+        request.dry_run = true;
+    }
+    request.validate().map_err(|e| {
+        error(if wrapped {
+            format!("request.{e}")
+        } else {
+            e.to_string()
+        })
+    })?;
+    Ok(request)
+}
+
+/// Reads a `--request` file (`-`: stdin).
+fn read_request_file(path: &Path) -> Result<(String, String), ArgError> {
+    let error = |name: &str, e: std::io::Error| ArgError {
+        arg: "--request",
+        problem: format!("cannot read {name}: {e}"),
+    };
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| error("stdin", e))?;
+        Ok(("stdin".into(), text))
+    } else {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| error(&name, e))?;
+        Ok((name, text))
+    }
+}
+
 impl PackageArgs {
-    /// The request these arguments describe (`dry_run` for `plan`).
+    /// The request these arguments describe, or the `--request` file holds (`dry_run` for
+    /// `plan`).
     pub fn to_request(&self, dry_run: bool) -> Result<PackageRequest, ArgError> {
-        let (bucket, prefix) = parse_s3_url("s3://BUCKET/PREFIX", &self.source)?;
-        let mut request = PackageRequest::new(&bucket, &prefix, &self.package, &self.registry);
+        if let Some(path) = &self.request {
+            let (name, text) = read_request_file(path)?;
+            return parse_request_json(&name, &text, dry_run);
+        }
+        let missing = |arg: &'static str| ArgError {
+            arg,
+            problem: "is required (or give --request FILE)".into(),
+        };
+        let source = self
+            .source
+            .as_deref()
+            .ok_or_else(|| missing("s3://BUCKET/PREFIX"))?;
+        let package = self
+            .package
+            .as_deref()
+            .ok_or_else(|| missing("NAMESPACE/NAME"))?;
+        let registry = self
+            .registry
+            .as_deref()
+            .ok_or_else(|| missing("--registry"))?;
+        let (bucket, prefix) = parse_s3_url("s3://BUCKET/PREFIX", source)?;
+        let mut request = PackageRequest::new(&bucket, &prefix, package, registry);
         request.target_bucket = self.target_bucket.clone();
         request.description = self.message.clone();
         request.include_patterns = self.include.clone();
@@ -213,6 +382,7 @@ impl PackageArgs {
         request.dry_run = dry_run;
         request.hash_type = self.hash_type.map(HashType::from);
         request.overwrite_existing = self.overwrite_existing;
+        request.object_metadata = self.object_metadata.map(Into::into).unwrap_or_default();
         Ok(request)
     }
 
@@ -248,6 +418,8 @@ pub fn flag_for_field(field: &str) -> Option<&'static str> {
         "exclude_patterns" => "--exclude",
         "metadata" => "--meta",
         "hash_type" => "--hash-type",
+        "overwrite_existing" => "--overwrite-existing",
+        "object_metadata" => "--object-metadata",
         _ => return None,
     })
 }
@@ -338,6 +510,8 @@ mod tests {
             "--hash-type",
             "CRC64NVME",
             "--overwrite-existing",
+            "--object-metadata",
+            "listing",
             "--concurrency",
             "8",
             "--endpoint-url",
@@ -359,6 +533,7 @@ mod tests {
         expected.dry_run = true;
         expected.hash_type = Some(HashType::Crc64Nvme);
         expected.overwrite_existing = true;
+        expected.object_metadata = ObjectMetadata::Listing;
         assert_eq!(request, expected);
         assert_eq!(args.engine_options().concurrency, 8);
         assert!(args.json);
@@ -395,6 +570,154 @@ mod tests {
         assert_eq!(
             chunked.to_request(false).unwrap().hash_type,
             Some(HashType::Sha2_256Chunked)
+        );
+        let full = package_args(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "reg",
+            "--object-metadata",
+            "full",
+        ]);
+        assert_eq!(
+            full.to_request(false).unwrap().object_metadata,
+            ObjectMetadata::Full
+        );
+    }
+
+    /// A request file with every field set, as the state machine takes it.
+    const REQUEST_FILE: &str = r#"{
+        "source_bucket": "src", "source_prefix": "data/2024/", "package_name": "team/pkg",
+        "target_registry": "s3://reg", "target_bucket": "copies", "description": "nightly",
+        "include_patterns": ["**/*.csv"], "exclude_patterns": ["tmp/**"],
+        "preserve_structure": false, "metadata": {"project": "x"}, "copy": true,
+        "dry_run": false, "hash_type": "CRC64NVME", "overwrite_existing": true,
+        "object_metadata": "listing"
+    }"#;
+
+    fn request_file_expected() -> PackageRequest {
+        let mut expected = PackageRequest::new("src", "data/2024/", "team/pkg", "s3://reg");
+        expected.target_bucket = Some("copies".into());
+        expected.description = Some("nightly".into());
+        expected.include_patterns = vec!["**/*.csv".into()];
+        expected.exclude_patterns = vec!["tmp/**".into()];
+        expected.preserve_structure = false;
+        expected.metadata = Some(serde_json::json!({"project": "x"}));
+        expected.hash_type = Some(HashType::Crc64Nvme);
+        expected.overwrite_existing = true;
+        expected.object_metadata = ObjectMetadata::Listing;
+        expected
+    }
+
+    #[test]
+    fn a_request_file_maps_field_for_field_and_plan_forces_a_dry_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("request.json");
+        std::fs::write(&path, REQUEST_FILE).unwrap();
+        let path = path.to_str().unwrap();
+        let args = package_args(&[
+            "create",
+            "--request",
+            path,
+            "--concurrency",
+            "4",
+            "--endpoint-url",
+            "http://127.0.0.1:5055",
+            "--region",
+            "eu-west-1",
+            "--profile",
+            "dev",
+            "--json",
+        ]);
+        assert_eq!(args.to_request(false).unwrap(), request_file_expected());
+        let mut dry = request_file_expected();
+        dry.dry_run = true;
+        assert_eq!(args.to_request(true).unwrap(), dry, "plan --request");
+        // Engine and connection flags still apply.
+        assert_eq!(args.engine_options().concurrency, 4);
+        assert!(args.json);
+        let settings = args.s3.settings(S3Settings::default());
+        assert_eq!(
+            settings.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5055")
+        );
+        assert_eq!(settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(settings.profile.as_deref(), Some("dev"));
+
+        // The wrapped execution input is accepted too; its max_concurrency is the Map's.
+        let wrapped = format!(r#"{{"request": {REQUEST_FILE}, "max_concurrency": 16}}"#);
+        assert_eq!(
+            parse_request_json("w.json", &wrapped, false).unwrap(),
+            request_file_expected()
+        );
+        // A file asking for a dry run stays one with `create`.
+        let dry_file = r#"{"source_bucket": "src", "package_name": "a/b",
+            "target_registry": "reg", "dry_run": true}"#;
+        assert!(
+            parse_request_json("d.json", dry_file, false)
+                .unwrap()
+                .dry_run
+        );
+    }
+
+    #[test]
+    fn a_bad_request_file_names_the_field() {
+        let base = r#""source_bucket": "src", "package_name": "a/b", "target_registry": "reg""#;
+        let cases = [
+            (format!(r#"{{{base}, "copy": "yes"}}"#), "copy: invalid type"),
+            (format!(r#"{{{base}, "flaten": true}}"#), "unknown field `flaten`"),
+            (
+                format!(r#"{{{base}, "object_metadata": "some"}}"#),
+                "object_metadata: unknown variant `some`",
+            ),
+            (
+                r#"{"source_bucket": "src", "package_name": "a/b", "target_registry": "Not_A_Bucket"}"#
+                    .to_string(),
+                "target_registry: \"Not_A_Bucket\"",
+            ),
+            (
+                format!(r#"{{{base}, "include_patterns": ["[oops"]}}"#),
+                "include_patterns",
+            ),
+            (
+                r#"{"source_bucket": "src", "target_registry": "reg"}"#.to_string(),
+                "missing field `package_name`",
+            ),
+            (
+                format!(r#"{{"request": {{{base}, "copy": 1}}}}"#),
+                "request.copy: invalid type",
+            ),
+            (
+                r#"{"request": {"source_bucket": "src", "package_name": "a", "target_registry": "reg"}}"#
+                    .to_string(),
+                "request.package_name: ",
+            ),
+            (
+                format!(r#"{{"request": {{{base}}}, "max_concurrency": 0}}"#),
+                "max_concurrency: 0 is not allowed",
+            ),
+            (
+                format!(r#"{{"request": {{{base}}}, "concurrency": 3}}"#),
+                "unknown field `concurrency`",
+            ),
+            ("{not json".to_string(), "is not valid JSON"),
+            ("[\"src\"]".to_string(), "must be a JSON object"),
+        ];
+        for (text, needle) in cases {
+            let err = parse_request_json("r.json", &text, true).unwrap_err();
+            assert_eq!(err.arg, "--request");
+            let message = err.to_string();
+            assert!(
+                message.starts_with("--request: r.json: ") && message.contains(needle),
+                "{needle} in {message}"
+            );
+        }
+        let missing = package_args(&["plan", "--request", "/nonexistent/request.json"]);
+        let err = missing.to_request(true).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--request: cannot read /nonexistent/request.json"),
+            "{err}"
         );
     }
 
@@ -463,6 +786,63 @@ mod tests {
             "SHA256"
         ]));
         assert!(!refused(&["demo", "--keep", "--json"]));
+        assert!(refused(&[
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "r",
+            "--object-metadata",
+            "none"
+        ]));
+        // --request replaces the source, package, registry and every request-field flag.
+        assert!(!refused(&["plan", "--request", "r.json"]));
+        assert!(!refused(&[
+            "create",
+            "--request",
+            "-",
+            "--concurrency",
+            "4",
+            "--json",
+            "--endpoint-url",
+            "http://x",
+            "--region",
+            "r",
+            "--profile",
+            "p"
+        ]));
+        assert!(refused(&["create", "--request", "r.json", "s3://src"]));
+        assert!(refused(&[
+            "create",
+            "--request",
+            "r.json",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "r"
+        ]));
+        for flag in [
+            &["--registry", "r"][..],
+            &["--target-bucket", "t"],
+            &["--include", "*.csv"],
+            &["--exclude", "x"],
+            &["--flatten"],
+            &["--message", "m"],
+            &["--meta", "{}"],
+            &["--no-copy"],
+            &["--hash-type", "CRC64NVME"],
+            &["--overwrite-existing"],
+            &["--object-metadata", "listing"],
+        ] {
+            let mut args = vec!["plan", "--request", "r.json"];
+            args.extend_from_slice(flag);
+            assert!(refused(&args), "{flag:?} conflicts with --request");
+        }
+        assert!(
+            refused(&["plan", "s3://src", "--registry", "r"]),
+            "no package"
+        );
+        assert!(refused(&["plan"]), "neither arguments nor --request");
     }
 
     #[test]
@@ -474,6 +854,7 @@ mod tests {
             "target_bucket",
             "metadata",
             "include_patterns",
+            "object_metadata",
         ] {
             assert!(flag_for_field(field).is_some(), "{field}");
         }

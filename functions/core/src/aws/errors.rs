@@ -329,4 +329,179 @@ mod tests {
         });
         assert_eq!(StepError::from(gone).error_type, ErrorType::NotFound);
     }
+
+    #[test]
+    fn only_transient_is_retried_and_display_is_the_name() {
+        for t in ErrorType::ALL {
+            assert_eq!(t.is_transient(), t == ErrorType::Transient, "{t}");
+            assert_eq!(t.to_string(), t.name());
+        }
+        let e = StepError::new(ErrorType::NotFound, "no bucket");
+        assert_eq!(e.to_string(), "S3Quilt.NotFound: no bucket");
+    }
+
+    #[test]
+    fn every_plan_error_has_its_class() {
+        let target = |kind| PlanError::TargetAccess {
+            bucket: "reg".into(),
+            source: store_error(kind),
+        };
+        let cases = [
+            (
+                target(StoreErrorKind::PreconditionFailed),
+                ErrorType::AccessDenied,
+            ),
+            (target(StoreErrorKind::NotFound), ErrorType::NotFound),
+            (target(StoreErrorKind::Transient), ErrorType::Transient),
+            (
+                PlanError::Problems(crate::plan::PlanProblems {
+                    existing_in_target: vec!["a/b".into()],
+                    ..Default::default()
+                }),
+                ErrorType::SelectionRejected,
+            ),
+            (
+                PlanError::EmptySelection {
+                    bucket: "src".into(),
+                    prefix: "p/".into(),
+                    listed: 3,
+                    folder_markers: 1,
+                    not_included: 2,
+                    excluded: 0,
+                },
+                ErrorType::EmptySelection,
+            ),
+            (
+                PlanError::Store(store_error(StoreErrorKind::Permanent)),
+                ErrorType::InvalidRequest,
+            ),
+            (
+                PlanError::Store(store_error(StoreErrorKind::AccessDenied)),
+                ErrorType::AccessDenied,
+            ),
+        ];
+        for (error, want) in cases {
+            let text = error.to_string();
+            let step = StepError::from(error);
+            assert_eq!(step.error_type, want, "{text}");
+            assert_eq!(step.message, text);
+        }
+    }
+
+    #[test]
+    fn every_copy_failure_that_is_not_retryable_has_its_class() {
+        let cases = [
+            (
+                CopyError::SourceChanged {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    planned: "\"1\"".into(),
+                    now: "\"2\"".into(),
+                },
+                ErrorType::SourceChanged,
+            ),
+            (
+                CopyError::Checksum {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    source: crate::quilt::checksum::ChecksumError::NotSingleChunk { chunks: 2 },
+                },
+                ErrorType::CopyFailed,
+            ),
+            (
+                CopyError::DestinationExists {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                },
+                ErrorType::CopyFailed,
+            ),
+            (CopyError::Stopped(3), ErrorType::CopyFailed),
+            (
+                CopyError::Staging(StagingError::Corrupt {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    reason: "EOF".into(),
+                }),
+                ErrorType::CorruptStaging,
+            ),
+            (
+                CopyError::Staging(StagingError::Store(store_error(
+                    StoreErrorKind::InvalidObjectState,
+                ))),
+                ErrorType::CopyFailed,
+            ),
+            (
+                CopyError::Staging(StagingError::Store(store_error(
+                    StoreErrorKind::AccessDenied,
+                ))),
+                ErrorType::AccessDenied,
+            ),
+        ];
+        for (error, want) in cases {
+            let text = error.to_string();
+            assert!(!error.is_transient(), "{text}");
+            assert_eq!(StepError::from(error).error_type, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_finalize_error_has_its_class() {
+        let registry = |kind| FinalizeError::Registry(RegistryError::Store(store_error(kind)));
+        let cases = [
+            (registry(StoreErrorKind::Throttled), ErrorType::Transient),
+            (registry(StoreErrorKind::AccessDenied), ErrorType::AccessDenied),
+            (
+                registry(StoreErrorKind::PreconditionFailed),
+                ErrorType::FinalizeFailed,
+            ),
+            (
+                FinalizeError::Staging(StagingError::Store(store_error(
+                    StoreErrorKind::Transient,
+                ))),
+                ErrorType::Transient,
+            ),
+            (
+                FinalizeError::Staging(StagingError::Corrupt {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                    reason: "EOF".into(),
+                }),
+                ErrorType::CorruptStaging,
+            ),
+            (
+                FinalizeError::CountMismatch {
+                    run_id: "r".into(),
+                    found: 1,
+                    planned: 2,
+                },
+                ErrorType::MissingFragments,
+            ),
+            (
+                FinalizeError::Fragment {
+                    shard: 0,
+                    reason: "bad meta".into(),
+                },
+                ErrorType::CorruptStaging,
+            ),
+            (
+                FinalizeError::Manifest(crate::quilt::manifest::ManifestError::DuplicateKey(
+                    "a".into(),
+                )),
+                ErrorType::FinalizeFailed,
+            ),
+            (
+                FinalizeError::Registry(RegistryError::BadPointer {
+                    bucket: "b".into(),
+                    key: ".quilt/named_packages/a/b/latest".into(),
+                }),
+                ErrorType::FinalizeFailed,
+            ),
+        ];
+        for (error, want) in cases {
+            let text = error.to_string();
+            let step = StepError::from(error);
+            assert_eq!(step.error_type, want, "{text}");
+            assert_eq!(step.message, text);
+        }
+    }
 }

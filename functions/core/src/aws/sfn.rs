@@ -1,7 +1,7 @@
 //! Starting an execution of the packaging state machine and following it: status, phase,
 //! progress (shards from the Map Run, objects and bytes from the run's staging area) and the
-//! final result or error. Used by the CLI (`--engine stepfunctions`, `status`) and the MCP
-//! server.
+//! final result or error. Used by the MCP server (`s3quilt mcp --state-machine-arn`); from a
+//! shell, `examples/step-functions-from-cli` does the same with the AWS CLI.
 //!
 //! ## Idempotent starts
 //!
@@ -10,9 +10,9 @@
 //! caller token. Step Functions treats a StartExecution with the name and input of a running
 //! execution as the same call, and refuses the name of a finished one
 //! (`ExecutionAlreadyExists`); [`start_execution`] then returns that execution. So a start
-//! retried with the same token (a lost response, a restarted CLI given the same token) never
-//! starts a second run, while a new token (the CLI makes a random one per invocation) starts a
-//! new run of the same request. Names are unique per state machine for 90 days.
+//! retried with the same token (a lost response) never starts a second run, while a new token
+//! (the MCP server makes a random one per call) starts a new run of the same request. Names
+//! are unique per state machine for 90 days.
 
 use std::sync::Arc;
 use std::time::Duration;

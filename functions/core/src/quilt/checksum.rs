@@ -323,6 +323,84 @@ mod tests {
     }
 
     #[test]
+    fn hash_type_names_round_trip_and_unknown_names_are_refused() {
+        for kind in [
+            HashType::Sha2_256Chunked,
+            HashType::Crc64Nvme,
+            HashType::Sha256Legacy,
+        ] {
+            assert_eq!(HashType::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(HashType::Sha256Legacy.as_str(), "SHA256");
+        for unknown in ["sha256", "MD5", "", "crc64nvme"] {
+            assert_eq!(HashType::parse(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn verify_checks_bytes_against_each_algorithm() {
+        // Known values: SHA-256("hello"); the chunked hash of one chunk is SHA-256 of that
+        // digest; CRC-64/NVME of "123456789" is the catalogue's check value 0xae8b14860a799888.
+        let legacy = QuiltHash {
+            kind: HashType::Sha256Legacy,
+            value: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+        };
+        assert!(legacy.verify(b"hello") && !legacy.verify(b"hellO"));
+        let chunked = QuiltHash::chunked("lZXJ35AHUUjrBoYDZd8zWEt1v/eCpRDGzUiDpBmDPVA=");
+        assert!(chunked.verify(b"hello") && !chunked.verify(b"hello "));
+        let crc = QuiltHash {
+            kind: HashType::Crc64Nvme,
+            value: "rosUhgp5mIg=".into(),
+        };
+        assert!(crc.verify(b"123456789") && !crc.verify(b"12345678"));
+        assert_eq!(hash_from_s3_crc64nvme("rosUhgp5mIg="), Ok(crc.value.clone()));
+        assert!(matches!(
+            hash_from_s3_crc64nvme("rosUhgp5mIg=-1"),
+            Err(ChecksumError::Malformed { expected_len: 8, .. })
+        ));
+        // An empty object has no chunks: its chunked hash is SHA-256 of nothing.
+        let empty = QuiltHash::chunked("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert!(empty.verify(b""));
+    }
+
+    #[test]
+    fn full_object_sha256_gives_the_quilt_hash_for_one_chunk_only() {
+        use sha2::Digest as _;
+        let digest = B64.encode(Sha256::digest(b"hello"));
+        assert_eq!(
+            hash_from_s3_full_object_sha256(5, &digest),
+            Ok("lZXJ35AHUUjrBoYDZd8zWEt1v/eCpRDGzUiDpBmDPVA=".to_string())
+        );
+        assert_eq!(
+            hash_from_s3_full_object_sha256(0, &B64.encode(Sha256::digest(b""))),
+            Ok("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".to_string())
+        );
+        assert_eq!(
+            hash_from_s3_full_object_sha256(MIN_CHUNK_SIZE + 1, &digest),
+            Err(ChecksumError::NotSingleChunk { chunks: 2 })
+        );
+        assert!(matches!(
+            hash_from_s3_full_object_sha256(5, "not base64"),
+            Err(ChecksumError::Malformed { expected_len: 32, .. })
+        ));
+    }
+
+    #[test]
+    fn chunk_size_doubles_past_ten_thousand_chunks() {
+        assert_eq!(chunk_size(0), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_count(0), 0);
+        assert_eq!(chunk_size(MIN_CHUNK_SIZE * MAX_CHUNKS), MIN_CHUNK_SIZE);
+        assert_eq!(chunk_size(MIN_CHUNK_SIZE * MAX_CHUNKS + 1), 2 * MIN_CHUNK_SIZE);
+        assert_eq!(chunk_count(MIN_CHUNK_SIZE * MAX_CHUNKS + 1), 5001);
+        assert!(!is_multipart(MIN_CHUNK_SIZE - 1) && is_multipart(MIN_CHUNK_SIZE));
+    }
+
+    #[test]
     fn part_layout_must_match_chunks() {
         let d = B64.encode([0u8; 32]);
         let size = MIN_CHUNK_SIZE + 5;

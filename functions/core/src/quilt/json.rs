@@ -680,6 +680,142 @@ mod tests {
     }
 
     #[test]
+    fn strings_escape_as_python_json_dumps() {
+        // json.loads of this text, then json.dumps with ensure_ascii=False (manifest) and with
+        // ensure_ascii=True and compact separators (top hash), as Python 3 prints them.
+        let v = Json::parse(r#""\/\b\f\n\r\t\"\\\u00e9\ud83d\ude00\u0001\u007f""#).unwrap();
+        assert_eq!(
+            v.as_str(),
+            Some("/\u{8}\u{c}\n\r\t\"\\é😀\u{1}\u{7f}"),
+            "escapes decode, surrogate pairs join"
+        );
+        assert_eq!(
+            v.to_manifest_string(),
+            "\"/\\b\\f\\n\\r\\t\\\"\\\\é😀\\u0001\u{7f}\""
+        );
+        assert_eq!(
+            v.to_hash_string(),
+            r#""/\b\f\n\r\t\"\\\u00e9\ud83d\ude00\u0001\u007f""#
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_byte_offset_and_the_problem() {
+        let cases: [(&str, usize, &str); 18] = [
+            ("", 0, "unexpected end of input"),
+            ("@", 0, "unexpected character"),
+            ("nul", 0, "unknown literal"),
+            ("[1 2]", 3, "expected ',' or ']' in array"),
+            ("{1: 2}", 1, "expected a string key in object"),
+            (r#"{"a" 1}"#, 5, "expected ':' after object key"),
+            (r#"{"a": 1 "b"}"#, 8, "expected ',' or '}' in object"),
+            ("-x", 1, "expected a digit"),
+            ("1.", 2, "expected a digit after '.'"),
+            ("1e+", 3, "expected a digit in the exponent"),
+            (r#""abc"#, 4, "unterminated string"),
+            (r#""\x""#, 3, "invalid escape"),
+            (r#""\"#, 2, "truncated escape"),
+            (r#""\u12""#, 3, "truncated \\u escape"),
+            (r#""\u12zz""#, 3, "invalid \\u escape"),
+            (r#""\ud800x""#, 7, "lone high surrogate in string"),
+            (
+                r#""\ud800\u0041""#,
+                13,
+                "high surrogate not followed by a low one",
+            ),
+            (r#""\udc00""#, 7, "lone low surrogate in string"),
+        ];
+        for (text, offset, reason) in cases {
+            assert_eq!(
+                Json::parse(text),
+                Err(JsonError::Syntax {
+                    offset,
+                    reason: reason.to_string()
+                }),
+                "{text}"
+            );
+        }
+        let err = Json::parse("[1 2]").unwrap_err().to_string();
+        assert_eq!(err, "invalid JSON at byte 3: expected ',' or ']' in array");
+    }
+
+    #[test]
+    fn nesting_is_limited_to_512_levels() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(Json::parse(&nested(513)).is_ok(), "512 levels below the top");
+        assert_eq!(Json::parse(&nested(514)), Err(JsonError::TooDeep(512)));
+        let objects = format!("{}1{}", r#"{"a": "#.repeat(600), "}".repeat(600));
+        assert_eq!(Json::parse(&objects), Err(JsonError::TooDeep(512)));
+    }
+
+    #[test]
+    fn accessors_answer_only_for_their_own_type() {
+        let values = [
+            (Json::Null, "null"),
+            (Json::Bool(false), "boolean"),
+            (Json::int(-3), "number"),
+            (Json::Float(0.5), "number"),
+            (Json::str("x"), "string"),
+            (Json::Array(vec![]), "array"),
+            (Json::Object(JsonObject::new()), "object"),
+        ];
+        for (value, name) in &values {
+            assert_eq!(value.type_name(), *name, "{value:?}");
+            assert_eq!(value.as_object().is_some(), *name == "object", "{value:?}");
+            assert_eq!(value.as_str().is_some(), *name == "string", "{value:?}");
+        }
+        assert_eq!(Json::int(7).as_u64(), Some(7));
+        assert_eq!(Json::int(-7).as_u64(), None, "negative");
+        assert_eq!(
+            Json::parse("18446744073709551616").unwrap().as_u64(),
+            None,
+            "beyond u64"
+        );
+        assert_eq!(Json::Float(7.0).as_u64(), None, "a float is not a size");
+        assert_eq!(Json::float(f64::NAN), None);
+        assert_eq!(Json::float(f64::INFINITY), None);
+        assert_eq!(Json::float(2.5), Some(Json::Float(2.5)));
+    }
+
+    #[test]
+    fn objects_keep_insertion_order_through_edits() {
+        let mut o: JsonObject = [("b".to_string(), Json::int(1)), ("a".to_string(), Json::int(2))]
+            .into_iter()
+            .collect();
+        assert!(!o.is_empty() && o.len() == 2 && o.contains_key("a"));
+        o.insert("b", Json::int(3));
+        assert_eq!(o.remove("a"), Some(Json::int(2)));
+        assert_eq!(o.remove("a"), None);
+        o.insert("c", Json::Null);
+        let v = Json::from(o);
+        assert_eq!(v.to_manifest_string(), r#"{"b": 3, "c": null}"#);
+        assert_eq!(v.to_hash_string(), r#"{"b":3,"c":null}"#);
+        assert!(JsonObject::new().is_empty());
+    }
+
+    #[test]
+    fn serde_values_convert_both_ways() {
+        let value = serde_json::json!({
+            "z": [null, true, false, -5, 18446744073709551615u64, 1.5, "é"],
+            "a": {"nested": {}}
+        });
+        let json = Json::from_serde(&value);
+        // Keys keep the order they were given in (serde_json's `preserve_order`), as quilt3
+        // writes user metadata; u64 beyond i64 stays exact.
+        assert_eq!(
+            json.to_manifest_string(),
+            r#"{"z": [null, true, false, -5, 18446744073709551615, 1.5, "é"], "a": {"nested": {}}}"#
+        );
+        assert_eq!(json.to_serde(), value);
+        // Integers beyond 64 bits become floats for display only.
+        let big = Json::parse("[-1180591620717411303424, 1180591620717411303424]").unwrap();
+        assert_eq!(
+            big.to_serde(),
+            serde_json::json!([-1.1805916207174113e21, 1.1805916207174113e21])
+        );
+    }
+
+    #[test]
     fn big_integers_and_negative_zero() {
         let v = Json::parse("[18446744073709551616, -0, -1180591620717411303424]").unwrap();
         assert_eq!(

@@ -422,4 +422,168 @@ mod tests {
             ManifestError::Key { line: 2, .. }
         ));
     }
+
+    const HEADER: &str = "{\"version\": \"v0\", \"message\": null}";
+
+    fn entry_line(hash: &str, meta: &str) -> String {
+        format!(
+            "{{\"logical_key\": \"a.txt\", \"physical_keys\": [\"s3://b/a.txt\"], \"size\": 3, \"hash\": {hash}, \"meta\": {meta}}}"
+        )
+    }
+
+    fn shape_reason(text: &str) -> (usize, String) {
+        match Manifest::parse(text) {
+            Err(ManifestError::Shape { line, reason }) => (line, reason),
+            other => panic!("expected a shape error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_with_a_bad_hash_or_meta_are_refused_naming_line_and_field() {
+        let good_hash = "{\"type\": \"SHA256\", \"value\": \"ab\"}";
+        for hash in [
+            "{\"type\": \"MD5\", \"value\": \"ab\"}",
+            "{\"type\": \"SHA256\"}",
+            "\"SHA256:ab\"",
+        ] {
+            let text = format!("{HEADER}\n{}\n", entry_line(hash, "{}"));
+            let (line, reason) = shape_reason(&text);
+            assert_eq!(line, 2);
+            assert!(
+                reason.contains("\"a.txt\"") && reason.contains("`hash` must be"),
+                "{reason}"
+            );
+        }
+        let text = format!("{HEADER}\n\n{}\n", entry_line(good_hash, "[1]"));
+        assert_eq!(
+            shape_reason(&text),
+            (
+                3,
+                "entry \"a.txt\": `meta` is a array, not an object".to_string()
+            ),
+            "blank lines still count"
+        );
+        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [1], \"size\": 1, \"hash\": {good_hash}}}\n");
+        assert!(shape_reason(&text).1.contains("must be strings"));
+        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [], \"size\": 1, \"hash\": {good_hash}}}\n");
+        assert!(shape_reason(&text).1.contains("non-empty `physical_keys`"));
+        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": -1, \"hash\": {good_hash}}}\n");
+        assert!(shape_reason(&text).1.contains("non-negative integer `size`"));
+        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": 1}}\n");
+        assert!(shape_reason(&text).1.contains("has no `hash`"));
+    }
+
+    #[test]
+    fn missing_or_null_meta_reads_and_writes_as_an_empty_object() {
+        let hash = "{\"type\": \"SHA256\", \"value\": \"ab\"}";
+        let null_meta = format!("{HEADER}\n{}\n", entry_line(hash, "null"));
+        let manifest = Manifest::parse(&null_meta).unwrap();
+        assert!(manifest.entries[0].meta.is_empty());
+        assert_eq!(
+            manifest.to_jsonl().unwrap(),
+            format!("{HEADER}\n{}\n", entry_line(hash, "{}"))
+        );
+        let no_meta = format!(
+            "{HEADER}\n{{\"logical_key\": \"a.txt\", \"physical_keys\": [\"s3://b/a.txt\"], \"size\": 3, \"hash\": {hash}}}\n"
+        );
+        assert_eq!(Manifest::parse(&no_meta).unwrap(), manifest);
+        assert_eq!(manifest.entries[0].hash().kind, HashType::Sha256Legacy);
+    }
+
+    #[test]
+    fn header_and_entries_must_be_objects() {
+        assert_eq!(
+            shape_reason("[\"v0\"]\n"),
+            (
+                1,
+                "the package header must be an object, not a array".to_string()
+            )
+        );
+        assert_eq!(
+            shape_reason(&format!("{HEADER}\n\"a.txt\"\n")),
+            (2, "an entry must be an object, not a string".to_string())
+        );
+        assert!(matches!(
+            Manifest::parse("{\"version\": \n"),
+            Err(ManifestError::Json { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn obsolete_top_hash_and_directory_lines_are_kept_as_quilt3_keeps_them() {
+        let text = "{\"version\": \"v0\", \"top_hash\": {\"alg\": \"v0\", \"value\": \"x\"}, \"message\": \"m\"}\n\
+            {\"logical_key\": \"d/\", \"meta\": {\"k\": 1}}\n";
+        let manifest = Manifest::parse(text).unwrap();
+        assert_eq!(manifest.header.message(), Some("m"));
+        assert!(!manifest.header.as_object().contains_key("top_hash"));
+        assert_eq!(manifest.header.user_meta(), None);
+        assert_eq!(manifest.directories.len(), 1);
+        assert_eq!(
+            manifest.to_jsonl().unwrap(),
+            "{\"version\": \"v0\", \"message\": \"m\"}\n{\"logical_key\": \"d/\", \"meta\": {\"k\": 1}}\n"
+        );
+    }
+
+    #[test]
+    fn records_quilt3_cannot_read_are_refused_naming_the_record() {
+        let long = "x".repeat(MAX_LINE_BYTES);
+        let header = PackageHeader::new(Some(&long), None);
+        let err = Manifest::new(header, vec![]).unwrap().to_jsonl().unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::LineTooLong { what, bytes } if what == "the package header" && *bytes > MAX_LINE_BYTES),
+            "{err}"
+        );
+
+        let mut manifest = Manifest::new(PackageHeader::new(None, None), vec![]).unwrap();
+        manifest.directories.push(DirectoryMeta {
+            logical_key: "d/".into(),
+            meta: Json::str(long.clone()),
+        });
+        let err = manifest.to_jsonl().unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::LineTooLong { what, .. } if what == "directory \"d/\""),
+            "{err}"
+        );
+
+        let mut meta = JsonObject::new();
+        meta.insert("user_meta", Json::str(long.clone()));
+        let hash = QuiltHash::chunked("AAAA");
+        let entry = |meta| ManifestEntry::new("a".parse().unwrap(), "s3://b/a".into(), 1, &hash, meta);
+        let err = Manifest::new(PackageHeader::new(None, None), vec![entry(meta)])
+            .unwrap()
+            .to_jsonl()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::LineTooLong { what, .. } if what == "entry \"a\""),
+            "{err}"
+        );
+        assert!(err.to_string().contains("under 1000000 bytes"), "{err}");
+        // One byte under the limit is accepted.
+        let mut meta = JsonObject::new();
+        let line_without_value = entry(JsonObject::new()).to_line().len() + "\"user_meta\": \"\"".len();
+        meta.insert(
+            "user_meta",
+            Json::str("y".repeat(MAX_LINE_BYTES - 1 - line_without_value)),
+        );
+        let line = entry(meta.clone()).to_line();
+        assert_eq!(line.len(), MAX_LINE_BYTES - 1);
+        assert!(Manifest::new(PackageHeader::new(None, None), vec![entry(meta)])
+            .unwrap()
+            .to_jsonl()
+            .is_ok());
+    }
+
+    #[test]
+    fn duplicate_logical_keys_are_refused() {
+        let hash = QuiltHash::chunked("AAAA");
+        let entry = |pk: &str| {
+            ManifestEntry::new("a/b".parse().unwrap(), pk.into(), 1, &hash, JsonObject::new())
+        };
+        let err = Manifest::new(
+            PackageHeader::new(None, None),
+            vec![entry("s3://b/1"), entry("s3://b/2")],
+        )
+        .unwrap_err();
+        assert!(matches!(&err, ManifestError::DuplicateKey(k) if k == "a/b"), "{err}");
+    }
 }

@@ -222,6 +222,29 @@ mod tests {
     }
 
     #[test]
+    fn logical_keys_split_into_parts_and_a_base_name() {
+        let key: LogicalKey = "a/b c/d.csv".parse().unwrap();
+        assert_eq!(key.parts().collect::<Vec<_>>(), ["a", "b c", "d.csv"]);
+        assert_eq!(key.base_name(), "d.csv");
+        let top: LogicalKey = "top.txt".parse().unwrap();
+        assert_eq!(top.base_name(), "top.txt");
+        assert_eq!(
+            serde_json::to_value(&key).unwrap(),
+            serde_json::json!("a/b c/d.csv")
+        );
+        assert!(serde_json::from_value::<LogicalKey>(serde_json::json!("/a")).is_err());
+        for (bad, why) in [
+            ("", "it is empty"),
+            ("/a", "it starts with `/`"),
+            ("a/", "it ends with `/`"),
+            ("./a", "it has a `.` path part"),
+        ] {
+            let err = bad.parse::<LogicalKey>().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn package_name_parts() {
         let n: PackageName = "tëam/pkg-2".parse().unwrap();
         assert_eq!((n.namespace(), n.name()), ("tëam", "pkg-2"));

@@ -152,3 +152,50 @@ impl FromStr for PhysicalKey {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_quilt3_writes_parse_back_to_bucket_key_and_version() {
+        let key = PhysicalKey::new("b", "a b/ü#1+2.csv", Some("v 1/+=".into()));
+        let url = key.to_string();
+        assert_eq!(url, "s3://b/a%20b/%C3%BC%231%2B2.csv?versionId=v+1%2F%2B%3D");
+        assert_eq!(url.parse::<PhysicalKey>().unwrap(), key);
+        let bare: PhysicalKey = "s3://b".parse().unwrap();
+        assert_eq!((bare.key.as_str(), bare.version_id), ("", None));
+        let fragment: PhysicalKey = "s3://b/k#frag".parse().unwrap();
+        assert_eq!(fragment.key, "k", "a raw `#` starts a fragment");
+        let plus: PhysicalKey = "s3://b/a+b".parse().unwrap();
+        assert_eq!(plus.key, "a+b", "`+` is a space only in the query");
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_with_the_reason() {
+        let err = |url: &str| url.parse::<PhysicalKey>().unwrap_err();
+        assert_eq!(
+            err("https://b/k"),
+            PhysicalKeyError::NotS3 {
+                url: "https://b/k".into(),
+                reason: "it does not start with s3://".into()
+            }
+        );
+        assert!(matches!(err("s3:///k"), PhysicalKeyError::NotS3 { reason, .. } if reason == "the bucket is empty"));
+        assert_eq!(
+            err("s3://b/k?versionId=1&partNumber=2"),
+            PhysicalKeyError::UnknownQuery {
+                url: "s3://b/k?versionId=1&partNumber=2".into(),
+                param: "partNumber".into()
+            }
+        );
+        for url in ["s3://b/%FF", "s3://b/k?versionId=%C3", "s3://b/k?%FF=1"] {
+            assert_eq!(
+                err(url),
+                PhysicalKeyError::Encoding { url: url.into() },
+                "{url}"
+            );
+        }
+        assert!(err("s3://b/%FF").to_string().contains("UTF-8"));
+    }
+}

@@ -322,4 +322,32 @@ mod tests {
             "2^11 alternatives are refused"
         );
     }
+
+    #[test]
+    fn escapes_and_classes_inside_braces_and_classes_are_literal() {
+        // An escaped `,` or `}` inside braces does not split or close them.
+        assert!(m("{a\\,b,c}", "a,b") && m("{a\\,b,c}", "c") && !m("{a\\,b,c}", "a"));
+        assert!(m("{x\\}}", "x}"));
+        // A class inside braces keeps its `,` and `}`.
+        assert!(m("{[,}]x,y}", ",x") && m("{[,}]x,y}", "}x") && m("{[,}]x,y}", "y"));
+        // Escapes inside a class, also as a range end.
+        assert!(m("[\\]]", "]") && !m("[\\]]", "\\"));
+        assert!(m("[a-\\z]", "m") && !m("[a-\\z]", "A"));
+        assert!(m("[\\!a]", "!"), "an escaped `!` is not a negation");
+        // A `-` first or last in a class is literal.
+        assert!(m("[-a]", "-") && m("[a-]", "-") && !m("[a-]", "b"));
+        for bad in ["[a-\\", "[\\", "{a,[b}"] {
+            assert!(Glob::new(bad).is_err(), "{bad}");
+        }
+        let err = Glob::new("[z-a]").unwrap_err();
+        assert_eq!(err, "the range `z-a` is backwards");
+        assert_eq!(Glob::new("{a").unwrap_err(), "a `{` is not closed by `}`");
+    }
+
+    #[test]
+    fn separators_are_seen_in_any_alternative() {
+        assert!(!Glob::new("*.csv").unwrap().has_separator());
+        assert!(Glob::new("{a,b/c}").unwrap().has_separator());
+        assert!(Glob::new("a/*").unwrap().has_separator());
+    }
 }

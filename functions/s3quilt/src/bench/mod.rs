@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Skip quilt3 (e.g. for very large runs); quilt3_s is then null.
     #[arg(long)]
     pub no_quilt3: bool,
+    /// s3quilt runs to time, by `--object-metadata` mode: `full` (the default mode: a HEAD
+    /// beside each copy) and `listing` (no HEAD: one request per object).
+    #[arg(long, value_name = "MODE,..", value_delimiter = ',', default_values_t = [String::from("full"), String::from("listing")])]
+    pub s3quilt_modes: Vec<String>,
     /// After the table, print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -249,38 +253,47 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .cloned()
         .context("no floor concurrency given")?;
 
-    // (2) s3quilt, end to end, as a child process.
+    // (2) s3quilt, end to end, as a child process, once per metadata mode.
     let exe = std::env::current_exe().context("locating the s3quilt executable")?;
-    let mut cmd = Command::new(&exe);
-    cmd.args([
-        "create",
-        &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
-        "bench/s3quilt",
-        "--registry",
-        &format!("s3://{S3QUILT_REGISTRY}"),
-        "--message",
-        "bench",
-        "--json",
-        "--endpoint-url",
-        &endpoint,
-        "--concurrency",
-        &best_conc.to_string(),
-    ]);
-    apply_env(&mut cmd, &endpoint, dir.path());
-    eprintln!("bench: s3quilt create at concurrency {best_conc}");
-    let before = proxy.counts();
-    let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
-    let ours_requests = diff(&before, &proxy.counts());
-    let ours_phases = Phases::from_log(&proxy.log_since(ours.started), &ours);
-    let outcome: serde_json::Value = serde_json::from_str(&ours.stdout)
-        .with_context(|| format!("s3quilt create printed no JSON:\n{}", ours.stdout))?;
-    let packaged = outcome["package"]["objects"].as_u64();
-    if packaged != Some(u64::from(args.objects)) {
-        bail!(
-            "s3quilt packaged {packaged:?} objects, expected {}:\n{}",
-            args.objects,
-            ours.stdout
-        );
+    let mut ours_runs: Vec<(String, Measured, Counts, Phases)> = Vec::new();
+    for mode in &args.s3quilt_modes {
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "create",
+            &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
+            &format!("bench/s3quilt-{mode}"),
+            "--registry",
+            &format!("s3://{S3QUILT_REGISTRY}"),
+            "--message",
+            "bench",
+            "--json",
+            "--endpoint-url",
+            &endpoint,
+            "--concurrency",
+            &best_conc.to_string(),
+            "--object-metadata",
+            mode,
+        ]);
+        apply_env(&mut cmd, &endpoint, dir.path());
+        eprintln!("bench: s3quilt create --object-metadata {mode} at concurrency {best_conc}");
+        let before = proxy.counts();
+        let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
+        let requests = diff(&before, &proxy.counts());
+        let phases = Phases::from_log(&proxy.log_since(ours.started), &ours);
+        let outcome: serde_json::Value = serde_json::from_str(&ours.stdout)
+            .with_context(|| format!("s3quilt create printed no JSON:\n{}", ours.stdout))?;
+        let packaged = outcome["package"]["objects"].as_u64();
+        if packaged != Some(u64::from(args.objects)) {
+            bail!(
+                "s3quilt packaged {packaged:?} objects, expected {}:\n{}",
+                args.objects,
+                ours.stdout
+            );
+        }
+        ours_runs.push((mode.clone(), ours, requests, phases));
+    }
+    if ours_runs.is_empty() {
+        bail!("--s3quilt-modes is empty: give full, listing or both");
     }
 
     // (3) quilt3 8.0.0: set_dir + push to another registry.
@@ -334,12 +347,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         peak_rss: None,
         requests: floor_requests,
     };
-    let ours_row = Row {
-        name: format!("s3quilt (c={best_conc})"),
-        seconds: ours.wall.as_secs_f64(),
-        peak_rss: Some(ours.peak_rss),
-        requests: ours_requests,
-    };
+    let ours_rows: Vec<Row> = ours_runs
+        .iter()
+        .map(|(mode, measured, requests, _)| Row {
+            name: format!("s3quilt {mode} (c={best_conc})"),
+            seconds: measured.wall.as_secs_f64(),
+            peak_rss: Some(measured.peak_rss),
+            requests: requests.clone(),
+        })
+        .collect();
+    // The first mode given (by default `full`, s3quilt's default) is the headline figure.
+    let ours_row = &ours_rows[0];
+    let peak_rss = ours_runs
+        .iter()
+        .map(|(_, m, _, _)| m.peak_rss)
+        .max()
+        .unwrap_or(0);
     let ratio_floor = ours_row.seconds / floor.seconds;
     let ratio_quilt3 = quilt3_row.as_ref().map(|q| q.seconds / ours_row.seconds);
 
@@ -364,7 +387,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "", "wall s", "objects/s", "MB/s", "peak RSS MB", "requests"
     );
     for row in std::iter::once(&floor)
-        .chain(std::iter::once(&ours_row))
+        .chain(&ours_rows)
         .chain(quilt3_row.as_ref())
     {
         println!(
@@ -379,10 +402,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             total(&row.requests)
         );
     }
-    println!("s3quilt / floor:   {ratio_floor:.2}");
-    match ratio_quilt3 {
-        Some(r) => println!("quilt3 / s3quilt:  {r:.2}"),
-        None => println!("quilt3 / s3quilt:  n/a (--no-quilt3)"),
+    for row in &ours_rows {
+        let name = row.name.split(" (").next().unwrap_or(&row.name);
+        println!("{name} / floor: {:.2}", row.seconds / floor.seconds);
+        match &quilt3_row {
+            Some(q) => println!("quilt3 / {name}: {:.2}", q.seconds / row.seconds),
+            None => println!("quilt3 / {name}: n/a (--no-quilt3)"),
+        }
     }
     let by_op = |c: &Counts| {
         c.iter()
@@ -390,11 +416,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("requests, s3quilt: {}", by_op(&ours_row.requests));
+    for row in &ours_rows {
+        println!("requests, {}: {}", row.name, by_op(&row.requests));
+    }
     if let Some(q) = &quilt3_row {
         println!("requests, quilt3:  {}", by_op(&q.requests));
     }
-    println!("phases, s3quilt: {}", ours_phases.describe(args.latency_ms));
+    for (mode, _, _, phases) in &ours_runs {
+        println!(
+            "phases, s3quilt {mode}: {}",
+            phases.describe(args.latency_ms)
+        );
+    }
     if let Some(p) = &quilt3_phases {
         println!("phases, quilt3:  {}", p.describe(args.latency_ms));
     }
@@ -422,17 +455,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "floor_concurrency": best_conc,
             "floor_sweep": sweep.iter().map(|(c, s, _)| json!({"concurrency": c, "seconds": s})).collect::<Vec<_>>(),
             "s3quilt_s": ours_row.seconds,
+            "s3quilt_mode": ours_runs[0].0,
+            "s3quilt_runs": ours_runs.iter().zip(&ours_rows).map(|((mode, _, _, phases), row)| json!({
+                "object_metadata": mode,
+                "seconds": row.seconds,
+                "over_floor": row.seconds / floor.seconds,
+                "quilt3_over": quilt3_row.as_ref().map(|q| q.seconds / row.seconds),
+                "peak_rss_mb": row.peak_rss.map(mb),
+                "requests": total(&row.requests),
+                "requests_by_op": row.requests,
+                "phases": phases.to_json(),
+            })).collect::<Vec<_>>(),
             "quilt3_s": quilt3_row.as_ref().map(|q| q.seconds),
             "quilt3_process_s": quilt3_process_s,
             "quilt3_version": quilt3_version,
-            "peak_rss_mb": mb(ours.peak_rss),
+            "peak_rss_mb": mb(peak_rss),
             "quilt3_peak_rss_mb": quilt3_row.as_ref().and_then(|q| q.peak_rss).map(mb),
             "s3quilt_over_floor": ratio_floor,
             "quilt3_over_s3quilt": ratio_quilt3,
             "floor": row_json(&floor),
-            "s3quilt": row_json(&ours_row),
+            "s3quilt": row_json(ours_row),
             "quilt3": quilt3_row.as_ref().map(row_json),
-            "s3quilt_phases": ours_phases.to_json(),
+            "s3quilt_phases": ours_runs[0].3.to_json(),
             "quilt3_phases": quilt3_phases.as_ref().map(Phases::to_json),
         });
         println!("{doc}");

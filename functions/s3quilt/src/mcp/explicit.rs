@@ -257,6 +257,7 @@ pub async fn request_for(
     request.description = params.description.clone();
     request.metadata = params.metadata.clone().map(serde_json::Value::Object);
     request.overwrite_existing = params.overwrite_existing;
+    request.object_metadata = params.object_metadata.map(Into::into).unwrap_or_default();
     request.dry_run = params.dry_run;
     Ok(request)
 }

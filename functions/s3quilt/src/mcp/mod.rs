@@ -36,7 +36,7 @@ pub struct McpArgs {
     /// inside the server (its endpoint: $AWS_ENDPOINT_URL_SFN or $AWS_ENDPOINT_URL).
     #[arg(long, value_name = "ARN", env = "S3QUILT_STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
-    /// Objects copied at once by a local run.
+    /// S3 requests in flight at once in a local run (a copy and the HEAD beside it are two).
     #[arg(long, value_name = "N", default_value_t = default_concurrency(), env = "S3QUILT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 }

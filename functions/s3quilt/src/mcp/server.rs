@@ -121,6 +121,28 @@ fn run_summary(view: &RunView) -> String {
     }
 }
 
+/// The request `package_create_from_s3`'s arguments describe, written to `registry`.
+fn from_s3_request(p: CreateFromS3Params, registry: &str) -> PackageRequest {
+    let mut request = PackageRequest::new(
+        &p.source_bucket,
+        &p.source_prefix,
+        &p.package_name,
+        registry,
+    );
+    request.target_bucket = p.target_bucket;
+    request.description = p.description;
+    request.include_patterns = p.include_patterns;
+    request.exclude_patterns = p.exclude_patterns;
+    request.preserve_structure = p.preserve_structure;
+    request.metadata = p.metadata.map(serde_json::Value::Object);
+    request.copy = p.copy;
+    request.hash_type = p.hash_type.map(Into::into);
+    request.overwrite_existing = p.overwrite_existing;
+    request.object_metadata = p.object_metadata.map(Into::into).unwrap_or_default();
+    request.dry_run = p.dry_run;
+    request
+}
+
 fn wait(seconds: u32) -> Duration {
     Duration::from_secs(seconds.min(MAX_WAIT_SECONDS).into())
 }
@@ -495,23 +517,9 @@ impl S3QuiltServer {
                 Err(e) => return failure(e),
             },
         };
-        let mut request = PackageRequest::new(
-            &p.source_bucket,
-            &p.source_prefix,
-            &p.package_name,
-            &registry,
-        );
-        request.target_bucket = p.target_bucket;
-        request.description = p.description;
-        request.include_patterns = p.include_patterns;
-        request.exclude_patterns = p.exclude_patterns;
-        request.preserve_structure = p.preserve_structure;
-        request.metadata = p.metadata.map(serde_json::Value::Object);
-        request.copy = p.copy;
-        request.hash_type = p.hash_type.map(Into::into);
-        request.overwrite_existing = p.overwrite_existing;
-        request.dry_run = p.dry_run;
-        self.create(request, p.wait_seconds, ctx).await
+        let wait_seconds = p.wait_seconds;
+        self.create(from_s3_request(p, &registry), wait_seconds, ctx)
+            .await
     }
 
     /// Package listed S3 objects and folders (all in one bucket) as a Quilt package version,
@@ -663,5 +671,89 @@ impl ServerHandler for S3QuiltServer {
                     ),
             )
             .with_instructions(INSTRUCTIONS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use s3quilt_core::quilt::HashType;
+    use s3quilt_core::request::ObjectMetadata;
+    use serde_json::json;
+
+    use super::*;
+    use crate::mcp::types::ObjectMetadataParam;
+
+    fn params<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn from_s3_arguments_map_to_the_request() {
+        let defaults: CreateFromS3Params =
+            params(json!({"source_bucket": "src", "package_name": "team/pkg"}));
+        assert_eq!(
+            from_s3_request(defaults, "reg"),
+            PackageRequest::new("src", "", "team/pkg", "reg")
+        );
+        let p: CreateFromS3Params = params(json!({
+            "source_bucket": "s3://src", "source_prefix": "data/", "package_name": "team/pkg",
+            "target_bucket": "copies", "description": "d", "include_patterns": ["*.csv"],
+            "exclude_patterns": ["tmp/"], "preserve_structure": false, "metadata": {"k": 1},
+            "copy": false, "hash_type": "CRC64NVME", "overwrite_existing": true,
+            "object_metadata": "listing", "dry_run": true, "wait_seconds": 3
+        }));
+        let mut expected = PackageRequest::new("s3://src", "data/", "team/pkg", "reg");
+        expected.target_bucket = Some("copies".into());
+        expected.description = Some("d".into());
+        expected.include_patterns = vec!["*.csv".into()];
+        expected.exclude_patterns = vec!["tmp/".into()];
+        expected.preserve_structure = false;
+        expected.metadata = Some(json!({"k": 1}));
+        expected.copy = false;
+        expected.hash_type = Some(HashType::Crc64Nvme);
+        expected.overwrite_existing = true;
+        expected.object_metadata = ObjectMetadata::Listing;
+        expected.dry_run = true;
+        assert_eq!(from_s3_request(p, "reg"), expected);
+        let full: CreateFromS3Params = params(json!({
+            "source_bucket": "src", "package_name": "team/pkg", "object_metadata": "full"
+        }));
+        assert_eq!(full.object_metadata, Some(ObjectMetadataParam::Full));
+        assert_eq!(
+            from_s3_request(full, "reg").object_metadata,
+            ObjectMetadata::Full
+        );
+        let bad = serde_json::from_value::<CreateFromS3Params>(json!({
+            "source_bucket": "src", "package_name": "team/pkg", "object_metadata": "none"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("`full`") && bad.contains("`listing`"), "{bad}");
+        let explicit: CreateParams = params(json!({
+            "package_name": "team/pkg", "entries": [{"source": "s3://b/x.csv"}],
+            "object_metadata": "listing"
+        }));
+        assert_eq!(explicit.object_metadata, Some(ObjectMetadataParam::Listing));
+    }
+
+    #[test]
+    fn object_metadata_is_in_both_create_schemas() {
+        for schema in [
+            input_schema::<CreateFromS3Params>(),
+            input_schema::<CreateParams>(),
+        ] {
+            let schema = serde_json::Value::Object((*schema).clone());
+            let property = &schema["properties"]["object_metadata"];
+            let description = property["description"].as_str().unwrap_or_default();
+            assert!(
+                description.contains("`listing`") && description.contains("one S3 request"),
+                "{property}"
+            );
+            let text = schema.to_string();
+            assert!(
+                text.contains("\"full\"") && text.contains("\"listing\""),
+                "{text}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::JsonObject;
 use s3quilt_core::engine::{Phase, ProgressSnapshot};
 use s3quilt_core::quilt::HashType;
+use s3quilt_core::request::ObjectMetadata;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,27 @@ impl From<HashTypeParam> for HashType {
     }
 }
 
+/// How much of each source object's S3 metadata an entry's `meta.s3` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectMetadataParam {
+    /// Source version, ETag, last-modified, storage class, content type and user metadata
+    /// (`x-amz-meta-*`), read by a HEAD request beside each copy.
+    Full,
+    /// The same without content type and user metadata (only what the listing and the copy
+    /// return): one S3 request per copied object instead of two. The copies keep both.
+    Listing,
+}
+
+impl From<ObjectMetadataParam> for ObjectMetadata {
+    fn from(value: ObjectMetadataParam) -> Self {
+        match value {
+            ObjectMetadataParam::Full => ObjectMetadata::Full,
+            ObjectMetadataParam::Listing => ObjectMetadata::Listing,
+        }
+    }
+}
+
 /// Arguments of `package_create_from_s3`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +181,13 @@ pub struct CreateFromS3Params {
     /// `namespace/name/` (otherwise such a run is refused before anything is written).
     #[serde(default)]
     pub overwrite_existing: bool,
+    /// What each entry's `meta.s3` records about its source object: `full` (default: version,
+    /// ETag, last-modified, storage class, content type and user metadata) or `listing`
+    /// (without content type and user metadata; one S3 request per copied object instead of
+    /// two, for large packages).
+    #[serde(default)]
+    #[schemars(example = &"listing")]
+    pub object_metadata: Option<ObjectMetadataParam>,
     /// Plan only: list and select, report counts, bytes and the first logical keys exactly as
     /// a real run would write them; write nothing.
     #[serde(default)]
@@ -216,6 +245,13 @@ pub struct CreateParams {
     /// On an unversioned target bucket, allow replacing keys that already exist.
     #[serde(default)]
     pub overwrite_existing: bool,
+    /// What each entry's `meta.s3` records about its source object: `full` (default: version,
+    /// ETag, last-modified, storage class, content type and user metadata) or `listing`
+    /// (without content type and user metadata; one S3 request per copied object instead of
+    /// two, for large packages).
+    #[serde(default)]
+    #[schemars(example = &"listing")]
+    pub object_metadata: Option<ObjectMetadataParam>,
     /// Plan only; write nothing.
     #[serde(default)]
     pub dry_run: bool,
