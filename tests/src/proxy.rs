@@ -76,7 +76,7 @@ pub enum Select {
 /// A fault rule.
 #[derive(Debug, Clone)]
 pub struct ProxyRule {
-    /// The operation (see [`classify`]); `"*"` matches all.
+    /// The operation (as `classify` names it); `"*"` matches all.
     pub operation: &'static str,
     /// Which calls.
     pub select: Select,

@@ -200,9 +200,10 @@ pub async fn run_local(
     progress
         .bytes_total
         .store(planned.summary.bytes, Ordering::Relaxed);
+    let (summary, staged, shards) = (planned.summary, planned.staged, planned.shards);
     let Some(run) = planned.run else {
         progress.set_phase(Phase::Succeeded);
-        return Ok(RunOutcome::Planned(planned.summary));
+        return Ok(RunOutcome::Planned(summary));
     };
 
     progress.set_phase(Phase::Copying);
@@ -213,21 +214,19 @@ pub async fn run_local(
         let progress = progress.clone();
         move |bytes: u64| progress.object_done(bytes)
     };
-    let mut results = futures::stream::iter(planned.shards.iter().map(|shard| {
+    let mut results = futures::stream::iter(shards.iter().map(|shard| {
         let (store, run, copy_options, on_object) =
             (store.as_ref(), &run, &copy_options, &on_object);
         async move { copy_objects(store, run, shard, copy_options, on_object).await }
     }))
     .buffer_unordered(options.shard_concurrency.max(1));
     let mut failure: Option<CopyError> = None;
+    // What a failed run created: the failing shards' objects here, the others' in `fragments`.
     let mut created: Vec<WrittenObject> = Vec::new();
-    let mut fragments: Vec<ManifestFragment> = Vec::with_capacity(planned.shards.len());
+    let mut fragments: Vec<ManifestFragment> = Vec::with_capacity(shards.len());
     while let Some(result) = results.next().await {
         match result {
-            Ok(fragment) => {
-                created.extend(fragment.created.iter().cloned());
-                fragments.push(fragment);
-            }
+            Ok(fragment) => fragments.push(fragment),
             Err((error, partial)) => {
                 created.extend(partial);
                 failure = Some(error);
@@ -246,9 +245,12 @@ pub async fn run_local(
         }
     }
     drop(results);
+    // The shards are done with; the manifest is what memory is for from here on.
+    drop(shards);
     if let Some(error) = failure {
         progress.set_phase(Phase::RollingBack);
-        let report = rollback_known(store.as_ref(), &run, created, &planned.staged).await;
+        created.extend(fragments.into_iter().flat_map(|f| f.created));
+        let report = rollback_known(store.as_ref(), &run, created, &staged).await;
         progress.set_phase(Phase::Failed);
         return Err(EngineError::Copy {
             error,
@@ -257,21 +259,27 @@ pub async fn run_local(
     }
 
     progress.set_phase(Phase::Finalizing);
+    // Rollback after a failed finalize needs every created object; the entries do not.
+    created.extend(
+        fragments
+            .iter_mut()
+            .flat_map(|f| std::mem::take(&mut f.created)),
+    );
     match finalize_fragments(store.clone(), &run, fragments).await {
         Ok(package) => {
             // The version stands; staging leftovers are only litter, reported not fatal.
-            for leftover in remove_staged(store.as_ref(), &run, &planned.staged).await {
+            for leftover in remove_staged(store.as_ref(), &run, &staged).await {
                 tracing::warn!(run_id = %run.run_id, leftover, "could not remove staging object");
             }
             progress.set_phase(Phase::Succeeded);
             Ok(RunOutcome::Created {
-                plan: planned.summary,
+                plan: summary,
                 package,
             })
         }
         Err(error) => {
             progress.set_phase(Phase::RollingBack);
-            let report = rollback_known(store.as_ref(), &run, created, &planned.staged).await;
+            let report = rollback_known(store.as_ref(), &run, created, &staged).await;
             progress.set_phase(Phase::Failed);
             Err(EngineError::Finalize {
                 error,

@@ -195,10 +195,11 @@ pub async fn finalize_fragments(
         });
     }
     let mut entries = Vec::with_capacity(plan.objects as usize);
-    for fragment in &fragments {
-        entries.extend(fragment_entries(fragment)?);
+    // Each fragment is freed as soon as its entries are built: the fragments and the manifest
+    // are never both whole in memory.
+    for fragment in fragments {
+        entries.extend(fragment_entries(&fragment)?);
     }
-    drop(fragments);
     if entries.len() as u64 != plan.objects {
         return Err(FinalizeError::CountMismatch {
             run_id: run_id.to_string(),
