@@ -289,9 +289,33 @@ impl ObjectCopier<'_> {
             }
             // HEAD (metadata for the entry) runs beside the copy, not in series with it.
             let (info, copied) = tokio::join!(self.head_source(object), self.copy_single(object));
-            let info = info?;
             let (written, hash) = copied?;
-            self.finish(object, &info, written, hash).await
+            match info {
+                Ok(info) => self.finish(object, &info, written, hash).await,
+                Err(e) => {
+                    // The copy landed but its entry cannot be made (e.g. the source changed
+                    // under the HEAD): remove it now, as no fragment will name it for rollback.
+                    self.undo_copy(object, &written).await;
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Deletes a copy this run made whose entry will not be written (best effort, logged).
+    async fn undo_copy(&self, object: &PlannedObject, written: &WriteResult) {
+        let dst_key = self.plan.destination_key(&object.logical_key);
+        let version = written.version_id.as_deref();
+        if let Err(e) = self
+            .options
+            .retry
+            .run(|_| {
+                self.store
+                    .delete(&self.plan.target_bucket, &dst_key, version)
+            })
+            .await
+        {
+            tracing::warn!(key = %dst_key, error = %e, "could not remove a copy whose entry failed");
         }
     }
 
@@ -356,8 +380,9 @@ impl ObjectCopier<'_> {
             .await;
         let written = match result {
             Ok(written) => written,
-            Err(e) if e.kind == StoreErrorKind::PreconditionFailed && self.refuse_overwrite() => {
-                // Either the destination exists, or the source's ETag moved. Tell which.
+            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {
+                // Either the destination exists (only asked on an unversioned target), or the
+                // source's ETag moved. Tell which.
                 let now = self
                     .store
                     .head(&self.plan.source_bucket, &object.key, None)
@@ -372,6 +397,9 @@ impl ObjectCopier<'_> {
                         planned: planned.clone(),
                         now,
                     });
+                }
+                if !self.refuse_overwrite() {
+                    return Err(self.object_error(&object.key)(e));
                 }
                 return Err(CopyError::DestinationExists {
                     bucket: self.plan.target_bucket.clone(),

@@ -199,10 +199,16 @@ mod tests {
 
     #[test]
     fn logical_keys_keep_the_path_or_flatten_to_the_base_name() {
-        assert_eq!(logical_key("a/b/c.csv", false).unwrap().as_str(), "a/b/c.csv");
+        assert_eq!(
+            logical_key("a/b/c.csv", false).unwrap().as_str(),
+            "a/b/c.csv"
+        );
         assert_eq!(logical_key("a/b/c.csv", true).unwrap().as_str(), "c.csv");
         assert_eq!(logical_key("c.csv", true).unwrap().as_str(), "c.csv");
         assert!(logical_key("a//c.csv", false).is_err());
-        assert!(logical_key("a/..", true).is_err(), "`..` is refused even flattened");
+        assert!(
+            logical_key("a/..", true).is_err(),
+            "`..` is refused even flattened"
+        );
     }
 }

@@ -919,3 +919,567 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    use super::*;
+
+    /// What the stand-in endpoint answers: status, body, and a `content-length` to declare
+    /// instead of the body's (to cut a body short).
+    struct Reply {
+        status: u16,
+        body: String,
+        declared_len: Option<usize>,
+        headers: Vec<(&'static str, &'static str)>,
+    }
+
+    impl Reply {
+        fn new(status: u16, body: impl Into<String>) -> Self {
+            Reply {
+                status,
+                body: body.into(),
+                declared_len: None,
+                headers: Vec::new(),
+            }
+        }
+    }
+
+    /// A stand-in S3 endpoint on 127.0.0.1: answers each request with `answer(method, target)`
+    /// and records `"METHOD target"` of every request.
+    fn stub(
+        answer: impl Fn(&str, &str) -> Reply + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (answer, log) = (Arc::new(answer), seen.clone());
+        std::thread::spawn(move || {
+            for socket in listener.incoming() {
+                let Ok(mut socket) = socket else { return };
+                let (answer, log) = (answer.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    let head_end = loop {
+                        match socket.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                    let length = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        match socket.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let mut words = head.split_whitespace();
+                    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    log.lock().unwrap().push(format!("{method} {target}"));
+                    let reply = answer(method, target);
+                    let mut head = format!(
+                        "HTTP/1.1 {} Stub\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        reply.status,
+                        reply.declared_len.unwrap_or(reply.body.len())
+                    );
+                    if !reply
+                        .headers
+                        .iter()
+                        .any(|(name, _)| *name == "content-type")
+                    {
+                        head.push_str("content-type: application/xml\r\n");
+                    }
+                    for (name, value) in &reply.headers {
+                        head.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    let _ = write!(socket, "{head}\r\n");
+                    if method != "HEAD" {
+                        let _ = socket.write_all(reply.body.as_bytes());
+                    }
+                });
+            }
+        });
+        (endpoint, seen)
+    }
+
+    /// An S3 store for `endpoint` built from [`S3Settings`], with fixed credentials and no SDK
+    /// retries (so each call is one request).
+    async fn store(endpoint: &str) -> S3Store {
+        let settings = S3Settings {
+            endpoint_url: Some(endpoint.to_string()),
+            region: Some("eu-west-3".into()),
+            profile: Some("s3quilt-unit-tests".into()),
+            force_path_style: Some(true),
+            read_timeout: Some(Duration::from_secs(5)),
+        };
+        let config = settings.sdk_config().await;
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-3"));
+        assert_eq!(config.endpoint_url(), Some(endpoint));
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "AKIDUNIT", "secret", None, None, "unit",
+            ))
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .force_path_style(true)
+            .build();
+        S3Store::new(aws_sdk_s3::Client::from_conf(s3))
+    }
+
+    const NS: &str = "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"";
+
+    fn s3_error(code: &str, message: &str) -> String {
+        format!("<Error><Code>{code}</Code><Message>{message}</Message></Error>")
+    }
+
+    fn service_error(status: u16, code: Option<&str>) -> SdkError<GetObjectError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message("said S3");
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        SdkError::service_error(
+            GetObjectError::generic(meta.build()),
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn s3_errors_are_classified_by_code_then_status() {
+        use StoreErrorKind::*;
+        let cases = [
+            (503, Some("SlowDown"), Throttled),
+            (400, Some("Throttling"), Throttled),
+            (400, Some("RequestLimitExceeded"), Throttled),
+            (429, None, Throttled),
+            (500, Some("InternalError"), Transient),
+            (502, None, Transient),
+            (404, Some("NoSuchKey"), NotFound),
+            (404, Some("NoSuchBucket"), NotFound),
+            (400, Some("NoSuchUpload"), NotFound),
+            (404, None, NotFound),
+            (403, Some("AccessDenied"), AccessDenied),
+            (400, Some("InvalidAccessKeyId"), AccessDenied),
+            (403, Some("SignatureDoesNotMatch"), AccessDenied),
+            (403, None, AccessDenied),
+            (412, Some("PreconditionFailed"), PreconditionFailed),
+            (409, Some("ConditionalRequestConflict"), PreconditionFailed),
+            (412, None, PreconditionFailed),
+            (400, Some("InvalidArgument"), Permanent),
+            (400, None, Permanent),
+        ];
+        for (status, code, kind) in cases {
+            let e = classify("GetObject", "b", "k", service_error(status, code));
+            assert_eq!(e.kind, kind, "{status} {code:?}");
+            assert_eq!(
+                e.message,
+                format!("HTTP {status} {}: said S3", code.unwrap_or("")),
+                "{status} {code:?}"
+            );
+            assert_eq!(
+                (e.operation, e.bucket.as_str(), e.key.as_str()),
+                ("GetObject", "b", "k")
+            );
+            assert_eq!(e.kind.is_retryable(), matches!(kind, Throttled | Transient));
+        }
+        let bare = SdkError::<GetObjectError, HttpResponse>::service_error(
+            GetObjectError::generic(ErrorMetadata::builder().build()),
+            HttpResponse::new(404u16.try_into().unwrap(), SdkBody::empty()),
+        );
+        assert_eq!(classify("HeadObject", "b", "k", bare).message, "HTTP 404");
+    }
+
+    #[test]
+    fn failures_without_an_s3_answer_are_classified_too() {
+        let timeout = SdkError::<GetObjectError, HttpResponse>::timeout_error("slow");
+        let e = classify("GetObject", "b", "k", timeout);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (StoreErrorKind::Transient, "request timed out")
+        );
+        let garbled = SdkError::<GetObjectError, HttpResponse>::response_error(
+            "bad xml",
+            HttpResponse::new(200u16.try_into().unwrap(), SdkBody::empty()),
+        );
+        let e = classify("GetObject", "b", "k", garbled);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (StoreErrorKind::Transient, "malformed or truncated response")
+        );
+        let unsent = SdkError::<GetObjectError, HttpResponse>::construction_failure("no bucket");
+        assert_eq!(
+            classify("GetObject", "b", "k", unsent).kind,
+            StoreErrorKind::Permanent
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_a_transient_failure() {
+        // Nothing listens on port 1 (a privileged port) on a test machine.
+        let store = store("http://127.0.0.1:1").await;
+        let e = store.head("bkt", "k", None).await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.operation),
+            (StoreErrorKind::Transient, "HeadObject")
+        );
+        assert!(e.message.starts_with("could not reach S3"), "{}", e.message);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_operation_names_itself_and_its_object_when_refused() {
+        let (endpoint, _) = stub(|_, _| Reply::new(403, s3_error("AccessDenied", "Access Denied")));
+        let s = store(&endpoint).await;
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let part = CopiedPart {
+            part_number: 1,
+            etag: "\"e\"".into(),
+            checksum_sha256: None,
+        };
+        let results: Vec<(&str, &str, Result<(), StoreError>)> = vec![
+            (
+                "ListObjectsV2",
+                "pre/",
+                s.list_page("bkt", "pre/", Some("/"), None, Some(10))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "HeadObject",
+                "k",
+                s.head("bkt", "k", Some("v1")).await.map(drop),
+            ),
+            (
+                "GetObject",
+                "k",
+                s.get("bkt", "k", None, Some((0, 9))).await.map(drop),
+            ),
+            (
+                "PutObject",
+                "k",
+                s.put("bkt", "k", Bytes::from_static(b"{}"), PutOptions::default())
+                    .await
+                    .map(drop),
+            ),
+            (
+                "CopyObject",
+                "k",
+                s.copy(CopyRequest {
+                    src_bucket: "src",
+                    src_key: "a b",
+                    src_version_id: Some("v1"),
+                    dst_bucket: "bkt",
+                    dst_key: "k",
+                    checksum: WriteChecksum::Crc64Nvme,
+                    if_none_match: true,
+                    src_if_match: Some("\"e\""),
+                })
+                .await
+                .map(drop),
+            ),
+            (
+                "CreateMultipartUpload",
+                "k",
+                s.create_multipart("bkt", "k", WriteChecksum::Sha256, Some("text/csv"), &meta)
+                    .await
+                    .map(drop),
+            ),
+            (
+                "UploadPartCopy",
+                "k",
+                s.upload_part_copy(PartCopyRequest {
+                    src_bucket: "src",
+                    src_key: "a",
+                    src_version_id: None,
+                    dst_bucket: "bkt",
+                    dst_key: "k",
+                    upload_id: "u1",
+                    part_number: 1,
+                    first_byte: 0,
+                    last_byte: 9,
+                    src_if_match: None,
+                })
+                .await
+                .map(drop),
+            ),
+            (
+                "CompleteMultipartUpload",
+                "k",
+                s.complete_multipart("bkt", "k", "u1", &[part], true)
+                    .await
+                    .map(drop),
+            ),
+            (
+                "AbortMultipartUpload",
+                "k",
+                s.abort_multipart("bkt", "k", "u1").await,
+            ),
+            ("DeleteObject", "k", s.delete("bkt", "k", Some("v1")).await),
+            (
+                "ListObjectVersions",
+                "pre/",
+                s.list_versions("bkt", "pre/").await.map(drop),
+            ),
+            (
+                "GetBucketVersioning",
+                "",
+                s.is_versioned("bkt").await.map(drop),
+            ),
+        ];
+        for (operation, key, result) in results {
+            let e = result.expect_err(operation);
+            assert_eq!(
+                (e.kind, e.operation, e.bucket.as_str(), e.key.as_str()),
+                (StoreErrorKind::AccessDenied, operation, "bkt", key)
+            );
+            if operation == "HeadObject" {
+                assert_eq!(e.message, "HTTP 403", "a HEAD answer has no body");
+            } else {
+                assert_eq!(
+                    e.message, "HTTP 403 AccessDenied: Access Denied",
+                    "{operation}"
+                );
+            }
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{operation} s3://bkt/{key} failed (AccessDenied): {}",
+                    e.message
+                )
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_cut_short_fails_the_read_as_transient() {
+        let (endpoint, seen) = stub(|_, _| Reply {
+            declared_len: Some(100),
+            ..Reply::new(200, "0123456789")
+        });
+        let s = store(&endpoint).await;
+        let e = get_bytes(&s, "bkt", "dir/k", Some("v 1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.operation, e.bucket.as_str(), e.key.as_str()),
+            (StoreErrorKind::Transient, "GetObject", "bkt", "dir/k")
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[0].starts_with("GET /bkt/dir/k?") && seen[0].contains("versionId=v%201"),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versioning_status_is_read_and_an_unreadable_answer_is_unknown() {
+        let (endpoint, _) = stub(|_, target| {
+            let body = match target.split('?').next().unwrap().trim_end_matches('/') {
+                "/enabled" => format!(
+                    "<VersioningConfiguration {NS}><Status>Enabled</Status></VersioningConfiguration>"
+                ),
+                "/suspended" => format!(
+                    "<VersioningConfiguration {NS}><Status>Suspended</Status></VersioningConfiguration>"
+                ),
+                "/never" => format!("<VersioningConfiguration {NS}/>"),
+                _ => "<Unexpected/>".to_string(),
+            };
+            Reply::new(200, body)
+        });
+        let s = store(&endpoint).await;
+        assert_eq!(s.is_versioned("enabled").await.unwrap(), Some(true));
+        assert_eq!(s.is_versioned("suspended").await.unwrap(), Some(true));
+        assert_eq!(s.is_versioned("never").await.unwrap(), Some(false));
+        assert_eq!(s.is_versioned("odd").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_follow_continuation_tokens_and_map_every_field() {
+        let (endpoint, seen) = stub(|_, target| {
+            let body = if target.contains("continuation-token=tok%202") {
+                format!(
+                    "<ListBucketResult {NS}><IsTruncated>true</IsTruncated><Contents><Key>p/c</Key><Size>5</Size></Contents></ListBucketResult>"
+                )
+            } else {
+                format!(
+                    "<ListBucketResult {NS}><IsTruncated>true</IsTruncated><NextContinuationToken>tok 2</NextContinuationToken>\
+                     <Contents><Key>p/a</Key><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>&quot;e1&quot;</ETag><Size>3</Size><StorageClass>GLACIER</StorageClass></Contents>\
+                     <Contents><Key>p/b</Key><Size>0</Size></Contents></ListBucketResult>"
+                )
+            };
+            Reply::new(200, body)
+        });
+        let s = store(&endpoint).await;
+        let listed = list_all(&s, "bkt", "p/").await.unwrap();
+        assert_eq!(
+            listed,
+            [
+                ListedObject {
+                    key: "p/a".into(),
+                    size: 3,
+                    etag: Some("\"e1\"".into()),
+                    storage_class: "GLACIER".into(),
+                    last_modified: Some("2024-01-02T03:04:05Z".into()),
+                },
+                ListedObject {
+                    key: "p/b".into(),
+                    size: 0,
+                    etag: None,
+                    storage_class: "STANDARD".into(),
+                    last_modified: None,
+                },
+                ListedObject {
+                    key: "p/c".into(),
+                    size: 5,
+                    etag: None,
+                    storage_class: "STANDARD".into(),
+                    last_modified: None,
+                },
+            ]
+        );
+        // The second page was asked for with the token; a truncated page without a token ends
+        // the listing instead of looping.
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[1].contains("continuation-token=tok%202"), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_listings_follow_markers_and_keep_delete_markers() {
+        let (endpoint, seen) = stub(|_, target| {
+            let body = if target.contains("key-marker=p%2Fb") {
+                format!(
+                    "<ListVersionsResult {NS}><IsTruncated>false</IsTruncated><Version><Key>p/c</Key><VersionId>v3</VersionId></Version></ListVersionsResult>"
+                )
+            } else {
+                format!(
+                    "<ListVersionsResult {NS}><IsTruncated>true</IsTruncated><NextKeyMarker>p/b</NextKeyMarker><NextVersionIdMarker>v2</NextVersionIdMarker>\
+                     <Version><Key>p/a</Key><VersionId>v1</VersionId></Version>\
+                     <Version><Key>p/a</Key><VersionId>null</VersionId></Version>\
+                     <DeleteMarker><Key>p/b</Key><VersionId>v2</VersionId></DeleteMarker></ListVersionsResult>"
+                )
+            };
+            Reply::new(200, body)
+        });
+        let s = store(&endpoint).await;
+        let version = |key: &str, id: Option<&str>, marker| ObjectVersion {
+            key: key.into(),
+            version_id: id.map(str::to_string),
+            is_delete_marker: marker,
+        };
+        assert_eq!(
+            s.list_versions("bkt", "p/").await.unwrap(),
+            [
+                version("p/a", Some("v1"), false),
+                version("p/a", None, false),
+                version("p/b", Some("v2"), true),
+                version("p/c", Some("v3"), false),
+            ]
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[1].contains("version-id-marker=v2"), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn head_reads_every_fact_s3_reports_about_an_object() {
+        let (endpoint, seen) = stub(|_, _| Reply {
+            declared_len: Some(42),
+            headers: vec![
+                ("etag", "\"abc-3\""),
+                ("x-amz-version-id", "v7"),
+                ("content-type", "text/csv"),
+                ("x-amz-meta-owner", "lab-7"),
+                ("x-amz-storage-class", "GLACIER"),
+                ("last-modified", "Tue, 02 Jan 2024 03:04:05 GMT"),
+                (
+                    "x-amz-checksum-sha256",
+                    "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+                ),
+                ("x-amz-checksum-crc64nvme", "rosUhgp5mIg="),
+                ("x-amz-checksum-type", "COMPOSITE"),
+                ("x-amz-mp-parts-count", "3"),
+                ("x-amz-restore", "ongoing-request=\"true\""),
+            ],
+            ..Reply::new(200, "")
+        });
+        let info = store(&endpoint)
+            .await
+            .head("bkt", "k", Some("v7"))
+            .await
+            .unwrap();
+        assert_eq!(
+            info,
+            ObjectInfo {
+                size: 42,
+                version_id: Some("v7".into()),
+                etag: Some("\"abc-3\"".into()),
+                content_type: Some("text/csv".into()),
+                metadata: BTreeMap::from([("owner".to_string(), "lab-7".to_string())]),
+                storage_class: "GLACIER".into(),
+                last_modified: Some("2024-01-02T03:04:05Z".into()),
+                checksum_sha256: Some("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".into()),
+                checksum_crc64nvme: Some("rosUhgp5mIg=".into()),
+                checksum_type: Some("COMPOSITE".into()),
+                parts_count: Some(3),
+                restore: Some("ongoing-request=\"true\"".into()),
+            }
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[0].starts_with("HEAD /bkt/k?") && seen[0].contains("versionId=v7"),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multipart_upload_without_an_id_is_a_transient_failure() {
+        let (endpoint, _) = stub(|_, _| {
+            Reply::new(
+                200,
+                format!(
+                    "<InitiateMultipartUploadResult {NS}><Bucket>bkt</Bucket><Key>k</Key></InitiateMultipartUploadResult>"
+                ),
+            )
+        });
+        let e = store(&endpoint)
+            .await
+            .create_multipart("bkt", "k", WriteChecksum::Sha256, None, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.operation, e.message.as_str()),
+            (
+                StoreErrorKind::Transient,
+                "CreateMultipartUpload",
+                "no upload id"
+            )
+        );
+    }
+
+    #[test]
+    fn copy_sources_are_percent_encoded_keeping_slashes() {
+        assert_eq!(
+            copy_source("b", "a b/ü+%.csv", None),
+            "b/a%20b/%C3%BC%2B%25.csv"
+        );
+        assert_eq!(
+            copy_source("b", "k~_-.", Some("v+/1")),
+            "b/k~_-.?versionId=v%2B/1"
+        );
+    }
+}

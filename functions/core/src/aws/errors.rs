@@ -449,15 +449,16 @@ mod tests {
         let registry = |kind| FinalizeError::Registry(RegistryError::Store(store_error(kind)));
         let cases = [
             (registry(StoreErrorKind::Throttled), ErrorType::Transient),
-            (registry(StoreErrorKind::AccessDenied), ErrorType::AccessDenied),
+            (
+                registry(StoreErrorKind::AccessDenied),
+                ErrorType::AccessDenied,
+            ),
             (
                 registry(StoreErrorKind::PreconditionFailed),
                 ErrorType::FinalizeFailed,
             ),
             (
-                FinalizeError::Staging(StagingError::Store(store_error(
-                    StoreErrorKind::Transient,
-                ))),
+                FinalizeError::Staging(StagingError::Store(store_error(StoreErrorKind::Transient))),
                 ErrorType::Transient,
             ),
             (

@@ -358,10 +358,16 @@ mod tests {
             value: "rosUhgp5mIg=".into(),
         };
         assert!(crc.verify(b"123456789") && !crc.verify(b"12345678"));
-        assert_eq!(hash_from_s3_crc64nvme("rosUhgp5mIg="), Ok(crc.value.clone()));
+        assert_eq!(
+            hash_from_s3_crc64nvme("rosUhgp5mIg="),
+            Ok(crc.value.clone())
+        );
         assert!(matches!(
             hash_from_s3_crc64nvme("rosUhgp5mIg=-1"),
-            Err(ChecksumError::Malformed { expected_len: 8, .. })
+            Err(ChecksumError::Malformed {
+                expected_len: 8,
+                ..
+            })
         ));
         // An empty object has no chunks: its chunked hash is SHA-256 of nothing.
         let empty = QuiltHash::chunked("47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
@@ -386,7 +392,10 @@ mod tests {
         );
         assert!(matches!(
             hash_from_s3_full_object_sha256(5, "not base64"),
-            Err(ChecksumError::Malformed { expected_len: 32, .. })
+            Err(ChecksumError::Malformed {
+                expected_len: 32,
+                ..
+            })
         ));
     }
 
@@ -395,7 +404,10 @@ mod tests {
         assert_eq!(chunk_size(0), MIN_CHUNK_SIZE);
         assert_eq!(chunk_count(0), 0);
         assert_eq!(chunk_size(MIN_CHUNK_SIZE * MAX_CHUNKS), MIN_CHUNK_SIZE);
-        assert_eq!(chunk_size(MIN_CHUNK_SIZE * MAX_CHUNKS + 1), 2 * MIN_CHUNK_SIZE);
+        assert_eq!(
+            chunk_size(MIN_CHUNK_SIZE * MAX_CHUNKS + 1),
+            2 * MIN_CHUNK_SIZE
+        );
         assert_eq!(chunk_count(MIN_CHUNK_SIZE * MAX_CHUNKS + 1), 5001);
         assert!(!is_multipart(MIN_CHUNK_SIZE - 1) && is_multipart(MIN_CHUNK_SIZE));
     }

@@ -742,7 +742,10 @@ mod tests {
     #[test]
     fn nesting_is_limited_to_512_levels() {
         let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(Json::parse(&nested(513)).is_ok(), "512 levels below the top");
+        assert!(
+            Json::parse(&nested(513)).is_ok(),
+            "512 levels below the top"
+        );
         assert_eq!(Json::parse(&nested(514)), Err(JsonError::TooDeep(512)));
         let objects = format!("{}1{}", r#"{"a": "#.repeat(600), "}".repeat(600));
         assert_eq!(Json::parse(&objects), Err(JsonError::TooDeep(512)));
@@ -779,9 +782,12 @@ mod tests {
 
     #[test]
     fn objects_keep_insertion_order_through_edits() {
-        let mut o: JsonObject = [("b".to_string(), Json::int(1)), ("a".to_string(), Json::int(2))]
-            .into_iter()
-            .collect();
+        let mut o: JsonObject = [
+            ("b".to_string(), Json::int(1)),
+            ("a".to_string(), Json::int(2)),
+        ]
+        .into_iter()
+        .collect();
         assert!(!o.is_empty() && o.len() == 2 && o.contains_key("a"));
         o.insert("b", Json::int(3));
         assert_eq!(o.remove("a"), Some(Json::int(2)));

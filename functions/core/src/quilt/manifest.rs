@@ -463,13 +463,25 @@ mod tests {
             ),
             "blank lines still count"
         );
-        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [1], \"size\": 1, \"hash\": {good_hash}}}\n");
+        let text = format!(
+            "{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [1], \"size\": 1, \"hash\": {good_hash}}}\n"
+        );
         assert!(shape_reason(&text).1.contains("must be strings"));
-        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [], \"size\": 1, \"hash\": {good_hash}}}\n");
+        let text = format!(
+            "{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [], \"size\": 1, \"hash\": {good_hash}}}\n"
+        );
         assert!(shape_reason(&text).1.contains("non-empty `physical_keys`"));
-        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": -1, \"hash\": {good_hash}}}\n");
-        assert!(shape_reason(&text).1.contains("non-negative integer `size`"));
-        let text = format!("{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": 1}}\n");
+        let text = format!(
+            "{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": -1, \"hash\": {good_hash}}}\n"
+        );
+        assert!(
+            shape_reason(&text)
+                .1
+                .contains("non-negative integer `size`")
+        );
+        let text = format!(
+            "{HEADER}\n{{\"logical_key\": \"a\", \"physical_keys\": [\"s3://b/a\"], \"size\": 1}}\n"
+        );
         assert!(shape_reason(&text).1.contains("has no `hash`"));
     }
 
@@ -528,7 +540,10 @@ mod tests {
     fn records_quilt3_cannot_read_are_refused_naming_the_record() {
         let long = "x".repeat(MAX_LINE_BYTES);
         let header = PackageHeader::new(Some(&long), None);
-        let err = Manifest::new(header, vec![]).unwrap().to_jsonl().unwrap_err();
+        let err = Manifest::new(header, vec![])
+            .unwrap()
+            .to_jsonl()
+            .unwrap_err();
         assert!(
             matches!(&err, ManifestError::LineTooLong { what, bytes } if what == "the package header" && *bytes > MAX_LINE_BYTES),
             "{err}"
@@ -548,7 +563,8 @@ mod tests {
         let mut meta = JsonObject::new();
         meta.insert("user_meta", Json::str(long.clone()));
         let hash = QuiltHash::chunked("AAAA");
-        let entry = |meta| ManifestEntry::new("a".parse().unwrap(), "s3://b/a".into(), 1, &hash, meta);
+        let entry =
+            |meta| ManifestEntry::new("a".parse().unwrap(), "s3://b/a".into(), 1, &hash, meta);
         let err = Manifest::new(PackageHeader::new(None, None), vec![entry(meta)])
             .unwrap()
             .to_jsonl()
@@ -560,30 +576,42 @@ mod tests {
         assert!(err.to_string().contains("under 1000000 bytes"), "{err}");
         // One byte under the limit is accepted.
         let mut meta = JsonObject::new();
-        let line_without_value = entry(JsonObject::new()).to_line().len() + "\"user_meta\": \"\"".len();
+        let line_without_value =
+            entry(JsonObject::new()).to_line().len() + "\"user_meta\": \"\"".len();
         meta.insert(
             "user_meta",
             Json::str("y".repeat(MAX_LINE_BYTES - 1 - line_without_value)),
         );
         let line = entry(meta.clone()).to_line();
         assert_eq!(line.len(), MAX_LINE_BYTES - 1);
-        assert!(Manifest::new(PackageHeader::new(None, None), vec![entry(meta)])
-            .unwrap()
-            .to_jsonl()
-            .is_ok());
+        assert!(
+            Manifest::new(PackageHeader::new(None, None), vec![entry(meta)])
+                .unwrap()
+                .to_jsonl()
+                .is_ok()
+        );
     }
 
     #[test]
     fn duplicate_logical_keys_are_refused() {
         let hash = QuiltHash::chunked("AAAA");
         let entry = |pk: &str| {
-            ManifestEntry::new("a/b".parse().unwrap(), pk.into(), 1, &hash, JsonObject::new())
+            ManifestEntry::new(
+                "a/b".parse().unwrap(),
+                pk.into(),
+                1,
+                &hash,
+                JsonObject::new(),
+            )
         };
         let err = Manifest::new(
             PackageHeader::new(None, None),
             vec![entry("s3://b/1"), entry("s3://b/2")],
         )
         .unwrap_err();
-        assert!(matches!(&err, ManifestError::DuplicateKey(k) if k == "a/b"), "{err}");
+        assert!(
+            matches!(&err, ManifestError::DuplicateKey(k) if k == "a/b"),
+            "{err}"
+        );
     }
 }

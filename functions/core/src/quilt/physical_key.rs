@@ -161,7 +161,10 @@ mod tests {
     fn urls_quilt3_writes_parse_back_to_bucket_key_and_version() {
         let key = PhysicalKey::new("b", "a b/ü#1+2.csv", Some("v 1/+=".into()));
         let url = key.to_string();
-        assert_eq!(url, "s3://b/a%20b/%C3%BC%231%2B2.csv?versionId=v+1%2F%2B%3D");
+        assert_eq!(
+            url,
+            "s3://b/a%20b/%C3%BC%231%2B2.csv?versionId=v+1%2F%2B%3D"
+        );
         assert_eq!(url.parse::<PhysicalKey>().unwrap(), key);
         let bare: PhysicalKey = "s3://b".parse().unwrap();
         assert_eq!((bare.key.as_str(), bare.version_id), ("", None));
@@ -181,7 +184,9 @@ mod tests {
                 reason: "it does not start with s3://".into()
             }
         );
-        assert!(matches!(err("s3:///k"), PhysicalKeyError::NotS3 { reason, .. } if reason == "the bucket is empty"));
+        assert!(
+            matches!(err("s3:///k"), PhysicalKeyError::NotS3 { reason, .. } if reason == "the bucket is empty")
+        );
         assert_eq!(
             err("s3://b/k?versionId=1&partNumber=2"),
             PhysicalKeyError::UnknownQuery {
