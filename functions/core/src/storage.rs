@@ -495,6 +495,9 @@ where
                     "NoSuchKey" | "NoSuchBucket" | "NoSuchVersion" | "NotFound" | "NoSuchUpload",
                 )
                 | (404, _) => StoreErrorKind::NotFound,
+                // Before the 403 arm: S3 answers an archived object's read with 403
+                // InvalidObjectState, which is not a permission problem.
+                (_, "InvalidObjectState") => StoreErrorKind::InvalidObjectState,
                 (
                     _,
                     "AccessDenied"
@@ -506,7 +509,6 @@ where
                 (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => {
                     StoreErrorKind::PreconditionFailed
                 }
-                (_, "InvalidObjectState") => StoreErrorKind::InvalidObjectState,
                 (s, _) if s >= 500 => StoreErrorKind::Transient,
                 _ => StoreErrorKind::Permanent,
             };
@@ -1077,6 +1079,8 @@ mod tests {
             (400, Some("InvalidAccessKeyId"), AccessDenied),
             (403, Some("SignatureDoesNotMatch"), AccessDenied),
             (403, None, AccessDenied),
+            // An archived object: S3 says 403, but it is not a permission problem.
+            (403, Some("InvalidObjectState"), InvalidObjectState),
             (412, Some("PreconditionFailed"), PreconditionFailed),
             (409, Some("ConditionalRequestConflict"), PreconditionFailed),
             (412, None, PreconditionFailed),

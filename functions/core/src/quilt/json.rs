@@ -549,6 +549,10 @@ impl Parser<'_> {
             .text
             .get(self.pos..self.pos + 4)
             .ok_or_else(|| self.error("truncated \\u escape"))?;
+        // Exactly four hex digits (from_str_radix alone would also take a sign, as in `\u+041`).
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.error("invalid \\u escape"));
+        }
         let unit = u16::from_str_radix(hex, 16).map_err(|_| self.error("invalid \\u escape"))?;
         self.pos += 4;
         Ok(unit)
@@ -701,7 +705,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_byte_offset_and_the_problem() {
-        let cases: [(&str, usize, &str); 18] = [
+        let cases: [(&str, usize, &str); 19] = [
             ("", 0, "unexpected end of input"),
             ("@", 0, "unexpected character"),
             ("nul", 0, "unknown literal"),
@@ -717,6 +721,7 @@ mod tests {
             (r#""\"#, 2, "truncated escape"),
             (r#""\u12""#, 3, "truncated \\u escape"),
             (r#""\u12zz""#, 3, "invalid \\u escape"),
+            (r#""\u+041""#, 3, "invalid \\u escape"),
             (r#""\ud800x""#, 7, "lone high surrogate in string"),
             (
                 r#""\ud800\u0041""#,
