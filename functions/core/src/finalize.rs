@@ -143,13 +143,8 @@ pub async fn finalize(
         .map_err(StagingError::from)?
         .into_iter()
         .collect();
-    let missing: Vec<u32> = (0..plan.shards).filter(|s| !present.contains(s)).collect();
-    if !missing.is_empty() {
-        return Err(FinalizeError::MissingFragments {
-            run_id: run_id.to_string(),
-            missing,
-        });
-    }
+    // Checked from the listing before anything is read.
+    require_every_shard(&plan, &present)?;
     let fragments: Vec<ManifestFragment> = futures::stream::iter((0..plan.shards).map(|s| {
         let staging = &staging;
         async move {
@@ -186,14 +181,7 @@ pub async fn finalize_fragments(
 ) -> Result<PackageResult, FinalizeError> {
     let run_id = plan.run_id.as_str();
     fragments.sort_by_key(|f| f.shard);
-    let present: HashSet<u32> = fragments.iter().map(|f| f.shard).collect();
-    let missing: Vec<u32> = (0..plan.shards).filter(|s| !present.contains(s)).collect();
-    if !missing.is_empty() {
-        return Err(FinalizeError::MissingFragments {
-            run_id: run_id.to_string(),
-            missing,
-        });
-    }
+    require_every_shard(plan, &fragments.iter().map(|f| f.shard).collect())?;
     let mut entries = Vec::with_capacity(plan.objects as usize);
     // Each fragment is freed as soon as its entries are built: the fragments and the manifest
     // are never both whole in memory.
@@ -231,6 +219,19 @@ pub async fn finalize_fragments(
         bytes,
         browse: browse_command(plan.package_name.as_str(), &registry.url(), &written),
     })
+}
+
+/// Refuses to finalize unless every shard of `plan` has a fragment in `present`.
+fn require_every_shard(plan: &RunPlan, present: &HashSet<u32>) -> Result<(), FinalizeError> {
+    let missing: Vec<u32> = (0..plan.shards).filter(|s| !present.contains(s)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(FinalizeError::MissingFragments {
+            run_id: plan.run_id.clone(),
+            missing,
+        })
+    }
 }
 
 /// Removes the staging documents and probes a run wrote whose keys and versions are known (the
