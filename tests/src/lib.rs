@@ -23,7 +23,7 @@ mod server;
 mod sfn_env;
 mod sfn_router;
 
-pub use bin::s3quilt_bin;
+pub use bin::{ChildOutput, run_child, s3quilt_bin};
 pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};

@@ -18,19 +18,18 @@
 //!   `run.sh` that parses.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use s3quilt_core::aws::{ExecutionInput, StepConfig, plan_step};
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::S3Store;
 use s3quilt_tests::{
-    SeedObject, create_bucket, list_all_versions, moto, repo_root, run_oracle, s3quilt_bin, seed,
-    venv_bin,
+    SeedObject, create_bucket, list_all_versions, moto, repo_root, run_child, run_oracle,
+    s3quilt_bin, seed, venv_bin,
 };
 use serde_json::{Value, json};
 use serde_norway::Value as Yaml;
@@ -285,44 +284,13 @@ fn run_recipe(recipe: &str, env: &[(&str, String)], path_first: Option<&Path>) -
     cmd.env("PATH", std::env::join_paths(path).expect("PATH"))
         .env("S3QUILT", s3quilt_bin())
         .envs(env.iter().map(|(k, v)| (*k, v)))
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for run.sh") {
-            break status;
-        }
-        if started.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{recipe}/run.sh timed out after {SCRIPT_TIMEOUT:?}\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        .current_dir(std::env::temp_dir());
+    let out = run_child(&mut cmd, &format!("{recipe}/run.sh"), SCRIPT_TIMEOUT);
     let run = ScriptRun {
-        code: status.code(),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-        elapsed: started.elapsed(),
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: out.stderr,
+        elapsed: out.elapsed,
     };
     eprintln!("{recipe}/run.sh: exit {:?} in {:?}", run.code, run.elapsed);
     run

@@ -13,16 +13,16 @@
 //! - a run whose copies fail: a tool error that names the rollback, and nothing left behind;
 //! - bad input answered with tool errors that say what to fix, the server staying up.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use s3quilt_core::quilt::PackageName;
 use s3quilt_core::registry::Registry;
 use s3quilt_core::storage::S3Store;
 use s3quilt_tests::{
-    Fault, FaultProxy, ProxyRule, S3Server, SeedObject, Select, SfnStack, create_bucket,
-    list_all_versions, moto, repo_root, run_oracle, s3quilt_bin, seed, venv_bin,
+    ChildOutput, Fault, FaultProxy, ProxyRule, S3Server, SeedObject, Select, SfnStack,
+    create_bucket, list_all_versions, moto, repo_root, run_child, run_oracle, s3quilt_bin, seed,
+    venv_bin,
 };
 use serde_json::{Value, json};
 
@@ -60,38 +60,13 @@ fn run_client(
     let mut cmd = Command::new(venv_bin("python"));
     cmd.arg(&script).arg(scenario).arg(config.to_string());
     cmd.env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("start the MCP client");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the MCP client") {
-            break status;
-        }
-        if started.elapsed() > CLIENT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "MCP client {scenario} timed out after {CLIENT_TIMEOUT:?}\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let ChildOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+    } = run_child(&mut cmd, &format!("MCP client {scenario}"), CLIENT_TIMEOUT);
     let report: Option<Value> = stdout
         .lines()
         .rev()
@@ -99,10 +74,7 @@ fn run_client(
         .and_then(|l| serde_json::from_str(l).ok());
     match report {
         Some(report) if status.success() => {
-            eprintln!(
-                "MCP client {scenario}: {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("MCP client {scenario}: {:.1} s", elapsed.as_secs_f64());
             report
         }
         _ => panic!(
