@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use s3quilt_core::storage::{
     ByteChunks, CopiedPart, CopyRequest, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
-    PartCopyRequest, PutOptions, StoreError, StoreErrorKind, WriteChecksum, WriteResult,
+    PartCopyRequest, PutOptions, StoreError, StoreErrorKind, Versioning, WriteChecksum,
+    WriteResult,
 };
 
 /// Fail calls of one operation.
@@ -143,9 +144,10 @@ impl ObjectStore for InstrumentedStore {
         c: WriteChecksum,
         ct: Option<&str>,
         m: &BTreeMap<String, String>,
+        t: Option<&str>,
     ) -> Result<String, StoreError> {
         self.enter("CreateMultipartUpload", b, k)?;
-        self.inner.create_multipart(b, k, c, ct, m).await
+        self.inner.create_multipart(b, k, c, ct, m, t).await
     }
     async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
         self.enter("UploadPartCopy", r.dst_bucket, r.dst_key)?;
@@ -174,8 +176,28 @@ impl ObjectStore for InstrumentedStore {
         self.enter("ListObjectVersions", b, p)?;
         self.inner.list_versions(b, p).await
     }
-    async fn is_versioned(&self, b: &str) -> Result<Option<bool>, StoreError> {
+    async fn delete_if_match(
+        &self,
+        b: &str,
+        k: &str,
+        v: Option<&str>,
+        e: &str,
+    ) -> Result<(), StoreError> {
+        self.enter("DeleteObject", b, k)?;
+        self.inner.delete_if_match(b, k, v, e).await
+    }
+    async fn tag_value(
+        &self,
+        b: &str,
+        k: &str,
+        v: Option<&str>,
+        t: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.enter("GetObjectTagging", b, k)?;
+        self.inner.tag_value(b, k, v, t).await
+    }
+    async fn versioning(&self, b: &str) -> Result<Option<Versioning>, StoreError> {
         self.enter("GetBucketVersioning", b, "")?;
-        self.inner.is_versioned(b).await
+        self.inner.versioning(b).await
     }
 }

@@ -236,13 +236,23 @@ async fn state_machine_package_equals_the_local_engines() {
     assert_eq!((shards.total, shards.succeeded, shards.failed), (3, 3, 0));
     assert!(report.run_id.is_some());
     let run_id = report.run_id.clone().unwrap();
-    let staging = list_all(store.as_ref(), &via_sfn, ".s3quilt/runs/")
-        .await
-        .unwrap();
+    let staging = list_all(
+        store.as_ref(),
+        &via_sfn,
+        ".s3quilt/runs/",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(staging.is_empty(), "staging left: {staging:?}");
-    let results = list_all(store.as_ref(), &via_sfn, ".s3quilt/results/")
-        .await
-        .unwrap();
+    let results = list_all(
+        store.as_ref(),
+        &via_sfn,
+        ".s3quilt/results/",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(results[0].key.contains(&run_id), "{results:?}");
 

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use s3quilt_core::copy::{CopyOptions, copy_shard, copy_shard_from_staging};
+use s3quilt_core::copy::{CopyOptions, ShardMode, copy_shard, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
-use s3quilt_core::finalize::{FinalizeError, finalize, rollback};
+use s3quilt_core::finalize::{FinalizeError, finalize};
 use s3quilt_core::plan::{PlanError, PlanOptions, plan};
 use s3quilt_core::quilt::{Json, PackageName, PhysicalKey};
 use s3quilt_core::registry::Registry;
 use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
+use s3quilt_core::transaction::abort_run;
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions, moto,
     run_oracle, seed,
@@ -573,6 +574,7 @@ async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
         &planned.shards[0],
         &copy_options,
         &|_| {},
+        ShardMode::LAMBDA,
     )
     .await
     .unwrap();
@@ -584,6 +586,7 @@ async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
         &planned.shards[0],
         &copy_options,
         &|_| {},
+        ShardMode::LAMBDA,
     )
     .await
     .unwrap();
@@ -602,6 +605,7 @@ async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
         &planned.shards[2],
         &copy_options,
         &|_| {},
+        ShardMode::LAMBDA,
     )
     .await
     .unwrap();
@@ -622,7 +626,9 @@ async fn shards_are_idempotent_and_finalize_checks_every_fragment() {
     );
 
     // Rollback removes exactly the copies and the staging area.
-    let report = rollback(store.clone(), &registry, &run_plan.run_id, &[]).await;
+    let report = abort_run(store.clone(), &registry, &run_plan.run_id)
+        .await
+        .unwrap();
     assert!(report.not_deleted.is_empty(), "{report:?}");
     assert_eq!(report.deleted, 5, "shards 0 and 2 copied 3 + 2 objects");
     assert!(list_all_versions(&client, &registry).await.is_empty());

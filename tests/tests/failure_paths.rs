@@ -16,7 +16,7 @@ use bytes::Bytes;
 use s3quilt_core::aws::{ErrorType, StepError, rollback_step};
 use s3quilt_core::copy::{CopyError, CopyOptions, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
-use s3quilt_core::finalize::{FinalizeError, finalize, rollback};
+use s3quilt_core::finalize::{FinalizeError, finalize};
 use s3quilt_core::plan::{Plan, PlanOptions, plan};
 use s3quilt_core::quilt::{HashType, ObjectHasher, PackageName, PhysicalKey};
 use s3quilt_core::registry::{Registry, RegistryError};
@@ -24,8 +24,10 @@ use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::staging::{FailureRecord, ManifestFragment, Staging, StagingError};
 use s3quilt_core::storage::{
     ByteChunks, CopiedPart, CopyRequest, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
-    PartCopyRequest, PutOptions, S3Store, StoreError, StoreErrorKind, WriteChecksum, WriteResult,
+    PartCopyRequest, PutOptions, S3Store, StoreError, StoreErrorKind, Versioning, WriteChecksum,
+    WriteResult,
 };
+use s3quilt_core::transaction::{TransactionError, abort_run, resume_run};
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, SeedObject, create_bucket, get_bytes, list_all_versions, moto,
     seed,
@@ -326,7 +328,13 @@ async fn a_multipart_copy_that_cannot_complete_is_aborted_and_recorded() {
 
     // The shard's failure record names what it did create, for rollback.
     let staging = run.staging();
-    let record: FailureRecord = staging.require(&staging.failure_key(0)).await.unwrap();
+    let records = run.registry_keys(&staging.failures_prefix()).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "one failure record for the one attempt: {records:?}"
+    );
+    let record: FailureRecord = staging.require(&records[0]).await.unwrap();
     assert!(
         record.error.contains("CompleteMultipartUpload"),
         "{}",
@@ -337,7 +345,9 @@ async fn a_multipart_copy_that_cannot_complete_is_aborted_and_recorded() {
         created.iter().all(|k| *k == "team/pkg/a.csv"),
         "{created:?}"
     );
-    let report = rollback(run.store.clone(), &run.registry, run.run_id(), &[]).await;
+    let report = abort_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap();
     assert!(report.not_deleted.is_empty(), "{report:?}");
     assert!(
         list_all_versions(&run.client, &run.registry)
@@ -414,8 +424,9 @@ impl ObjectStore for LostFirstAnswer {
         c: WriteChecksum,
         ct: Option<&str>,
         m: &BTreeMap<String, String>,
+        t: Option<&str>,
     ) -> Result<String, StoreError> {
-        self.inner.create_multipart(b, k, c, ct, m).await
+        self.inner.create_multipart(b, k, c, ct, m, t).await
     }
     async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
         self.inner.upload_part_copy(r).await
@@ -439,8 +450,26 @@ impl ObjectStore for LostFirstAnswer {
     async fn list_versions(&self, b: &str, p: &str) -> Result<Vec<ObjectVersion>, StoreError> {
         self.inner.list_versions(b, p).await
     }
-    async fn is_versioned(&self, b: &str) -> Result<Option<bool>, StoreError> {
-        self.inner.is_versioned(b).await
+    async fn delete_if_match(
+        &self,
+        b: &str,
+        k: &str,
+        v: Option<&str>,
+        e: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_if_match(b, k, v, e).await
+    }
+    async fn tag_value(
+        &self,
+        b: &str,
+        k: &str,
+        v: Option<&str>,
+        t: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.tag_value(b, k, v, t).await
+    }
+    async fn versioning(&self, b: &str) -> Result<Option<Versioning>, StoreError> {
+        self.inner.versioning(b).await
     }
 }
 
@@ -572,23 +601,29 @@ async fn finalize_refuses_fragments_that_do_not_add_up_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_finalize_that_cannot_write_its_pointers_leaves_no_version_and_can_run_again() {
+async fn a_finalize_that_cannot_write_its_pointers_is_committed_and_finishes_when_run_again() {
     let run = Planned::new(true, &three_files(), |_| {}).await;
     run.copy(run.store.clone()).await.unwrap();
-    // PutObject 1 is the manifest, 2 the timestamped pointer.
+    // PutObject 1 is the outcome (the commit point), 2 the manifest, 3 the timestamped pointer.
     let store = InstrumentedStore::new(
         run.store.clone(),
         vec![FaultRule {
             operation: "PutObject",
-            calls: 2..=2,
+            calls: 3..=3,
             kind: StoreErrorKind::AccessDenied,
         }],
     );
     let err = finalize(store.clone(), &run.registry, run.run_id())
         .await
         .unwrap_err();
+    assert!(err.is_committed(), "{err}");
     match &err {
-        FinalizeError::Registry(RegistryError::Store(e)) => {
+        FinalizeError::Unpublished {
+            source: RegistryError::Store(e),
+            run_id,
+            ..
+        } => {
+            assert_eq!(run_id, run.run_id());
             assert_eq!(
                 (e.kind, e.operation),
                 (StoreErrorKind::AccessDenied, "PutObject")
@@ -599,8 +634,12 @@ async fn a_finalize_that_cannot_write_its_pointers_leaves_no_version_and_can_run
                 e.key
             );
         }
-        other => panic!("expected a registry error, got {other}"),
+        other => panic!("expected an unpublished run, got {other}"),
     }
+    assert!(
+        err.to_string().contains("s3quilt runs resume"),
+        "the error says how to finish: {err}"
+    );
     assert_eq!(StepError::from(err).error_type, ErrorType::AccessDenied);
     let puts: Vec<String> = store
         .calls()
@@ -608,22 +647,44 @@ async fn a_finalize_that_cannot_write_its_pointers_leaves_no_version_and_can_run
         .filter(|(op, _, _)| *op == "PutObject")
         .map(|(_, _, key)| key)
         .collect();
-    assert!(puts[0].starts_with(".quilt/packages/"), "{puts:?}");
-    assert!(
-        run.registry_keys(".quilt/").await.is_empty(),
-        "the manifest written first was removed again"
+    assert!(puts[0].ends_with("/outcome.json"), "{puts:?}");
+    assert!(puts[1].starts_with(".quilt/packages/"), "{puts:?}");
+    assert_eq!(
+        run.registry_keys(".quilt/packages/").await.len(),
+        1,
+        "after the commit point the manifest stays"
     );
+    assert!(run.registry_keys(".quilt/named_packages/").await.is_empty());
+    let name: PackageName = PACKAGE.parse().unwrap();
+    let registry = Registry::new(run.store.clone(), &run.registry);
+    assert!(registry.latest(&name).await.is_err(), "not visible yet");
+
+    // A committed run is never rolled back.
+    let refused = abort_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap_err();
     assert!(
-        !run.registry_keys(".s3quilt/runs/").await.is_empty(),
-        "staging stays for a retry"
+        matches!(refused, TransactionError::Committed { .. }),
+        "{refused}"
     );
 
-    // A transient failure of the manifest write is retried; the run finalizes.
+    // Finalizing again (as `runs resume` does) finishes it, with the manifest already there.
+    let package = resume_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap();
+    assert_eq!(registry.latest(&name).await.unwrap(), package.top_hash);
+    assert!(run.registry_keys(".s3quilt/runs/").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_failure_of_the_manifest_write_is_retried() {
+    let run = Planned::new(true, &three_files(), |_| {}).await;
+    run.copy(run.store.clone()).await.unwrap();
     let store = InstrumentedStore::new(
         run.store.clone(),
         vec![FaultRule {
             operation: "PutObject",
-            calls: 1..=1,
+            calls: 2..=2,
             kind: StoreErrorKind::Throttled,
         }],
     );
@@ -642,18 +703,19 @@ async fn a_finalize_that_cannot_write_its_pointers_leaves_no_version_and_can_run
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_local_run_whose_manifest_cannot_be_written_removes_its_copies() {
+async fn a_local_run_whose_copies_cannot_be_journaled_removes_its_copies() {
     let server = moto();
     let client = server.client().await;
     let source = create_bucket(&client, true).await;
     let registry = create_bucket(&client, true).await;
     seed(&client, &source, &three_files()).await;
-    // PutObject 1 is the plan document; every later one (the manifest) is refused.
+    // PutObject 1 is the plan document, 2 and 3 the attempt marker and the shard document,
+    // 4 the fragment: refused, after the copies landed.
     let store = InstrumentedStore::new(
         S3Store::shared(server.client().await),
         vec![FaultRule {
             operation: "PutObject",
-            calls: 2..=usize::MAX,
+            calls: 4..=4,
             kind: StoreErrorKind::AccessDenied,
         }],
     );
@@ -668,15 +730,12 @@ async fn a_local_run_whose_manifest_cannot_be_written_removes_its_copies() {
     .await
     .unwrap_err();
     match &err {
-        EngineError::Finalize { error, rollback } => {
-            assert!(
-                matches!(error, FinalizeError::Registry(RegistryError::Store(e)) if e.key.starts_with(".quilt/packages/")),
-                "{error}"
-            );
+        EngineError::Copy { error, rollback } => {
+            assert!(matches!(error, CopyError::Staging(_)), "{error}");
             assert_eq!(rollback.deleted, 3);
             assert!(rollback.not_deleted.is_empty(), "{rollback:?}");
         }
-        other => panic!("expected a finalize error, got {other}"),
+        other => panic!("expected a copy error, got {other}"),
     }
     assert!(
         err.to_string().contains("rolled back: 3 objects removed"),
@@ -698,7 +757,9 @@ async fn rollback_names_every_object_it_could_not_delete() {
             kind: StoreErrorKind::AccessDenied,
         }],
     );
-    let report = rollback(denied, &run.registry, run.run_id(), &[]).await;
+    let report = abort_run(denied, &run.registry, run.run_id())
+        .await
+        .unwrap();
     assert_eq!(report.deleted, 0);
     for created in &fragment.created {
         let url = format!(
@@ -728,7 +789,9 @@ async fn rollback_names_every_object_it_could_not_delete() {
     );
 
     // Allowed again, it removes everything.
-    let report = rollback(run.store.clone(), &run.registry, run.run_id(), &[]).await;
+    let report = abort_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap();
     assert_eq!(
         (report.deleted, report.not_deleted.len()),
         (3, 0),
@@ -752,7 +815,9 @@ async fn rollback_does_not_guess_when_staging_cannot_be_read() {
         .put(&staging.fragment_key(0), &"not a fragment")
         .await
         .unwrap();
-    let report = rollback(run.store.clone(), &run.registry, run.run_id(), &[]).await;
+    let report = abort_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap();
     assert_eq!(report.deleted, 0);
     assert!(
         report
@@ -772,7 +837,9 @@ async fn rollback_does_not_guess_when_staging_cannot_be_read() {
     run.copy(run.store.clone()).await.unwrap();
     let staging = run.staging();
     staging.put(&staging.plan_key(), &[1, 2, 3]).await.unwrap();
-    let report = rollback(run.store.clone(), &run.registry, run.run_id(), &[]).await;
+    let report = abort_run(run.store.clone(), &run.registry, run.run_id())
+        .await
+        .unwrap();
     assert_eq!(report.deleted, 0);
     assert_eq!(report.not_deleted.len(), 1, "{report:?}");
     assert!(
@@ -912,11 +979,13 @@ async fn a_rollback_cause_quotes_a_few_shard_errors_and_names_what_stayed() {
     for shard in 0..7 {
         let record = FailureRecord {
             shard,
+            attempt: "a".into(),
             created: vec![],
+            in_doubt: vec![],
             error: format!("boom {shard}"),
         };
         staging
-            .put(&staging.failure_key(shard), &record)
+            .put(&staging.failure_key(shard, "a"), &record)
             .await
             .unwrap();
     }

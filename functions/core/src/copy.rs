@@ -30,6 +30,7 @@ use crate::storage::{
     CopiedPart, CopyRequest, ObjectInfo, ObjectStore, PartCopyRequest, StoreError, StoreErrorKind,
     WriteChecksum, WriteResult,
 };
+use crate::transaction::{Outcome, new_attempt_id, open_attempt, owned_at, run_tagging};
 
 /// Why a shard could not be copied.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,20 @@ pub enum CopyError {
     /// The shard named is not in the plan.
     #[error("shard {0} is not part of this run")]
     NoSuchShard(u32),
-    /// The shard stopped early because another object of the run failed.
-    #[error("shard {0} stopped because another object of the run failed")]
+    /// The shard stopped early because another object of the run failed, or the run was
+    /// interrupted.
+    #[error(
+        "shard {0} stopped because another object of the run failed or the run was interrupted"
+    )]
     Stopped(u32),
+    /// The run's outcome is already decided (rolled back, or committed): no copy may start.
+    #[error("run {run_id} is already decided ({outcome:?}): this shard copies nothing")]
+    RunDecided {
+        /// Run id.
+        run_id: String,
+        /// The outcome.
+        outcome: Outcome,
+    },
 }
 
 impl CopyError {
@@ -135,6 +147,65 @@ impl CopyOptions {
 struct CopiedObject {
     entry: FragmentEntry,
     created: Option<WrittenObject>,
+}
+
+/// An object that failed, with the copy it made before failing (if any): a landed copy is in
+/// the run's ownership record whatever happens after, so rollback removes it.
+struct FailedObject {
+    error: CopyError,
+    created: Vec<WrittenObject>,
+    /// A destination key a lost write may have landed on that could not be searched: rollback
+    /// searches it for this run's tag.
+    in_doubt: Option<String>,
+}
+
+impl From<CopyError> for FailedObject {
+    fn from(error: CopyError) -> Self {
+        FailedObject {
+            error,
+            created: Vec::new(),
+            in_doubt: None,
+        }
+    }
+}
+
+impl FailedObject {
+    fn with_created(error: CopyError, created: WrittenObject) -> Self {
+        FailedObject {
+            error,
+            created: vec![created],
+            in_doubt: None,
+        }
+    }
+}
+
+/// Why a shard failed, with everything its attempt created (and keys it could not decide).
+#[derive(Debug)]
+pub struct ShardFailure {
+    /// The first failure.
+    pub error: CopyError,
+    /// Object versions created, from S3's answers (and its tags, for answers that were lost).
+    pub created: Vec<WrittenObject>,
+    /// Destination keys where a write whose answer was lost may have landed and that could not
+    /// be searched: rollback searches them.
+    pub in_doubt: Vec<String>,
+}
+
+impl From<CopyError> for ShardFailure {
+    fn from(error: CopyError) -> Self {
+        ShardFailure {
+            error,
+            created: Vec::new(),
+            in_doubt: Vec::new(),
+        }
+    }
+}
+
+/// Whether a failed attempt of a write may have been applied by S3 (its answer lost): a
+/// timeout, a dropped connection or a 5xx. A throttle (503 SlowDown) is refused before S3
+/// applies anything.
+fn may_have_landed(e: &StoreError) -> bool {
+    e.kind == StoreErrorKind::Transient
 }
 
 /// Hashes an object by streaming it (never to disk), restarting the stream on a transient error.
@@ -222,6 +293,8 @@ struct ObjectCopier<'a> {
     store: &'a dyn ObjectStore,
     plan: &'a RunPlan,
     options: &'a CopyOptions,
+    /// The run's ownership tag (`s3quilt-run=<run id>`) set on every object it writes.
+    tagging: String,
 }
 
 impl ObjectCopier<'_> {
@@ -265,9 +338,9 @@ impl ObjectCopier<'_> {
         Ok(info)
     }
 
-    async fn run(&self, object: &PlannedObject) -> Result<CopiedObject, CopyError> {
+    async fn run(&self, object: &PlannedObject) -> Result<CopiedObject, FailedObject> {
         if !self.plan.copy {
-            return self.reference_in_place(object).await;
+            return Ok(self.reference_in_place(object).await?);
         }
         if is_multipart(object.size) {
             // The upload needs the source's content type and metadata before it starts.
@@ -292,31 +365,19 @@ impl ObjectCopier<'_> {
             let (written, hash) = copied?;
             match info {
                 Ok(info) => self.finish(object, &info, written, hash).await,
-                Err(e) => {
-                    // The copy landed but its entry cannot be made (e.g. the source changed
-                    // under the HEAD): remove it now, as no fragment will name it for rollback.
-                    self.undo_copy(object, &written).await;
-                    Err(e)
-                }
+                // The copy landed but its entry cannot be made (e.g. the source changed under
+                // the HEAD): it is recorded, so rollback removes it.
+                Err(error) => Err(FailedObject::with_created(
+                    error,
+                    self.created(object, &written),
+                )),
             }
         }
     }
 
-    /// Deletes a copy this run made whose entry will not be written (best effort, logged).
-    async fn undo_copy(&self, object: &PlannedObject, written: &WriteResult) {
-        let dst_key = self.plan.destination_key(&object.logical_key);
-        let version = written.version_id.as_deref();
-        if let Err(e) = self
-            .options
-            .retry
-            .run(|_| {
-                self.store
-                    .delete(&self.plan.target_bucket, &dst_key, version)
-            })
-            .await
-        {
-            tracing::warn!(key = %dst_key, error = %e, "could not remove a copy whose entry failed");
-        }
+    /// The ownership record of a write's answer.
+    fn created(&self, object: &PlannedObject, written: &WriteResult) -> WrittenObject {
+        WrittenObject::from_write(self.plan.destination_key(&object.logical_key), written)
     }
 
     fn write_checksum(&self) -> WriteChecksum {
@@ -326,14 +387,69 @@ impl ObjectCopier<'_> {
         }
     }
 
+    /// On a target that does not keep versions (unversioned or suspended), every write is
+    /// conditional on the key being absent, unless the user allowed replacing.
     fn refuse_overwrite(&self) -> bool {
-        !self.plan.target_versioned && !self.plan.overwrite_existing
+        !self.plan.target_versioned() && !self.plan.overwrite_existing
+    }
+
+    /// After a write whose earlier attempt may have landed, what that attempt left: the object
+    /// versions at `dst_key` carrying this run's tag other than `answered` (the version the
+    /// successful attempt's answer named). On a versioned target these are orphan versions of
+    /// ours and are deleted now; any that cannot be are returned for the ownership record.
+    async fn remove_lost_attempts(
+        &self,
+        dst_key: &str,
+        answered: &WriteResult,
+    ) -> Vec<WrittenObject> {
+        if !self.plan.target_versioned() {
+            // The key holds one object, which the successful attempt just wrote.
+            return Vec::new();
+        }
+        let found = match owned_at(self.store, self.plan, dst_key, &self.options.retry).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(key = %dst_key, error = %e, "cannot search for the version of a write whose answer was lost");
+                return Vec::new();
+            }
+        };
+        let mut left = Vec::new();
+        for orphan in found
+            .into_iter()
+            .filter(|o| o.version_id != answered.version_id)
+        {
+            let version = orphan.version_id.as_deref();
+            if let Err(e) = self
+                .options
+                .retry
+                .run(|_| {
+                    self.store
+                        .delete(&self.plan.target_bucket, dst_key, version)
+                })
+                .await
+            {
+                tracing::warn!(key = %dst_key, ?version, error = %e, "cannot delete the version of a write whose answer was lost");
+                left.push(orphan);
+            }
+        }
+        left
+    }
+
+    /// A conditional write refused after an earlier attempt may have landed: the object there
+    /// is ours only if S3 says it carries this run's tag.
+    async fn claim_lost_write(&self, dst_key: &str) -> Result<Option<WriteResult>, StoreError> {
+        let found = owned_at(self.store, self.plan, dst_key, &self.options.retry).await?;
+        Ok(found.into_iter().next().map(|o| WriteResult {
+            version_id: o.version_id,
+            etag: o.etag,
+            ..WriteResult::default()
+        }))
     }
 
     async fn copy_single(
         &self,
         object: &PlannedObject,
-    ) -> Result<(WriteResult, Option<String>), CopyError> {
+    ) -> Result<(WriteResult, Option<String>), FailedObject> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let request = CopyRequest {
             src_bucket: &self.plan.source_bucket,
@@ -344,92 +460,149 @@ impl ObjectCopier<'_> {
             checksum: self.write_checksum(),
             if_none_match: self.refuse_overwrite(),
             src_if_match: object.etag.as_deref(),
+            tagging: Some(&self.tagging),
         };
+        let in_doubt = AtomicBool::new(false);
         let result = self
             .options
             .retry
-            .run_with(Some(&self.options.limit), |attempt| {
+            .run_with(Some(&self.options.limit), |_| {
                 let request = request.clone();
-                let dst_key = dst_key.as_str();
+                let in_doubt = &in_doubt;
                 async move {
-                    match self.store.copy(request).await {
-                        // A retried conditional copy whose first attempt landed (response lost):
-                        // the object there is ours if it is the planned source's copy.
-                        Err(e) if e.kind == StoreErrorKind::PreconditionFailed && attempt > 1 => {
-                            let there = self
-                                .store
-                                .head(&self.plan.target_bucket, dst_key, None)
-                                .await?;
-                            if there.size == object.size
-                                && there.etag.is_some()
-                                && there.etag == object.etag
-                            {
-                                Ok(WriteResult {
-                                    version_id: there.version_id,
-                                    etag: there.etag,
-                                    ..Default::default()
-                                })
-                            } else {
-                                Err(e)
-                            }
-                        }
-                        other => other,
+                    let result = self.store.copy(request).await;
+                    if let Err(e) = &result
+                        && may_have_landed(e)
+                    {
+                        in_doubt.store(true, Ordering::Relaxed);
                     }
+                    result
                 }
             })
             .await;
+        let in_doubt = in_doubt.into_inner();
+        let mut orphans = Vec::new();
         let written = match result {
-            Ok(written) => written,
-            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {
-                // Either the destination exists (only asked on an unversioned target), or the
-                // source's ETag moved. Tell which.
-                let now = self
-                    .store
-                    .head(&self.plan.source_bucket, &object.key, None)
-                    .await
-                    .ok();
-                if let (Some(planned), Some(now)) = (&object.etag, now.and_then(|i| i.etag))
-                    && *planned != now
-                {
-                    return Err(CopyError::SourceChanged {
-                        bucket: self.plan.source_bucket.clone(),
-                        key: object.key.clone(),
-                        planned: planned.clone(),
-                        now,
-                    });
+            Ok(written) => {
+                if in_doubt {
+                    orphans = self.remove_lost_attempts(&dst_key, &written).await;
                 }
-                if !self.refuse_overwrite() {
-                    return Err(self.object_error(&object.key)(e));
-                }
-                return Err(CopyError::DestinationExists {
-                    bucket: self.plan.target_bucket.clone(),
-                    key: dst_key,
-                });
+                written
             }
-            Err(e) => return Err(self.object_error(&object.key)(e)),
+            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {
+                if in_doubt && self.refuse_overwrite() {
+                    match self.claim_lost_write(&dst_key).await {
+                        // Our own copy, whose answer was lost: it has no checksum to hand, so
+                        // the entry's hash is computed from the copy.
+                        Ok(Some(written)) => return Ok((written, None)),
+                        Ok(None) => {}
+                        Err(e) => return Err(self.object_error(&object.key)(e).into()),
+                    }
+                }
+                return Err(self.refused_copy(object, dst_key, e).await.into());
+            }
+            Err(e) if in_doubt => {
+                // Every attempt failed, and one may have landed: what carries our tag is ours.
+                let error = self.object_error(&object.key)(e);
+                return Err(self.lost_writes(error, &dst_key).await);
+            }
+            Err(e) => return Err(self.object_error(&object.key)(e).into()),
         };
+        if let Some(orphan) = orphans.into_iter().next() {
+            // A version of ours that could not be removed: fail the object so the run's
+            // rollback (which retries the delete and reports it) accounts for it.
+            return Err(FailedObject {
+                error: self.object_error(&object.key)(StoreError::new(
+                    StoreErrorKind::Transient,
+                    "DeleteObject",
+                    &self.plan.target_bucket,
+                    &orphan.key,
+                    "an earlier copy attempt whose answer was lost left a version that could not be deleted",
+                )),
+                created: vec![self.created(object, &written), orphan],
+                in_doubt: None,
+            });
+        }
         let hash = match self.plan.hash_type {
             HashType::Crc64Nvme => written
                 .checksum_crc64nvme
                 .as_deref()
                 .map(hash_from_s3_crc64nvme)
-                .transpose()
-                .map_err(self.checksum_error(&self.plan.target_bucket, &dst_key))?,
+                .transpose(),
             _ => written
                 .checksum_sha256
                 .as_deref()
                 .map(|c| hash_from_s3_full_object_sha256(object.size, c))
-                .transpose()
-                .map_err(self.checksum_error(&self.plan.target_bucket, &dst_key))?,
+                .transpose(),
         };
-        Ok((written, hash))
+        match hash {
+            Ok(hash) => Ok((written, hash)),
+            Err(e) => Err(FailedObject::with_created(
+                self.checksum_error(&self.plan.target_bucket, &dst_key)(e),
+                self.created(object, &written),
+            )),
+        }
+    }
+
+    /// A write failed for good after an attempt that may have landed: the versions at
+    /// `dst_key` that carry this run's tag are recorded as created (so rollback removes them);
+    /// if S3 cannot be asked, the key is left for rollback to search.
+    async fn lost_writes(&self, error: CopyError, dst_key: &str) -> FailedObject {
+        match owned_at(self.store, self.plan, dst_key, &self.options.retry).await {
+            Ok(created) => FailedObject {
+                error,
+                created,
+                in_doubt: None,
+            },
+            Err(e) => {
+                tracing::warn!(key = %dst_key, error = %e, "cannot search for a write whose answer was lost");
+                FailedObject {
+                    error,
+                    created: Vec::new(),
+                    in_doubt: Some(dst_key.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Why a conditional copy was refused: the source's ETag moved, or (on a target that does
+    /// not keep versions) the destination exists and is not this run's.
+    async fn refused_copy(
+        &self,
+        object: &PlannedObject,
+        dst_key: String,
+        e: StoreError,
+    ) -> CopyError {
+        let now = self
+            .options
+            .retry
+            .run(|_| self.store.head(&self.plan.source_bucket, &object.key, None))
+            .await
+            .ok();
+        if let (Some(planned), Some(now)) = (&object.etag, now.and_then(|i| i.etag))
+            && *planned != now
+        {
+            return CopyError::SourceChanged {
+                bucket: self.plan.source_bucket.clone(),
+                key: object.key.clone(),
+                planned: planned.clone(),
+                now,
+            };
+        }
+        if !self.refuse_overwrite() {
+            return self.object_error(&object.key)(e);
+        }
+        CopyError::DestinationExists {
+            bucket: self.plan.target_bucket.clone(),
+            key: dst_key,
+        }
     }
 
     async fn copy_multipart(
         &self,
         object: &PlannedObject,
         info: ObjectInfo,
-    ) -> Result<CopiedObject, CopyError> {
+    ) -> Result<CopiedObject, FailedObject> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let target = &self.plan.target_bucket;
         let upload_id = self
@@ -442,45 +615,85 @@ impl ObjectCopier<'_> {
                     WriteChecksum::Sha256,
                     info.content_type.as_deref(),
                     &info.metadata,
+                    Some(&self.tagging),
                 )
             })
             .await
             .map_err(self.object_error(&object.key))?;
         let copied = self.copy_parts(object, &dst_key, &upload_id).await;
+        let in_doubt = AtomicBool::new(false);
         let completed = match copied {
             Ok(parts) => self
                 .options
                 .retry
                 .run_with(Some(&self.options.limit), |_| {
-                    self.store.complete_multipart(
-                        target,
-                        &dst_key,
-                        &upload_id,
-                        &parts,
-                        self.refuse_overwrite(),
-                    )
+                    let (parts, in_doubt) = (&parts, &in_doubt);
+                    let dst_key = dst_key.as_str();
+                    let upload_id = upload_id.as_str();
+                    async move {
+                        let result = self
+                            .store
+                            .complete_multipart(
+                                target,
+                                dst_key,
+                                upload_id,
+                                parts,
+                                self.refuse_overwrite(),
+                            )
+                            .await;
+                        if let Err(e) = &result
+                            && may_have_landed(e)
+                        {
+                            in_doubt.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    }
                 })
                 .await
-                .map(|written| (written, parts)),
-            Err(e) => Err(e),
+                .map(|written| (written, parts.clone()))
+                .map_err(|e| (e, Some(parts))),
+            Err(e) => Err((e, None)),
         };
         let (written, parts) = match completed {
             Ok(done) => done,
-            Err(e) => {
-                if let Err(abort) = self
-                    .store
-                    .abort_multipart(target, &dst_key, &upload_id)
+            // A completion whose answer was lost: the upload is gone (NoSuchUpload) or, on a
+            // conditional completion, the key exists. Ours if it carries this run's tag.
+            Err((e, Some(parts)))
+                if in_doubt.load(Ordering::Relaxed)
+                    && matches!(
+                        e.kind,
+                        StoreErrorKind::NotFound | StoreErrorKind::PreconditionFailed
+                    ) =>
+            {
+                match self.claim_lost_write(&dst_key).await {
+                    Ok(Some(written)) => (written, parts),
+                    Ok(None) => {
+                        return Err(self
+                            .abandon_upload(object, &dst_key, &upload_id, e)
+                            .await
+                            .into());
+                    }
+                    Err(search) => {
+                        let error = self
+                            .abandon_upload(object, &dst_key, &upload_id, search)
+                            .await;
+                        return Err(FailedObject {
+                            error,
+                            created: Vec::new(),
+                            in_doubt: Some(dst_key),
+                        });
+                    }
+                }
+            }
+            Err((e, _)) if in_doubt.load(Ordering::Relaxed) => {
+                let error = self.abandon_upload(object, &dst_key, &upload_id, e).await;
+                return Err(self.lost_writes(error, &dst_key).await);
+            }
+            Err((e, _)) => {
+                return Err(self
+                    .abandon_upload(object, &dst_key, &upload_id, e)
                     .await
-                {
-                    tracing::warn!(key = %dst_key, error = %abort, "could not abort multipart upload");
-                }
-                if e.kind == StoreErrorKind::PreconditionFailed && self.refuse_overwrite() {
-                    return Err(CopyError::DestinationExists {
-                        bucket: target.clone(),
-                        key: dst_key,
-                    });
-                }
-                return Err(self.object_error(&object.key)(e));
+                    .into());
             }
         };
         // Part checksums are exactly Quilt's chunk digests when the parts are Quilt's chunks,
@@ -495,14 +708,46 @@ impl ObjectCopier<'_> {
                         (len, p.checksum_sha256.clone().unwrap_or_default())
                     })
                     .collect();
-                Some(
-                    hash_from_s3_parts(object.size, &layout)
-                        .map_err(self.checksum_error(target, &dst_key))?,
-                )
+                match hash_from_s3_parts(object.size, &layout) {
+                    Ok(hash) => Some(hash),
+                    Err(e) => {
+                        return Err(FailedObject::with_created(
+                            self.checksum_error(target, &dst_key)(e),
+                            self.created(object, &written),
+                        ));
+                    }
+                }
             }
             _ => None,
         };
         self.finish(object, &info, written, hash).await
+    }
+
+    /// Aborts an upload that will not complete and names why it failed.
+    async fn abandon_upload(
+        &self,
+        object: &PlannedObject,
+        dst_key: &str,
+        upload_id: &str,
+        e: StoreError,
+    ) -> CopyError {
+        let target = &self.plan.target_bucket;
+        if let Err(abort) = self
+            .options
+            .retry
+            .run(|_| self.store.abort_multipart(target, dst_key, upload_id))
+            .await
+            && abort.kind != StoreErrorKind::NotFound
+        {
+            tracing::warn!(key = %dst_key, error = %abort, "could not abort multipart upload");
+        }
+        if e.kind == StoreErrorKind::PreconditionFailed && self.refuse_overwrite() {
+            return CopyError::DestinationExists {
+                bucket: target.clone(),
+                key: dst_key.to_string(),
+            };
+        }
+        self.object_error(&object.key)(e)
     }
 
     async fn copy_parts(
@@ -551,31 +796,42 @@ impl ObjectCopier<'_> {
         info: &ObjectInfo,
         written: WriteResult,
         hash: Option<String>,
-    ) -> Result<CopiedObject, CopyError> {
+    ) -> Result<CopiedObject, FailedObject> {
         let dst_key = self.plan.destination_key(&object.logical_key);
+        let created = self.created(object, &written);
+        // Only a version of a versioned target pins anything: on a suspended target every
+        // write is the `null` version, which the next write replaces.
+        let version = written
+            .version_id
+            .clone()
+            .filter(|_| self.plan.target_versioned());
         let hash = match hash {
             Some(value) => QuiltHash {
                 kind: self.plan.hash_type,
                 value,
             },
-            None => stream_hash(
+            None => match stream_hash(
                 self.store,
                 &self.plan.target_bucket,
                 &dst_key,
-                written.version_id.as_deref(),
+                version.as_deref(),
                 object.size,
                 self.plan.hash_type,
                 &self.options.retry,
                 Some(&self.options.limit),
             )
             .await
-            .map_err(self.object_error(&object.key))?,
+            {
+                Ok(hash) => hash,
+                Err(e) => {
+                    return Err(FailedObject::with_created(
+                        self.object_error(&object.key)(e),
+                        created,
+                    ));
+                }
+            },
         };
-        let physical = PhysicalKey::new(
-            &self.plan.target_bucket,
-            &dst_key,
-            written.version_id.clone(),
-        );
+        let physical = PhysicalKey::new(&self.plan.target_bucket, &dst_key, version);
         Ok(CopiedObject {
             entry: FragmentEntry {
                 logical_key: object.logical_key.clone(),
@@ -585,10 +841,7 @@ impl ObjectCopier<'_> {
                 hash_value: hash.value,
                 meta: entry_meta(self.plan, object, info),
             },
-            created: Some(WrittenObject {
-                key: dst_key,
-                version_id: written.version_id,
-            }),
+            created: Some(created),
         })
     }
 
@@ -649,48 +902,98 @@ pub struct ShardOutcome {
     pub already_done: bool,
 }
 
-/// Copies one shard and writes its fragment to staging (what a copier Lambda does). Re-running
-/// a shard whose fragment exists does nothing. On failure, what was created is recorded in the
-/// shard's failure record (and returned beside the error) so rollback can remove it.
+/// How a copier uses the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardMode {
+    /// A copier of its own (a Lambda): a shard whose fragment exists is done, and a run whose
+    /// outcome is decided copies nothing (a late copier after a rollback writes no object).
+    pub resumable: bool,
+    /// Write the shard document beside the attempt marker: the local engine keeps shards in
+    /// memory, and recovery needs the keys of an attempt whose process died.
+    pub stage_shard: bool,
+}
+
+impl ShardMode {
+    /// What the AWS copier does: the planner staged the shards.
+    pub const LAMBDA: ShardMode = ShardMode {
+        resumable: true,
+        stage_shard: false,
+    };
+    /// What the local engine does.
+    pub const LOCAL: ShardMode = ShardMode {
+        resumable: false,
+        stage_shard: true,
+    };
+}
+
+/// Copies one shard as one journaled attempt: opens the attempt, copies, and closes it with the
+/// shard's fragment or, on failure, a failure record naming what it created (returned beside
+/// the error too), so rollback can remove exactly that.
 pub async fn copy_shard(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
     shard: &Shard,
     options: &CopyOptions,
     on_object: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ShardOutcome, (CopyError, Vec<WrittenObject>)> {
+    mode: ShardMode,
+) -> Result<ShardOutcome, ShardFailure> {
     let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
-    match staging
-        .get::<ManifestFragment>(&staging.fragment_key(shard.shard))
+    if mode.resumable {
+        let (fragment_key, outcome_key) =
+            (staging.fragment_key(shard.shard), staging.outcome_key());
+        let (fragment, outcome) = tokio::join!(
+            staging.get::<ManifestFragment>(&fragment_key),
+            staging.get::<Outcome>(&outcome_key),
+        );
+        match fragment {
+            Ok(Some(fragment)) => {
+                for entry in &fragment.entries {
+                    on_object(entry.size);
+                }
+                return Ok(ShardOutcome {
+                    fragment,
+                    already_done: true,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => return Err(CopyError::from(e).into()),
+        }
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(decided)) => {
+                return Err(CopyError::RunDecided {
+                    run_id: plan.run_id.clone(),
+                    outcome: decided,
+                }
+                .into());
+            }
+            Err(e) => return Err(CopyError::from(e).into()),
+        }
+    }
+    let attempt = new_attempt_id();
+    if let Err(e) = open_attempt(&staging, shard, &attempt, mode.stage_shard).await {
+        return Err(CopyError::from(StagingError::from(e)).into());
+    }
+    let fragment = match copy_objects(store.as_ref(), plan, shard, options, on_object, &attempt)
         .await
     {
-        Ok(Some(fragment)) => {
-            for entry in &fragment.entries {
-                on_object(entry.size);
-            }
-            return Ok(ShardOutcome {
-                fragment,
-                already_done: true,
-            });
-        }
-        Ok(None) => {}
-        Err(e) => return Err((e.into(), Vec::new())),
-    }
-    let fragment = match copy_objects(store.as_ref(), plan, shard, options, on_object).await {
         Ok(fragment) => fragment,
-        Err((error, created)) => {
+        Err(failure) => {
             let record = FailureRecord {
                 shard: shard.shard,
-                created: created.clone(),
-                error: error.to_string(),
+                attempt: attempt.clone(),
+                created: failure.created.clone(),
+                in_doubt: failure.in_doubt.clone(),
+                error: failure.error.to_string(),
             };
             if let Err(e) = staging
-                .put(&staging.failure_key(shard.shard), &record)
+                .put(&staging.failure_key(shard.shard, &attempt), &record)
                 .await
             {
+                // The attempt stays open: recovery searches its keys for this run's tag.
                 tracing::warn!(shard = shard.shard, error = %e, "could not record the failed shard's objects");
             }
-            return Err((error, created));
+            return Err(failure);
         }
     };
     match staging
@@ -701,24 +1004,30 @@ pub async fn copy_shard(
             fragment,
             already_done: false,
         }),
-        Err(e) => Err((StagingError::from(e).into(), fragment.created)),
+        Err(e) => Err(ShardFailure {
+            error: StagingError::from(e).into(),
+            created: fragment.created,
+            in_doubt: Vec::new(),
+        }),
     }
 }
 
 /// Copies (or references) every object of a shard and returns its fragment, touching no
-/// staging document: the local engine keeps fragments in memory. On failure the objects
-/// already in flight finish first, so everything created is returned beside the error.
+/// staging document. On failure the objects already in flight finish first, so everything
+/// created is returned beside the error.
 pub async fn copy_objects(
     store: &dyn ObjectStore,
     plan: &RunPlan,
     shard: &Shard,
     options: &CopyOptions,
     on_object: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ManifestFragment, (CopyError, Vec<WrittenObject>)> {
+    attempt: &str,
+) -> Result<ManifestFragment, ShardFailure> {
     let copier = ObjectCopier {
         store,
         plan,
         options,
+        tagging: run_tagging(&plan.run_id),
     };
     let mut results = futures::stream::iter(shard.objects.iter().map(|object| {
         let copier = &copier;
@@ -738,7 +1047,10 @@ pub async fn copy_objects(
 
     let mut entries = Vec::with_capacity(shard.objects.len());
     let mut created = Vec::new();
+    let mut in_doubt = Vec::new();
     let mut failure = None;
+    // Objects already in flight when one fails finish, so everything they create is known;
+    // those not yet started see `stop` and skip.
     while let Some(result) = results.next().await {
         match result {
             Ok(Some(copied)) => {
@@ -746,31 +1058,31 @@ pub async fn copy_objects(
                 entries.push(copied.entry);
             }
             Ok(None) => {}
-            Err(e) => {
-                failure = Some(e);
-                break;
+            Err(failed) => {
+                created.extend(failed.created);
+                in_doubt.extend(failed.in_doubt);
+                failure.get_or_insert(failed.error);
             }
         }
+    }
+    if failure.is_none() && entries.len() < shard.objects.len() {
+        // Another shard of the run failed (or the run was interrupted) while this one was
+        // copying: what was copied is returned for rollback, and no fragment (it would be
+        // incomplete).
+        failure = Some(CopyError::Stopped(shard.shard));
     }
     if let Some(error) = failure {
-        // Objects already in flight finish so everything they create is known; those not yet
-        // started see `stop` and skip.
-        while let Some(result) = results.next().await {
-            if let Ok(Some(copied)) = result {
-                created.extend(copied.created);
-            }
-        }
-        return Err((error, created));
-    }
-    if entries.len() < shard.objects.len() {
-        // Another shard of the run failed while this one was copying: what was copied is
-        // returned for rollback, and no fragment (it would be incomplete).
-        return Err((CopyError::Stopped(shard.shard), created));
+        return Err(ShardFailure {
+            error,
+            created,
+            in_doubt,
+        });
     }
     Ok(ManifestFragment {
         shard: shard.shard,
         entries,
         created,
+        attempt: attempt.to_string(),
     })
 }
 
@@ -788,7 +1100,14 @@ pub async fn copy_shard_from_staging(
         return Err(CopyError::NoSuchShard(shard));
     }
     let shard_doc: Shard = staging.require(&staging.shard_key(shard)).await?;
-    copy_shard(store, &plan, &shard_doc, options, &|_| {})
-        .await
-        .map_err(|(e, _)| e)
+    copy_shard(
+        store,
+        &plan,
+        &shard_doc,
+        options,
+        &|_| {},
+        ShardMode::LAMBDA,
+    )
+    .await
+    .map_err(|failure| failure.error)
 }

@@ -1,6 +1,8 @@
 //! Step 3, finalize: check that every shard has its fragment, merge the fragments in walk
-//! order, write the manifest and then the pointers (last: the version appears whole or not at
-//! all), and remove staging. Step 4, rollback: delete exactly what the run created.
+//! order into the manifest, **commit** (the run's outcome, see [`crate::transaction`]), then
+//! publish: the manifest, the timestamped pointer, `latest`, and remove staging. Nothing under
+//! `.quilt/` is written before the commit; nothing after it is ever rolled back: a publish
+//! that fails is retried, and else left for `s3quilt runs resume`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,11 +12,12 @@ use serde::Serialize;
 
 use crate::quilt::checksum::QuiltHash;
 use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError, PackageHeader};
-use crate::registry::{Registry, RegistryError, WrittenObject};
-use crate::retry::RetryPolicy;
-use crate::staging::{FailureRecord, ManifestFragment, RunPlan, Staging, StagingError, parse_meta};
-use crate::storage::{ObjectStore, StoreErrorKind, unix_now};
+use crate::registry::{Registry, RegistryError};
+use crate::staging::{ManifestFragment, RunPlan, Staging, StagingError, parse_meta};
+use crate::storage::{ObjectStore, unix_now};
+use crate::transaction::{self, TransactionError};
 
+pub use crate::transaction::RollbackReport;
 /// The package a run made.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PackageResult {
@@ -73,9 +76,30 @@ pub enum FinalizeError {
         /// What is wrong.
         reason: String,
     },
-    /// Writing to the registry failed.
+    /// The commit was refused (the run was aborted) or is not this manifest's.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Transaction(#[from] TransactionError),
+    /// Resume of a run that never reached its commit point.
+    #[error(
+        "run {run_id} is not committed: nothing of it may be published; `s3quilt runs abort {run_id}` rolls it back"
+    )]
+    NotCommitted {
+        /// Run id.
+        run_id: String,
+    },
+    /// The run is committed but its manifest or pointers could not be written (after
+    /// retries). It is never rolled back: resuming it writes what is missing.
+    #[error(
+        "run {run_id} is committed (top hash {top_hash}) but publishing it failed: {source}; `s3quilt runs resume {run_id}` finishes it"
+    )]
+    Unpublished {
+        /// Run id.
+        run_id: String,
+        /// The committed top hash.
+        top_hash: String,
+        /// The failure.
+        source: RegistryError,
+    },
 }
 
 impl FinalizeError {
@@ -83,9 +107,24 @@ impl FinalizeError {
     pub fn is_transient(&self) -> bool {
         match self {
             FinalizeError::Staging(StagingError::Store(e))
-            | FinalizeError::Registry(RegistryError::Store(e)) => e.kind.is_retryable(),
+            | FinalizeError::Transaction(TransactionError::Staging(StagingError::Store(e))) => {
+                e.kind.is_retryable()
+            }
+            FinalizeError::Unpublished {
+                source: RegistryError::Store(e),
+                ..
+            } => e.kind.is_retryable(),
             _ => false,
         }
+    }
+
+    /// Whether the run passed its commit point: it must be finished, never rolled back.
+    pub fn is_committed(&self) -> bool {
+        matches!(
+            self,
+            FinalizeError::Unpublished { .. }
+                | FinalizeError::Transaction(TransactionError::Committed { .. })
+        )
     }
 }
 
@@ -123,17 +162,20 @@ fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, F
         .collect()
 }
 
-/// Finalizes run `run_id` from its staging area (what the finalizer Lambda does): see the
-/// module docs. Registry writes made before a failure are undone here, so a failed finalize
-/// leaves no partial version.
+/// Finalizes run `run_id` from its staging area (what the finalizer Lambda does, and what
+/// `s3quilt runs resume` does for a committed run): see the module docs. Finalizing twice (a
+/// retried Lambda, a re-run) gives the same package.
 pub async fn finalize(
     store: Arc<dyn ObjectStore>,
     registry_bucket: &str,
     run_id: &str,
 ) -> Result<PackageResult, FinalizeError> {
     let staging = Staging::new(store.clone(), registry_bucket, run_id);
-    // Finalizing twice (a retried Lambda, a re-run) gives the same package.
     if let Some(done) = staging.get::<PackageResult>(&staging.result_key()).await? {
+        // Published; staging may be left if the process that published it died.
+        for leftover in staging.remove_all().await {
+            tracing::warn!(run_id, leftover, "could not remove staging object");
+        }
         return Ok(done);
     }
     let plan = staging.plan().await?;
@@ -156,29 +198,61 @@ pub async fn finalize(
     .buffered(16)
     .try_collect()
     .await?;
-    let result = finalize_fragments(store.clone(), &plan, fragments).await?;
+    finalize_fragments(store, &plan, fragments).await
+}
+
+/// Merges the fragments of every shard of `plan` (any order) into the manifest, commits the
+/// run and publishes the version (manifest, timestamped pointer, `latest`), then records the
+/// result and removes staging. The local engine calls this with the fragments it kept in
+/// memory; [`finalize`] with those it read from staging. An error before the commit leaves
+/// the registry untouched (the caller rolls back); after it, [`FinalizeError::Unpublished`].
+pub async fn finalize_fragments(
+    store: Arc<dyn ObjectStore>,
+    plan: &RunPlan,
+    fragments: Vec<ManifestFragment>,
+) -> Result<PackageResult, FinalizeError> {
+    let (manifest, bytes) = build_manifest(plan, fragments)?;
+    let top_hash = manifest.top_hash();
+    let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
+    // The commit point. A run committed before (a resumed or retried finalize) keeps the
+    // timestamp it committed with.
+    let timestamp = transaction::commit(&staging, &top_hash, unix_now()).await?;
+    let registry = Registry::new(store.clone(), &plan.registry_bucket);
+    let stamp = publish(&registry, plan, &manifest, &top_hash, timestamp)
+        .await
+        .map_err(|source| FinalizeError::Unpublished {
+            run_id: plan.run_id.clone(),
+            top_hash: top_hash.clone(),
+            source,
+        })?;
+    let result = PackageResult {
+        run_id: plan.run_id.clone(),
+        package_name: plan.package_name.to_string(),
+        top_hash: top_hash.clone(),
+        registry: registry.url(),
+        timestamp: stamp,
+        objects: plan.objects,
+        bytes,
+        browse: browse_command(plan.package_name.as_str(), &registry.url(), &top_hash),
+    };
     // The version is visible now. The result record makes a re-run answer the same; if it
     // cannot be written the package still stands, so that is only logged.
     if let Err(e) = staging.put(&staging.result_key(), &result).await {
-        tracing::warn!(run_id, error = %e, "could not record the run's result");
+        tracing::warn!(run_id = %plan.run_id, error = %e, "could not record the run's result");
     }
     // Leftovers of staging are only litter, reported not fatal.
-    let (leftovers, ()) = tokio::join!(staging.remove_all(), remove_probes(store.as_ref(), &plan));
+    let (leftovers, ()) = tokio::join!(staging.remove_all(), remove_probes(store.as_ref(), plan));
     for leftover in leftovers {
-        tracing::warn!(run_id, leftover, "could not remove staging object");
+        tracing::warn!(run_id = %plan.run_id, leftover, "could not remove staging object");
     }
     Ok(result)
 }
 
-/// Merges the fragments of every shard of `plan` (any order) into the manifest and writes the
-/// version: manifest, then pointers. Registry writes made before a failure are undone. The
-/// local engine calls this with the fragments it kept in memory; [`finalize`] with those it
-/// read from staging.
-pub async fn finalize_fragments(
-    store: Arc<dyn ObjectStore>,
+/// The manifest of `plan` from its fragments, and its bytes.
+fn build_manifest(
     plan: &RunPlan,
     mut fragments: Vec<ManifestFragment>,
-) -> Result<PackageResult, FinalizeError> {
+) -> Result<(Manifest, u64), FinalizeError> {
     let run_id = plan.run_id.as_str();
     fragments.sort_by_key(|f| f.shard);
     require_every_shard(plan, &fragments.iter().map(|f| f.shard).collect())?;
@@ -205,20 +279,31 @@ pub async fn finalize_fragments(
         })?;
     let header = PackageHeader::new(valid.message.as_deref(), valid.user_meta);
     // Sorting into walk order is n log n; the manifest is the only thing held in memory.
-    let manifest = Manifest::new(header, entries)?;
-    let registry = Registry::new(store.clone(), &plan.registry_bucket);
-    let timestamp = unix_now();
-    let written = write_version(&registry, plan, &manifest, timestamp).await?;
-    Ok(PackageResult {
-        run_id: run_id.to_string(),
-        package_name: plan.package_name.to_string(),
-        top_hash: written.clone(),
-        registry: registry.url(),
-        timestamp,
-        objects: plan.objects,
-        bytes,
-        browse: browse_command(plan.package_name.as_str(), &registry.url(), &written),
-    })
+    Ok((Manifest::new(header, entries)?, bytes))
+}
+
+/// Publishes a committed version: the manifest (unless one with its top hash is there), the
+/// timestamped pointer (a free second from `timestamp` on), and `latest` unless a newer version
+/// of the package was published meanwhile. Every write is idempotent, so a resumed run
+/// repeats this safely. Returns the pointer's timestamp.
+async fn publish(
+    registry: &Registry,
+    plan: &RunPlan,
+    manifest: &Manifest,
+    top_hash: &str,
+    timestamp: u64,
+) -> Result<u64, RegistryError> {
+    registry.put_manifest_if_absent(manifest).await?;
+    let stamp = registry
+        .put_version_pointer(&plan.package_name, top_hash, timestamp)
+        .await?;
+    let newest = registry.newest_timestamp(&plan.package_name).await?;
+    if newest.is_none_or(|newest| newest <= stamp) {
+        registry.put_latest(&plan.package_name, top_hash).await?;
+    } else {
+        tracing::info!(run_id = %plan.run_id, stamp, ?newest, "a newer version was published meanwhile: `latest` left to it");
+    }
+    Ok(stamp)
 }
 
 /// Refuses to finalize unless every shard of `plan` has a fragment in `present`.
@@ -234,94 +319,6 @@ fn require_every_shard(plan: &RunPlan, present: &HashSet<u32>) -> Result<(), Fin
     }
 }
 
-/// Removes the staging documents and probes a run wrote whose keys and versions are known (the
-/// local engine's case: no listing needed). Returns what could not be removed.
-pub async fn remove_staged(
-    store: &dyn ObjectStore,
-    plan: &RunPlan,
-    staged: &[WrittenObject],
-) -> Vec<String> {
-    let retry = RetryPolicy::default();
-    let targets = staged
-        .iter()
-        .map(|o| (plan.registry_bucket.as_str(), o))
-        .chain(plan.probes.iter().map(|o| (plan.target_bucket.as_str(), o)));
-    futures::stream::iter(targets.map(|(bucket, object)| {
-        let retry = &retry;
-        async move {
-            retry
-                .run(|_| store.delete(bucket, &object.key, object.version_id.as_deref()))
-                .await
-                .err()
-                .filter(|e| e.kind != StoreErrorKind::NotFound)
-                .map(|e| format!("s3://{bucket}/{} ({e})", object.key))
-        }
-    }))
-    .buffer_unordered(32)
-    .filter_map(|failed| async move { failed })
-    .collect()
-    .await
-}
-
-async fn write_version(
-    registry: &Registry,
-    plan: &RunPlan,
-    manifest: &Manifest,
-    timestamp: u64,
-) -> Result<String, FinalizeError> {
-    let retry = RetryPolicy::default();
-    let top_hash = manifest.top_hash();
-    let store = registry.store();
-    let mut created: Vec<WrittenObject> = Vec::new();
-    let result: Result<(), FinalizeError> = async {
-        // A manifest with this top hash may already exist (the same content pushed before):
-        // then it is not ours to remove on failure. The conditional write tells, with no HEAD
-        // in series before it. (If a first attempt landed but its answer was lost, the retry
-        // sees "exists" and the manifest is left on failure: unreferenced, never a version.)
-        let (_, object) =
-            retry_registry(&retry, || registry.put_manifest_if_absent(manifest)).await?;
-        created.extend(object);
-        let pointers = retry_registry(&retry, || {
-            registry.put_pointers(&plan.package_name, &top_hash, timestamp)
-        })
-        .await?;
-        created.extend(pointers);
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        for object in &created {
-            if let Err(undo) = store
-                .delete(registry.bucket(), &object.key, object.version_id.as_deref())
-                .await
-            {
-                tracing::warn!(key = %object.key, error = %undo, "could not undo a registry write");
-            }
-        }
-        return Err(e);
-    }
-    Ok(top_hash)
-}
-
-async fn retry_registry<T, F, Fut>(retry: &RetryPolicy, op: F) -> Result<T, RegistryError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RegistryError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(RegistryError::Store(e))
-                if e.kind.is_retryable() && attempt < retry.max_attempts =>
-            {
-                tokio::time::sleep(retry.delay(attempt, e.kind == StoreErrorKind::Throttled)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 async fn remove_probes(store: &dyn ObjectStore, plan: &RunPlan) {
     for probe in &plan.probes {
         if let Err(e) = store
@@ -329,136 +326,6 @@ async fn remove_probes(store: &dyn ObjectStore, plan: &RunPlan) {
             .await
         {
             tracing::warn!(key = %probe.key, error = %e, "could not remove write probe");
-        }
-    }
-}
-
-/// What a rollback did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RollbackReport {
-    /// Objects (versions) deleted from the target.
-    pub deleted: usize,
-    /// What could not be deleted, with why: these need a person's attention.
-    pub not_deleted: Vec<String>,
-}
-
-/// Rolls back run `run_id`: deletes exactly the object versions it created (from its
-/// fragments, failure records and `also_created`), its probes and its staging area. Never
-/// touches objects that existed before. Writes no pointer.
-pub async fn rollback(
-    store: Arc<dyn ObjectStore>,
-    registry_bucket: &str,
-    run_id: &str,
-    also_created: &[WrittenObject],
-) -> RollbackReport {
-    let staging = Staging::new(store.clone(), registry_bucket, run_id);
-    let mut report = RollbackReport::default();
-    let plan = match staging.plan().await {
-        Ok(plan) => Some(plan),
-        Err(StagingError::Missing { .. }) => None,
-        Err(e) => {
-            report.not_deleted.push(format!(
-                "run {run_id}: cannot read its plan ({e}); nothing was deleted"
-            ));
-            return report;
-        }
-    };
-    if let Some(plan) = &plan {
-        let mut created: Vec<WrittenObject> = also_created.to_vec();
-        // Each shard's fragment and failure record name what it created; read them at once.
-        let records: Vec<_> = futures::stream::iter((0..plan.shards).map(|shard| {
-            let staging = &staging;
-            async move {
-                let fragment = staging
-                    .get::<ManifestFragment>(&staging.fragment_key(shard))
-                    .await;
-                let failure = staging
-                    .get::<FailureRecord>(&staging.failure_key(shard))
-                    .await;
-                (shard, fragment, failure)
-            }
-        }))
-        .buffer_unordered(16)
-        .collect()
-        .await;
-        for (shard, fragment, failure) in records {
-            match fragment {
-                Ok(Some(fragment)) => created.extend(fragment.created),
-                Ok(None) => {}
-                Err(e) => report
-                    .not_deleted
-                    .push(format!("fragment of shard {shard} unreadable: {e}")),
-            }
-            match failure {
-                Ok(Some(record)) => created.extend(record.created),
-                Ok(None) => {}
-                Err(e) => report
-                    .not_deleted
-                    .push(format!("failure record of shard {shard} unreadable: {e}")),
-            }
-        }
-        delete_created(store.as_ref(), plan, created, &mut report).await;
-        remove_probes(store.as_ref(), plan).await;
-    }
-    for leftover in staging.remove_all().await {
-        report.not_deleted.push(format!("staging {leftover}"));
-    }
-    report
-}
-
-/// Rolls back a run whose created objects and staging documents are known in memory (the
-/// local engine): deletes exactly those versions, its probes and its staging documents, with no
-/// listing and no staging reads. Never touches objects that existed before.
-pub async fn rollback_known(
-    store: &dyn ObjectStore,
-    plan: &RunPlan,
-    created: Vec<WrittenObject>,
-    staged: &[WrittenObject],
-) -> RollbackReport {
-    let mut report = RollbackReport::default();
-    delete_created(store, plan, created, &mut report).await;
-    for leftover in remove_staged(store, plan, staged).await {
-        report.not_deleted.push(format!("staging {leftover}"));
-    }
-    report
-}
-
-/// Deletes the object versions a run created in its target, counting them in `report`.
-async fn delete_created(
-    store: &dyn ObjectStore,
-    plan: &RunPlan,
-    mut created: Vec<WrittenObject>,
-    report: &mut RollbackReport,
-) {
-    let retry = RetryPolicy::default();
-    created.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
-    created.dedup();
-    let bucket = plan.target_bucket.as_str();
-    let results: Vec<(WrittenObject, Result<(), crate::storage::StoreError>)> =
-        futures::stream::iter(created.into_iter().map(|object| {
-            let retry = &retry;
-            async move {
-                let result = retry
-                    .run(|_| store.delete(bucket, &object.key, object.version_id.as_deref()))
-                    .await;
-                (object, result)
-            }
-        }))
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for (object, result) in results {
-        match result {
-            Ok(()) => report.deleted += 1,
-            Err(e) if e.kind == StoreErrorKind::NotFound => report.deleted += 1,
-            Err(e) => report.not_deleted.push(format!(
-                "s3://{bucket}/{}{} ({e})",
-                object.key,
-                object
-                    .version_id
-                    .map(|v| format!("?versionId={v}"))
-                    .unwrap_or_default()
-            )),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod retry;
 pub mod select;
 pub mod staging;
 pub mod storage;
+pub mod transaction;
 
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

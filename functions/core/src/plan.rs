@@ -15,7 +15,8 @@ use crate::retry::RetryPolicy;
 use crate::select::logical_key;
 use crate::staging::{PlannedObject, RunPlan, Shard, ShardRef, Staging, new_run_id};
 use crate::storage::{
-    ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, list_all, unix_now,
+    ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, Versioning, list_all,
+    unix_now,
 };
 
 /// Limits on planning.
@@ -57,6 +58,9 @@ pub struct PlanProblems {
     pub archived: Vec<(String, String)>,
     /// Destination keys that already exist on an unversioned target.
     pub existing_in_target: Vec<String>,
+    /// Unfinished runs of the same package in the registry's staging (run id, state): a run
+    /// that died leaves its copies, which is what usually makes destination keys exist.
+    pub unfinished_runs: Vec<(String, String)>,
 }
 
 impl PlanProblems {
@@ -111,6 +115,13 @@ impl std::fmt::Display for PlanProblems {
                 "{} in the unversioned target bucket and would be overwritten (set `overwrite_existing` (CLI: `--overwrite-existing`) to allow it, or use a versioned bucket): {}",
                 plural(self.existing_in_target.len(), "destination key already exists", "destination keys already exist"),
                 list_some(&self.existing_in_target, max, |k| format!("{k:?}"))
+            ));
+        }
+        if !self.unfinished_runs.is_empty() {
+            parts.push(format!(
+                "{} of this package did not finish and may have left these objects: {} (`s3quilt runs abort RUN_ID` rolls an uncommitted run back, `s3quilt runs resume RUN_ID` finishes a committed one)",
+                plural(self.unfinished_runs.len(), "run", "runs"),
+                list_some(&self.unfinished_runs, max, |(id, state)| format!("{id} ({state})"))
             ));
         }
         f.write_str(&parts.join("\n"))
@@ -279,7 +290,7 @@ pub async fn list_source(
         pages += used;
     }
     let full = |p: String| async move {
-        let found = retry.run(|_| list_all(store, bucket, &p)).await?;
+        let found = list_all(store, bucket, &p, retry).await?;
         let used = (found.len() as u64).div_ceil(1000).max(1);
         Ok::<_, StoreError>((found, used))
     };
@@ -515,7 +526,8 @@ async fn plan_valid(
 
     // Read access (listing does not prove GetObject permission; one HEAD does) and the keys
     // already in an unversioned target are asked at the same time.
-    let target_versioned = target_versioned?;
+    let target_versioning = target_versioned?;
+    let target_versioned = target_versioning.keeps_versions();
     let read_access = async {
         match selected.first() {
             Some(first) => retry
@@ -530,19 +542,23 @@ async fn plan_valid(
         if !(valid.copy && !target_versioned && !valid.overwrite_existing) {
             return Ok(HashSet::new());
         }
-        retry
-            .run(|_| list_all(store.as_ref(), &valid.target_bucket, &package_prefix))
-            .await
-            .map(|found| {
-                found
-                    .into_iter()
-                    .map(|o| o.key)
-                    .collect::<HashSet<String>>()
-            })
-            .map_err(|e| PlanError::TargetAccess {
-                bucket: valid.target_bucket.clone(),
-                source: e,
-            })
+        list_all(
+            store.as_ref(),
+            &valid.target_bucket,
+            &package_prefix,
+            &retry,
+        )
+        .await
+        .map(|found| {
+            found
+                .into_iter()
+                .map(|o| o.key)
+                .collect::<HashSet<String>>()
+        })
+        .map_err(|e| PlanError::TargetAccess {
+            bucket: valid.target_bucket.clone(),
+            source: e,
+        })
     };
     let ((), existing) = futures::try_join!(read_access, existing)?;
     problems.existing_in_target = selected
@@ -550,6 +566,28 @@ async fn plan_valid(
         .map(|o| format!("{package_prefix}{}", o.logical_key))
         .filter(|k| existing.contains(k))
         .collect();
+    if !problems.existing_in_target.is_empty() {
+        // Say which unfinished runs of this package may own them (a listing of staging).
+        if let Ok(runs) = crate::transaction::list_runs(store.clone(), &valid.registry_bucket).await
+        {
+            problems.unfinished_runs = runs
+                .into_iter()
+                .filter(|r| r.package == valid.package_name.to_string())
+                .map(|r| {
+                    let state = match r.state {
+                        crate::transaction::RunState::Uncommitted => "not committed".to_string(),
+                        crate::transaction::RunState::Committed { .. } => {
+                            "committed, not published".to_string()
+                        }
+                        crate::transaction::RunState::Aborted { .. } => {
+                            "aborted, clean-up unfinished".to_string()
+                        }
+                    };
+                    (r.run_id, state)
+                })
+                .collect();
+        }
+    }
     if !problems.is_empty() {
         return Err(PlanError::Problems(problems));
     }
@@ -602,16 +640,12 @@ async fn plan_valid(
                         PutOptions {
                             content_type: None,
                             if_none_match: true,
+                            tagging: None,
                         },
                     )
                 })
                 .await
-                .map(|written| {
-                    Some(WrittenObject {
-                        key: probe_key.clone(),
-                        version_id: written.version_id,
-                    })
-                })
+                .map(|written| Some(WrittenObject::from_write(probe_key.clone(), &written)))
                 .map_err(target_error(&valid.target_bucket))
         };
         let shard_documents = async {
@@ -667,7 +701,7 @@ async fn plan_valid(
             source_prefix: valid.source_prefix.clone(),
             copy: valid.copy,
             hash_type: valid.hash_type,
-            target_versioned,
+            target_versioning,
             overwrite_existing: valid.overwrite_existing,
             shards: shards.len() as u32,
             objects,
@@ -715,30 +749,34 @@ async fn plan_valid(
     })
 }
 
-/// Whether the target bucket keeps versions; `false` (the stricter case: existing keys are
-/// refused) when referencing in place or when the answer is denied.
+/// The target bucket's versioning. Unversioned (the stricter case: existing keys are refused)
+/// when referencing in place or when the answer is denied; on a server whose answer cannot be
+/// read, versions under the package's own prefix tell (none there means no key can be
+/// overwritten either way).
 async fn target_versioning(
     store: &dyn ObjectStore,
     valid: &ValidRequest,
     package_prefix: &str,
     retry: &RetryPolicy,
-) -> Result<bool, PlanError> {
+) -> Result<Versioning, PlanError> {
     if !valid.copy {
-        return Ok(false);
+        return Ok(Versioning::Off);
     }
-    match retry
-        .run(|_| store.is_versioned(&valid.target_bucket))
-        .await
-    {
+    match retry.run(|_| store.versioning(&valid.target_bucket)).await {
         Ok(Some(v)) => Ok(v),
-        // The server's answer was unreadable: versions under the package's own prefix tell (no
-        // versions there means no key can be overwritten either way).
         Ok(None) => Ok(retry
             .run(|_| store.list_versions(&valid.target_bucket, package_prefix))
             .await
             .map(|versions| versions.iter().any(|v| v.version_id.is_some()))
-            .unwrap_or(false)),
-        Err(e) if e.kind == StoreErrorKind::AccessDenied => Ok(false),
+            .map(|versioned| {
+                if versioned {
+                    Versioning::Enabled
+                } else {
+                    Versioning::Off
+                }
+            })
+            .unwrap_or(Versioning::Off)),
+        Err(e) if e.kind == StoreErrorKind::AccessDenied => Ok(Versioning::Off),
         Err(e) if e.kind == StoreErrorKind::NotFound => Err(PlanError::TargetAccess {
             bucket: valid.target_bucket.clone(),
             source: e,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::quilt::manifest::{Manifest, ManifestError};
 use crate::quilt::names::PackageName;
+use crate::retry::RetryPolicy;
 use crate::storage::{
     ObjectStore, PutOptions, StoreError, StoreErrorKind, WriteResult, get_bytes, list_all,
 };
@@ -44,6 +45,18 @@ pub enum RegistryError {
         /// What was looked for.
         what: String,
     },
+    /// Every second after the planned pointer timestamp is taken.
+    #[error(
+        "no free timestamped pointer for {package} in s3://{bucket} from {from} on: another writer holds every second"
+    )]
+    NoFreePointer {
+        /// Registry bucket.
+        bucket: String,
+        /// Package.
+        package: String,
+        /// First second tried.
+        from: u64,
+    },
     /// A pointer does not hold a top hash.
     #[error("pointer s3://{bucket}/{key} does not hold a 64-hex top hash")]
     BadPointer {
@@ -73,20 +86,41 @@ pub struct PackageVersion {
     pub top_hash: String,
 }
 
-/// What writing a package version created, so a rollback can undo exactly that.
+/// An object version a run created, as S3's answer to the write named it: the run's
+/// ownership record is a list of these, and rollback deletes exactly them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WrittenObject {
     /// Key written.
     pub key: String,
-    /// Version id created, on a versioned bucket.
+    /// Version id created (`null` on a bucket whose versioning is suspended).
     pub version_id: Option<String>,
+    /// ETag S3 gave the new object: on a bucket that does not keep versions, rollback deletes
+    /// only while the key still holds this ETag (`If-Match`), never another writer's object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
+
+impl WrittenObject {
+    /// What a write answered with.
+    pub fn from_write(key: impl Into<String>, written: &WriteResult) -> Self {
+        WrittenObject {
+            key: key.into(),
+            version_id: written.version_id.clone(),
+            etag: written.etag.clone(),
+        }
+    }
+}
+
+/// How many seconds after the planned one a timestamped pointer may move when another version
+/// of the package took that second.
+const POINTER_SLOTS: u64 = 120;
 
 /// A registry bucket.
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn ObjectStore>,
     bucket: String,
+    retry: RetryPolicy,
 }
 
 fn is_top_hash(s: &str) -> bool {
@@ -101,6 +135,7 @@ impl Registry {
         Registry {
             store,
             bucket: bucket.into(),
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -165,28 +200,89 @@ impl Registry {
             if_none_match: true,
             ..PutOptions::default()
         };
+        let body = Bytes::from(body);
         match self
-            .store
-            .put(&self.bucket, &key, Bytes::from(body), options)
+            .retry
+            .run(|_| {
+                self.store
+                    .put(&self.bucket, &key, body.clone(), options.clone())
+            })
             .await
         {
-            Ok(WriteResult { version_id, .. }) => {
-                Ok((top_hash, Some(WrittenObject { key, version_id })))
-            }
+            Ok(written) => Ok((top_hash, Some(WrittenObject::from_write(key, &written)))),
+            // There already (a manifest of the same top hash, or our own earlier attempt whose
+            // reply was lost): after the commit point either is the version's manifest.
             Err(e) if e.kind == StoreErrorKind::PreconditionFailed => Ok((top_hash, None)),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {
-        let WriteResult { version_id, .. } = self
-            .store
-            .put(&self.bucket, key, body, PutOptions::default())
+        let written = self
+            .retry
+            .run(|_| {
+                self.store
+                    .put(&self.bucket, key, body.clone(), PutOptions::default())
+            })
             .await?;
-        Ok(WrittenObject {
-            key: key.to_string(),
-            version_id,
+        Ok(WrittenObject::from_write(key, &written))
+    }
+
+    /// Writes the timestamped pointer of a version at `timestamp`, or the first free second
+    /// after it: each write is conditional (`If-None-Match: *`), so two versions published in
+    /// the same second never share a pointer. A pointer already naming `top_hash` is this
+    /// version's (an earlier attempt whose reply was lost, or a resumed run): it is kept.
+    /// Returns the timestamp used.
+    pub async fn put_version_pointer(
+        &self,
+        name: &PackageName,
+        top_hash: &str,
+        timestamp: u64,
+    ) -> Result<u64, RegistryError> {
+        let prefix = Self::pointer_prefix(name);
+        let body = Bytes::from(top_hash.to_string());
+        let options = PutOptions {
+            if_none_match: true,
+            ..PutOptions::default()
+        };
+        for stamp in timestamp..timestamp + POINTER_SLOTS {
+            let key = format!("{prefix}{stamp}");
+            match self
+                .retry
+                .run(|_| {
+                    self.store
+                        .put(&self.bucket, &key, body.clone(), options.clone())
+                })
+                .await
+            {
+                Ok(_) => return Ok(stamp),
+                Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {
+                    match self.read_pointer(&key, || key.clone()).await {
+                        Ok(there) if there == top_hash => return Ok(stamp),
+                        Ok(_) | Err(RegistryError::BadPointer { .. }) => continue,
+                        // Deleted since: try the same second again on the next pass.
+                        Err(RegistryError::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::NoFreePointer {
+            bucket: self.bucket.clone(),
+            package: name.to_string(),
+            from: timestamp,
         })
+    }
+
+    /// Points `latest` at `top_hash` (last writer wins, as with quilt3).
+    pub async fn put_latest(
+        &self,
+        name: &PackageName,
+        top_hash: &str,
+    ) -> Result<WrittenObject, RegistryError> {
+        let key = format!("{}latest", Self::pointer_prefix(name));
+        self.put(&key, Bytes::from(top_hash.to_string())).await
     }
 
     /// Writes the named-package pointers: the timestamped one, then `latest` (last, so a
@@ -225,7 +321,11 @@ impl Registry {
         key: &str,
         what: impl FnOnce() -> String,
     ) -> Result<String, RegistryError> {
-        let bytes = match get_bytes(self.store.as_ref(), &self.bucket, key, None).await {
+        let bytes = match self
+            .retry
+            .run(|_| get_bytes(self.store.as_ref(), &self.bucket, key, None))
+            .await
+        {
             Ok(bytes) => bytes,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 return Err(RegistryError::NotFound {
@@ -251,17 +351,30 @@ impl Registry {
         self.read_pointer(&key, || format!("package {name}")).await
     }
 
+    /// The newest timestamped pointer of a package, from one listing (no pointer is read).
+    pub async fn newest_timestamp(&self, name: &PackageName) -> Result<Option<u64>, RegistryError> {
+        let prefix = Self::pointer_prefix(name);
+        Ok(
+            list_all(self.store.as_ref(), &self.bucket, &prefix, &self.retry)
+                .await?
+                .into_iter()
+                .filter_map(|o| o.key[prefix.len()..].parse::<u64>().ok())
+                .max(),
+        )
+    }
+
     /// Every version of a package, oldest first (by timestamp).
     pub async fn versions(&self, name: &PackageName) -> Result<Vec<PackageVersion>, RegistryError> {
         let prefix = Self::pointer_prefix(name);
-        let mut stamps: Vec<(u64, String)> = list_all(self.store.as_ref(), &self.bucket, &prefix)
-            .await?
-            .into_iter()
-            .filter_map(|o| {
-                let stamp = o.key[prefix.len()..].to_string();
-                stamp.parse::<u64>().ok().map(|n| (n, stamp))
-            })
-            .collect();
+        let mut stamps: Vec<(u64, String)> =
+            list_all(self.store.as_ref(), &self.bucket, &prefix, &self.retry)
+                .await?
+                .into_iter()
+                .filter_map(|o| {
+                    let stamp = o.key[prefix.len()..].to_string();
+                    stamp.parse::<u64>().ok().map(|n| (n, stamp))
+                })
+                .collect();
         if stamps.is_empty() {
             return Err(RegistryError::NotFound {
                 bucket: self.bucket.clone(),
@@ -285,16 +398,20 @@ impl Registry {
 
     /// The packages in this registry (those with a `latest` pointer), sorted.
     pub async fn packages(&self) -> Result<Vec<PackageName>, RegistryError> {
-        let mut names: Vec<PackageName> =
-            list_all(self.store.as_ref(), &self.bucket, NAMED_PACKAGES_PREFIX)
-                .await?
-                .into_iter()
-                .filter_map(|o| {
-                    let rest = o.key.strip_prefix(NAMED_PACKAGES_PREFIX)?;
-                    let name = rest.strip_suffix("/latest")?;
-                    name.parse().ok()
-                })
-                .collect();
+        let mut names: Vec<PackageName> = list_all(
+            self.store.as_ref(),
+            &self.bucket,
+            NAMED_PACKAGES_PREFIX,
+            &self.retry,
+        )
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix(NAMED_PACKAGES_PREFIX)?;
+            let name = rest.strip_suffix("/latest")?;
+            name.parse().ok()
+        })
+        .collect();
         names.sort();
         names.dedup();
         Ok(names)
@@ -309,7 +426,11 @@ impl Registry {
             });
         }
         let key = format!("{PACKAGES_PREFIX}{top_hash}");
-        let bytes = match get_bytes(self.store.as_ref(), &self.bucket, &key, None).await {
+        let bytes = match self
+            .retry
+            .run(|_| get_bytes(self.store.as_ref(), &self.bucket, &key, None))
+            .await
+        {
             Ok(bytes) => bytes,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 return Err(RegistryError::NotFound {

@@ -147,6 +147,39 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> RequestError {
     }
 }
 
+/// Refuses a source folder that holds what the run writes: the package's own folder in the
+/// target (each run would package the last one, nested deeper), the registry's `.quilt/`, or
+/// s3quilt's staging (`.s3quilt/`). Two folders overlap when one contains the other, so the
+/// registry's root is refused too.
+fn refuse_self_reference(
+    source_bucket: &str,
+    source_prefix: &str,
+    registry_bucket: &str,
+    target_bucket: Option<&str>,
+    package_name: &PackageName,
+) -> Result<(), RequestError> {
+    let overlaps =
+        |written: &str| source_prefix.starts_with(written) || written.starts_with(source_prefix);
+    let package_folder = format!("{}/{}/", package_name.namespace(), package_name.name());
+    let mut written: Vec<(String, &str)> = Vec::new();
+    if source_bucket == registry_bucket {
+        written.push((".quilt/".into(), "the registry's manifests and pointers"));
+        written.push((".s3quilt/".into(), "s3quilt's staging"));
+    }
+    if target_bucket == Some(source_bucket) {
+        written.push((package_folder, "where this package's copies go"));
+    }
+    match written.into_iter().find(|(folder, _)| overlaps(folder)) {
+        Some((folder, what)) => Err(invalid(
+            "source_prefix",
+            format!(
+                "s3://{source_bucket}/{source_prefix} contains or is inside s3://{source_bucket}/{folder} ({what}): the run would package what it writes. Choose a folder outside it, e.g. the data's own prefix"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Validates an S3 bucket name (general-purpose bucket rules), accepting an `s3://` prefix.
 pub fn parse_bucket(field: &'static str, value: &str) -> Result<String, RequestError> {
     let name = value.strip_prefix("s3://").unwrap_or(value);
@@ -329,6 +362,13 @@ impl PackageRequest {
                 "is only used when copying; with `copy: false` objects stay where they are",
             ));
         }
+        refuse_self_reference(
+            &source_bucket,
+            &prefix,
+            &registry_bucket,
+            self.copy.then_some(target_bucket.as_str()),
+            &package_name,
+        )?;
         Ok(ValidRequest {
             source_bucket,
             source_prefix: prefix,

@@ -1,5 +1,6 @@
 //! The run's staging area in the registry bucket: the small documents the steps hand each
-//! other (plan, shards, shard index, manifest fragments, failure records), under
+//! other (plan, shards, shard index, manifest fragments, failure records) and the run's journal
+//! (copy attempts, the outcome that is its commit point; see [`crate::transaction`]), under
 //! `.s3quilt/runs/<run_id>/`. Steps pass only the run id and shard numbers; everything large
 //! lives here. Finalize and rollback remove it.
 
@@ -15,7 +16,9 @@ use crate::quilt::names::{LogicalKey, PackageName};
 use crate::registry::WrittenObject;
 use crate::request::PackageRequest;
 use crate::retry::RetryPolicy;
-use crate::storage::{ObjectStore, PutOptions, StoreError, StoreErrorKind, get_bytes, list_all};
+use crate::storage::{
+    ObjectStore, PutOptions, StoreError, StoreErrorKind, Versioning, get_bytes, list_all,
+};
 
 /// Root of every run's staging area.
 pub const STAGING_ROOT: &str = ".s3quilt/runs/";
@@ -123,8 +126,8 @@ pub struct RunPlan {
     pub copy: bool,
     /// Hash type for entries.
     pub hash_type: HashType,
-    /// Whether the target bucket keeps versions (decides rollback and overwrite rules).
-    pub target_versioned: bool,
+    /// The target bucket's versioning (decides overwrite, physical-key and rollback rules).
+    pub target_versioning: Versioning,
     /// Replace existing keys on an unversioned target.
     pub overwrite_existing: bool,
     /// Number of shards.
@@ -141,6 +144,21 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
+    /// Whether copies keep what they replace (versioning enabled on the target): only then are
+    /// entries pinned to a version and existing keys allowed.
+    pub fn target_versioned(&self) -> bool {
+        self.target_versioning.keeps_versions()
+    }
+
+    /// `namespace/name/`: the only folder of the target this run writes to.
+    pub fn package_prefix(&self) -> String {
+        format!(
+            "{}/{}/",
+            self.package_name.namespace(),
+            self.package_name.name()
+        )
+    }
+
     /// Where a copy of `logical_key` goes: `namespace/name/logical_key`.
     pub fn destination_key(&self, logical_key: &LogicalKey) -> String {
         format!(
@@ -178,13 +196,23 @@ pub struct ManifestFragment {
     pub entries: Vec<FragmentEntry>,
     /// Objects this shard created in the target (for rollback).
     pub created: Vec<WrittenObject>,
+    /// The copy attempt that made it (see [`Staging::attempt_key`]).
+    #[serde(default)]
+    pub attempt: String,
 }
 
-/// A copier's record of what it created before it failed, so rollback can remove it.
+/// A copier's record of what it created before it failed, so rollback can remove it. One per
+/// attempt: a shard retried after a failure keeps every attempt's record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// Shard number.
     pub shard: u32,
+    /// The copy attempt.
+    #[serde(default)]
+    pub attempt: String,
+    /// Destination keys a write whose answer was lost may have landed on, not yet searched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_doubt: Vec<String>,
     /// What was created before the failure.
     pub created: Vec<WrittenObject>,
     /// The error.
@@ -276,9 +304,41 @@ impl Staging {
         format!("{STAGING_ROOT_RESULTS}{}.json", self.run_id)
     }
 
-    /// Key of a shard's failure record.
-    pub fn failure_key(&self, shard: u32) -> String {
-        format!("{}failures/{shard:06}.json", self.prefix())
+    /// Key of a failure record: one per shard and attempt.
+    pub fn failure_key(&self, shard: u32, attempt: &str) -> String {
+        format!("{}failures/{shard:06}-{attempt}.json", self.prefix())
+    }
+
+    /// Prefix of the failure records.
+    pub fn failures_prefix(&self) -> String {
+        format!("{}failures/", self.prefix())
+    }
+
+    /// Key of an attempt marker: written before a copier sends its first write for the shard,
+    /// closed by the shard's fragment or a failure record of the same attempt. An attempt that
+    /// is neither closed nor known in memory is what recovery must search S3 for.
+    pub fn attempt_key(&self, shard: u32, attempt: &str) -> String {
+        format!("{}attempts/{shard:06}-{attempt}.json", self.prefix())
+    }
+
+    /// Prefix of the attempt markers.
+    pub fn attempts_prefix(&self) -> String {
+        format!("{}attempts/", self.prefix())
+    }
+
+    /// Key of the run's outcome: the commit point (see [`crate::transaction`]).
+    pub fn outcome_key(&self) -> String {
+        format!("{}outcome.json", self.prefix())
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// The registry bucket.
@@ -288,6 +348,29 @@ impl Staging {
 
     /// Writes a document.
     pub async fn put<T: Serialize>(&self, key: &str, doc: &T) -> Result<WrittenObject, StoreError> {
+        self.write(key, doc, false).await
+    }
+
+    /// Writes a document unless one is there (`If-None-Match: *`): `Ok(None)` when S3 refused
+    /// because the key exists (a lost reply of our own earlier attempt included: read it to tell).
+    pub async fn put_if_absent<T: Serialize>(
+        &self,
+        key: &str,
+        doc: &T,
+    ) -> Result<Option<WrittenObject>, StoreError> {
+        match self.write(key, doc, true).await {
+            Ok(written) => Ok(Some(written)),
+            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write<T: Serialize>(
+        &self,
+        key: &str,
+        doc: &T,
+        if_none_match: bool,
+    ) -> Result<WrittenObject, StoreError> {
         let body = Bytes::from(serde_json::to_vec(doc).expect("staging documents serialize"));
         let result = self
             .retry
@@ -298,7 +381,8 @@ impl Staging {
                     body.clone(),
                     PutOptions {
                         content_type: Some("application/json".into()),
-                        if_none_match: false,
+                        if_none_match,
+                        tagging: None,
                     },
                 )
             })
@@ -306,7 +390,14 @@ impl Staging {
         Ok(WrittenObject {
             key: key.to_string(),
             version_id: result.version_id,
+            etag: result.etag,
         })
+    }
+
+    /// Keys under `prefix` (all pages).
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let listed = list_all(self.store.as_ref(), &self.bucket, prefix, &self.retry).await?;
+        Ok(listed.into_iter().map(|o| o.key).collect())
     }
 
     /// Reads a document; `Ok(None)` when it does not exist.
@@ -345,15 +436,11 @@ impl Staging {
     /// Shard numbers that have a fragment.
     pub async fn fragments_present(&self) -> Result<Vec<u32>, StoreError> {
         let prefix = format!("{}fragments/", self.prefix());
-        let listed = self
-            .retry
-            .run(|_| list_all(self.store.as_ref(), &self.bucket, &prefix))
-            .await?;
+        let listed = self.list_keys(&prefix).await?;
         Ok(listed
             .iter()
-            .filter_map(|o| {
-                o.key
-                    .strip_prefix(&prefix)?
+            .filter_map(|key| {
+                key.strip_prefix(&prefix)?
                     .strip_suffix(".json")?
                     .parse()
                     .ok()
@@ -364,32 +451,61 @@ impl Staging {
     /// Deletes every version (and delete marker) under the staging prefix, so a versioned
     /// registry keeps no trace of the run. Returns what could not be deleted.
     pub async fn remove_all(&self) -> Vec<String> {
-        let mut failed = Vec::new();
-        let prefix = self.prefix();
-        let listed = match self
-            .retry
-            .run(|_| self.store.list_versions(&self.bucket, &prefix))
-            .await
-        {
+        remove_prefix(
+            self.store.as_ref(),
+            &self.bucket,
+            &self.prefix(),
+            &self.retry,
+        )
+        .await
+    }
+}
+
+/// Deletes every version and delete marker under `prefix`. On a bucket whose versioning is
+/// suspended, deleting a `null` version leaves a `null` delete marker: a second listing finds
+/// it and removes it, so the bucket's version listing is as before. Returns what was left.
+pub async fn remove_prefix(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    retry: &RetryPolicy,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for pass in 0..2 {
+        let listed = match retry.run(|_| store.list_versions(bucket, prefix)).await {
             Ok(listed) => listed,
             Err(e) => return vec![format!("{prefix} ({e})")],
         };
+        // The second pass only removes `null` delete markers the first one made.
+        let listed: Vec<_> = listed
+            .into_iter()
+            .filter(|v| pass == 0 || (v.is_delete_marker && v.version_id.is_none()))
+            .collect();
+        if listed.is_empty() {
+            break;
+        }
         let results: Vec<_> = futures::stream::iter(listed.into_iter().map(|object| async move {
-            let version = object.version_id.as_deref();
-            let result = self
-                .retry
-                .run(|_| self.store.delete(&self.bucket, &object.key, version))
+            let version = match (&object.version_id, pass) {
+                (Some(v), _) => Some(v.as_str()),
+                (None, 0) => None,
+                (None, _) => Some("null"),
+            };
+            let result = retry
+                .run(|_| store.delete(bucket, &object.key, version))
                 .await;
             (object.key.clone(), result)
         }))
         .buffer_unordered(32)
         .collect()
         .await;
+        failed.clear();
         for (key, result) in results {
-            if let Err(e) = result {
+            if let Err(e) = result
+                && e.kind != StoreErrorKind::NotFound
+            {
                 failed.push(format!("{key} ({e})"));
             }
         }
-        failed
     }
+    failed
 }

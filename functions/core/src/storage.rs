@@ -13,7 +13,8 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, MetadataDirective,
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload,
+    CompletedPart, MetadataDirective, TaggingDirective,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -163,6 +164,8 @@ pub struct CopyRequest<'a> {
     pub if_none_match: bool,
     /// Copy only if the source still has this ETag (the one planned).
     pub src_if_match: Option<&'a str>,
+    /// Tag set replacing the source's on the copy (URL-query form): the run's ownership tag.
+    pub tagging: Option<&'a str>,
 }
 
 /// What a write produced.
@@ -226,6 +229,28 @@ pub struct PutOptions {
     pub content_type: Option<String>,
     /// Refuse to overwrite (`If-None-Match: *`).
     pub if_none_match: bool,
+    /// Tag set for the new object (URL-query form, e.g. `s3quilt-run=<run id>`).
+    pub tagging: Option<String>,
+}
+
+/// A bucket's versioning state, as GetBucketVersioning reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Versioning {
+    /// Every write makes a new version with its own id.
+    Enabled,
+    /// Versioning was on and is suspended: a write replaces the `null` version (older versions
+    /// stay). For overwrites this is an unversioned bucket.
+    Suspended,
+    /// Never versioned: a write replaces the object.
+    Off,
+}
+
+impl Versioning {
+    /// Whether a write keeps what it replaces (only with versioning enabled).
+    pub fn keeps_versions(self) -> bool {
+        self == Versioning::Enabled
+    }
 }
 
 /// The S3 operations s3quilt uses.
@@ -273,6 +298,7 @@ pub trait ObjectStore: Send + Sync {
         checksum: WriteChecksum,
         content_type: Option<&str>,
         metadata: &BTreeMap<String, String>,
+        tagging: Option<&str>,
     ) -> Result<String, StoreError>;
     /// UploadPartCopy of one range.
     async fn upload_part_copy(
@@ -302,15 +328,32 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// DeleteObject only if the object's current ETag is `etag` (`If-Match`; S3 answers 412
+    /// otherwise), so an object another writer put over ours is never deleted.
+    async fn delete_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        etag: &str,
+    ) -> Result<(), StoreError>;
+    /// The value of tag `tag` on an object (GetObjectTagging), `None` when it has no such tag.
+    async fn tag_value(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        tag: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// Every version and delete marker under `prefix` (all pages).
     async fn list_versions(
         &self,
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<ObjectVersion>, StoreError>;
-    /// Whether the bucket has versioning enabled (or suspended); `None` when the server's
-    /// answer cannot be read (moto 5.2.5 answers with a root element the SDK refuses).
-    async fn is_versioned(&self, bucket: &str) -> Result<Option<bool>, StoreError>;
+    /// The bucket's versioning state; `None` when the server's answer cannot be read (moto
+    /// 5.2.5 answers with a root element the SDK refuses).
+    async fn versioning(&self, bucket: &str) -> Result<Option<Versioning>, StoreError>;
 }
 
 /// One entry of ListObjectVersions.
@@ -339,16 +382,19 @@ pub async fn get_bytes(
     Ok(chunks.concat().into())
 }
 
-/// Lists every object under `prefix` (all pages, no delimiter).
+/// Lists every object under `prefix` (all pages, no delimiter), each page retried by `retry`.
 pub async fn list_all(
     store: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
+    retry: &crate::retry::RetryPolicy,
 ) -> Result<Vec<ListedObject>, StoreError> {
     let mut out = Vec::new();
-    let mut token = None;
+    let mut token: Option<String> = None;
     loop {
-        let page = store.list_page(bucket, prefix, None, token, None).await?;
+        let page = retry
+            .run(|_| store.list_page(bucket, prefix, None, token.clone(), None))
+            .await?;
         out.extend(page.objects);
         match page.next_token {
             Some(next) => token = Some(next),
@@ -448,8 +494,11 @@ impl S3Settings {
         let path_style = self
             .force_path_style
             .unwrap_or(self.endpoint_url.is_some() || config.endpoint_url().is_some());
+        // One retry layer: ours (crate::retry). The SDK's own retries would sit under it, multiply
+        // the attempts on the wire, and hide from us that an attempt's reply was lost.
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(path_style)
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
             .build();
         aws_sdk_s3::Client::from_conf(s3_config)
     }
@@ -685,6 +734,7 @@ impl ObjectStore for S3Store {
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_content_type(options.content_type)
             .set_if_none_match(options.if_none_match.then(|| "*".to_string()))
+            .set_tagging(options.tagging)
             .send()
             .await
             .map_err(|e| classify("PutObject", bucket, key, e))?;
@@ -708,6 +758,8 @@ impl ObjectStore for S3Store {
             .checksum_algorithm(sdk_checksum(r.checksum))
             .set_if_none_match(r.if_none_match.then(|| "*".to_string()))
             .set_copy_source_if_match(r.src_if_match.map(str::to_string))
+            .set_tagging_directive(r.tagging.map(|_| TaggingDirective::Replace))
+            .set_tagging(r.tagging.map(str::to_string))
             .send()
             .await
             .map_err(|e| classify("CopyObject", r.dst_bucket, r.dst_key, e))?;
@@ -730,6 +782,7 @@ impl ObjectStore for S3Store {
         checksum: WriteChecksum,
         content_type: Option<&str>,
         metadata: &BTreeMap<String, String>,
+        tagging: Option<&str>,
     ) -> Result<String, StoreError> {
         let out = self
             .client
@@ -739,6 +792,7 @@ impl ObjectStore for S3Store {
             .checksum_algorithm(sdk_checksum(checksum))
             .set_content_type(content_type.map(str::to_string))
             .set_metadata((!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()))
+            .set_tagging(tagging.map(str::to_string))
             .send()
             .await
             .map_err(|e| classify("CreateMultipartUpload", bucket, key, e))?;
@@ -854,6 +908,48 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn delete_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        etag: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteObject", bucket, key, e))?;
+        Ok(())
+    }
+
+    async fn tag_value(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        tag: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| classify("GetObjectTagging", bucket, key, e))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .find(|t| t.key() == tag)
+            .map(|t| t.value().to_string()))
+    }
+
     async fn list_versions(
         &self,
         bucket: &str,
@@ -898,7 +994,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn is_versioned(&self, bucket: &str) -> Result<Option<bool>, StoreError> {
+    async fn versioning(&self, bucket: &str) -> Result<Option<Versioning>, StoreError> {
         match self
             .client
             .get_bucket_versioning()
@@ -906,7 +1002,13 @@ impl ObjectStore for S3Store {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(out.status().is_some())),
+            Ok(out) => Ok(Some(match out.status() {
+                Some(BucketVersioningStatus::Enabled) => Versioning::Enabled,
+                Some(BucketVersioningStatus::Suspended) => Versioning::Suspended,
+                None => Versioning::Off,
+                // A status this SDK does not know: the stricter rules of an unversioned bucket.
+                Some(_) => Versioning::Suspended,
+            })),
             Err(SdkError::ResponseError(_)) => Ok(None),
             Err(SdkError::ServiceError(e)) if e.raw().status().is_success() => Ok(None),
             Err(e) => Err(classify("GetBucketVersioning", bucket, "", e)),
@@ -1191,6 +1293,7 @@ mod tests {
                     checksum: WriteChecksum::Crc64Nvme,
                     if_none_match: true,
                     src_if_match: Some("\"e\""),
+                    tagging: Some("s3quilt-run=r1"),
                 })
                 .await
                 .map(drop),
@@ -1198,9 +1301,16 @@ mod tests {
             (
                 "CreateMultipartUpload",
                 "k",
-                s.create_multipart("bkt", "k", WriteChecksum::Sha256, Some("text/csv"), &meta)
-                    .await
-                    .map(drop),
+                s.create_multipart(
+                    "bkt",
+                    "k",
+                    WriteChecksum::Sha256,
+                    Some("text/csv"),
+                    &meta,
+                    None,
+                )
+                .await
+                .map(drop),
             ),
             (
                 "UploadPartCopy",
@@ -1234,6 +1344,16 @@ mod tests {
             ),
             ("DeleteObject", "k", s.delete("bkt", "k", Some("v1")).await),
             (
+                "DeleteObject",
+                "k",
+                s.delete_if_match("bkt", "k", None, "\"e\"").await,
+            ),
+            (
+                "GetObjectTagging",
+                "k",
+                s.tag_value("bkt", "k", None, "s3quilt-run").await.map(drop),
+            ),
+            (
                 "ListObjectVersions",
                 "pre/",
                 s.list_versions("bkt", "pre/").await.map(drop),
@@ -1241,7 +1361,7 @@ mod tests {
             (
                 "GetBucketVersioning",
                 "",
-                s.is_versioned("bkt").await.map(drop),
+                s.versioning("bkt").await.map(drop),
             ),
         ];
         for (operation, key, result) in results {
@@ -1305,10 +1425,16 @@ mod tests {
             Reply::new(200, body)
         });
         let s = store(&endpoint).await;
-        assert_eq!(s.is_versioned("enabled").await.unwrap(), Some(true));
-        assert_eq!(s.is_versioned("suspended").await.unwrap(), Some(true));
-        assert_eq!(s.is_versioned("never").await.unwrap(), Some(false));
-        assert_eq!(s.is_versioned("odd").await.unwrap(), None);
+        assert_eq!(
+            s.versioning("enabled").await.unwrap(),
+            Some(Versioning::Enabled)
+        );
+        assert_eq!(
+            s.versioning("suspended").await.unwrap(),
+            Some(Versioning::Suspended)
+        );
+        assert_eq!(s.versioning("never").await.unwrap(), Some(Versioning::Off));
+        assert_eq!(s.versioning("odd").await.unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1328,7 +1454,9 @@ mod tests {
             Reply::new(200, body)
         });
         let s = store(&endpoint).await;
-        let listed = list_all(&s, "bkt", "p/").await.unwrap();
+        let listed = list_all(&s, "bkt", "p/", &crate::retry::RetryPolicy::default())
+            .await
+            .unwrap();
         assert_eq!(
             listed,
             [
@@ -1462,7 +1590,14 @@ mod tests {
         });
         let e = store(&endpoint)
             .await
-            .create_multipart("bkt", "k", WriteChecksum::Sha256, None, &BTreeMap::new())
+            .create_multipart(
+                "bkt",
+                "k",
+                WriteChecksum::Sha256,
+                None,
+                &BTreeMap::new(),
+                None,
+            )
             .await
             .unwrap_err();
         assert_eq!(

@@ -120,9 +120,14 @@ mod tests {
             err.error_message
         );
         assert!(err.error_message.contains("[1]"), "{}", err.error_message);
-        let pointers = s3quilt_core::storage::list_all(store.as_ref(), &registry, ".quilt/")
-            .await
-            .unwrap();
+        let pointers = s3quilt_core::storage::list_all(
+            store.as_ref(),
+            &registry,
+            ".quilt/",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         assert!(pointers.is_empty(), "{pointers:?}");
     }
 

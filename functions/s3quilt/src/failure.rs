@@ -16,6 +16,11 @@ pub const EXIT_ACCESS: u8 = 3;
 pub const EXIT_ROLLED_BACK: u8 = 4;
 /// Exit code: anything else.
 pub const EXIT_OTHER: u8 = 1;
+/// Exit code: the run was interrupted (SIGINT/SIGTERM) and rolled back (128 + SIGINT, as
+/// shells report an interrupted command).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code: the run is left unfinished for `s3quilt runs resume|abort`.
+pub const EXIT_UNFINISHED: u8 = 5;
 
 /// A classified failure.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,6 +110,16 @@ pub fn classify_engine(err: &EngineError) -> Failure {
             rollback: Some(rollback.clone()),
             ..Failure::new(EXIT_ROLLED_BACK, "finalize_failed", message)
         },
+        EngineError::Interrupted { rollback, .. } => Failure {
+            rollback: Some(rollback.clone()),
+            ..Failure::new(EXIT_INTERRUPTED, "interrupted", message)
+        },
+        EngineError::Unpublished(_) => {
+            Failure::new(EXIT_UNFINISHED, "committed_unpublished", message)
+        }
+        EngineError::RollbackPending { .. } => {
+            Failure::new(EXIT_UNFINISHED, "rollback_pending", message)
+        }
     }
 }
 
@@ -214,6 +229,7 @@ mod tests {
                         missing: vec![1],
                     },
                     rollback: RollbackReport {
+                        replaced_by_others: Vec::new(),
                         deleted: 2,
                         not_deleted: vec!["s3://b/k".into()],
                     },

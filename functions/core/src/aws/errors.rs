@@ -198,7 +198,8 @@ impl From<CopyError> for StepError {
                 CopyError::NoSuchShard(_) => ErrorType::InvalidRequest,
                 CopyError::Checksum { .. }
                 | CopyError::DestinationExists { .. }
-                | CopyError::Stopped(_) => ErrorType::CopyFailed,
+                | CopyError::Stopped(_)
+                | CopyError::RunDecided { .. } => ErrorType::CopyFailed,
             }
         };
         StepError::new(error_type, e.to_string())
@@ -215,9 +216,10 @@ impl From<FinalizeError> for StepError {
                     ErrorType::MissingFragments
                 }
                 FinalizeError::Staging(s) => staging_type(s, ErrorType::FinalizeFailed),
-                FinalizeError::Registry(RegistryError::Store(s)) => {
-                    store_type(s, ErrorType::FinalizeFailed)
-                }
+                FinalizeError::Unpublished {
+                    source: RegistryError::Store(s),
+                    ..
+                } => store_type(s, ErrorType::FinalizeFailed),
                 FinalizeError::Fragment { .. } => ErrorType::CorruptStaging,
                 _ => ErrorType::FinalizeFailed,
             }
@@ -446,7 +448,12 @@ mod tests {
 
     #[test]
     fn every_finalize_error_has_its_class() {
-        let registry = |kind| FinalizeError::Registry(RegistryError::Store(store_error(kind)));
+        let unpublished = |source| FinalizeError::Unpublished {
+            run_id: "r".into(),
+            top_hash: "t".into(),
+            source,
+        };
+        let registry = |kind| unpublished(RegistryError::Store(store_error(kind)));
         let cases = [
             (registry(StoreErrorKind::Throttled), ErrorType::Transient),
             (
@@ -491,7 +498,7 @@ mod tests {
                 ErrorType::FinalizeFailed,
             ),
             (
-                FinalizeError::Registry(RegistryError::BadPointer {
+                unpublished(RegistryError::BadPointer {
                     bucket: "b".into(),
                     key: ".quilt/named_packages/a/b/latest".into(),
                 }),

@@ -10,11 +10,13 @@ use super::events::{
     RollbackOutput, RunRef, parse_value,
 };
 use crate::copy::{CopyOptions, copy_shard_from_staging};
-use crate::finalize::{PackageResult, finalize, rollback};
+use crate::finalize::{PackageResult, finalize};
 use crate::plan::{PlanOptions, plan};
 use crate::request::parse_bucket;
+use crate::retry::RetryPolicy;
 use crate::staging::{FailureRecord, Staging};
 use crate::storage::{ObjectStore, list_all};
+use crate::transaction::{RollbackReport, TransactionError, abort_run};
 
 /// How many failed shards' own errors a rollback cause quotes.
 const QUOTED_FAILURES: usize = 5;
@@ -233,7 +235,31 @@ pub async fn rollback_step(
     }
     .validate()?;
     let shard_errors = failed_shards(store.clone(), &event.registry_bucket, &event.run_id).await;
-    let report = rollback(store, &event.registry_bucket, &event.run_id, &[]).await;
+    // A run past its commit point is finished, never rolled back (a finalizer that died after
+    // committing lands here through Catch).
+    let report = match abort_run(store.clone(), &event.registry_bucket, &event.run_id).await {
+        Ok(report) => report,
+        Err(TransactionError::Committed { top_hash, .. }) => {
+            let finished = finalize(store, &event.registry_bucket, &event.run_id).await;
+            let note = match finished {
+                Ok(package) => format!(
+                    "the run had passed its commit point and was finished instead: {} {}",
+                    package.package_name, package.top_hash
+                ),
+                Err(e) => format!(
+                    "the run had passed its commit point (top hash {top_hash}) and could not be finished now: {e}"
+                ),
+            };
+            RollbackReport {
+                not_deleted: vec![note],
+                ..RollbackReport::default()
+            }
+        }
+        Err(e) => RollbackReport {
+            not_deleted: vec![format!("the rollback could not start: {e}")],
+            ..RollbackReport::default()
+        },
+    };
     // A Fail state may not raise Step Functions' own (`States.`) names: a copy failure that
     // failed the Map is a copy failure; any other such error is named in the cause.
     let error = match event.error.error.as_str() {
@@ -274,7 +300,8 @@ pub async fn rollback_step(
 async fn failed_shards(store: Arc<dyn ObjectStore>, bucket: &str, run_id: &str) -> Vec<String> {
     let staging = Staging::new(store.clone(), bucket, run_id);
     let prefix = format!("{}failures/", staging.prefix());
-    let Ok(mut listed) = list_all(store.as_ref(), bucket, &prefix).await else {
+    let Ok(mut listed) = list_all(store.as_ref(), bucket, &prefix, &RetryPolicy::default()).await
+    else {
         return Vec::new();
     };
     listed.sort_by(|a, b| a.key.cmp(&b.key));
