@@ -131,8 +131,9 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
     );
     assert_eq!(
         counted.count("PutObject"),
-        4,
-        "the plan document, the manifest and two pointers"
+        8,
+        "the plan document; the shard's attempt marker, shard document and fragment (the \
+         journal); the outcome (the commit point); the manifest and two pointers"
     );
     let package = created(outcome);
     // The package metadata keeps the key order it was given in (quilt3 writes insertion

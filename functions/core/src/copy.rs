@@ -799,12 +799,9 @@ impl ObjectCopier<'_> {
     ) -> Result<CopiedObject, FailedObject> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let created = self.created(object, &written);
-        // Only a version of a versioned target pins anything: on a suspended target every
-        // write is the `null` version, which the next write replaces.
-        let version = written
-            .version_id
-            .clone()
-            .filter(|_| self.plan.target_versioned());
+        // Only a real version id pins anything: on a suspended target every write is the
+        // `null` version, which the next write replaces.
+        let version = written.version_id.clone().filter(|v| v != "null");
         let hash = match hash {
             Some(value) => QuiltHash {
                 kind: self.plan.hash_type,

@@ -198,7 +198,7 @@ pub async fn finalize(
     .buffered(16)
     .try_collect()
     .await?;
-    finalize_fragments(store, &plan, fragments).await
+    publish_fragments(store, &plan, fragments, true).await
 }
 
 /// Merges the fragments of every shard of `plan` (any order) into the manifest, commits the
@@ -210,6 +210,18 @@ pub async fn finalize_fragments(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
     fragments: Vec<ManifestFragment>,
+) -> Result<PackageResult, FinalizeError> {
+    publish_fragments(store, plan, fragments, false).await
+}
+
+/// [`finalize_fragments`], keeping a result record (`.s3quilt/results/<run id>.json`) when
+/// `keep_result`: a finalizer Lambda that runs again after it published answers from it. The
+/// local engine keeps none (resuming it repeats the idempotent publish instead).
+async fn publish_fragments(
+    store: Arc<dyn ObjectStore>,
+    plan: &RunPlan,
+    fragments: Vec<ManifestFragment>,
+    keep_result: bool,
 ) -> Result<PackageResult, FinalizeError> {
     let (manifest, bytes) = build_manifest(plan, fragments)?;
     let top_hash = manifest.top_hash();
@@ -237,7 +249,7 @@ pub async fn finalize_fragments(
     };
     // The version is visible now. The result record makes a re-run answer the same; if it
     // cannot be written the package still stands, so that is only logged.
-    if let Err(e) = staging.put(&staging.result_key(), &result).await {
+    if keep_result && let Err(e) = staging.put(&staging.result_key(), &result).await {
         tracing::warn!(run_id = %plan.run_id, error = %e, "could not record the run's result");
     }
     // Leftovers of staging are only litter, reported not fatal.

@@ -335,8 +335,9 @@ async fn delete_owned(
     };
     let key = object.key.as_str();
     match (versioning, &object.version_id, &object.etag) {
-        // A version is ours alone: delete exactly it.
-        (Versioning::Enabled, Some(version), _) if version != "null" => gone(
+        // A version is ours alone: delete exactly it. (A version id other than `null` in S3's
+        // answer means the bucket keeps versions, whatever the plan could learn of it.)
+        (_, Some(version), _) if version != "null" => gone(
             retry
                 .run(|_| store.delete(bucket, key, Some(version)))
                 .await,

@@ -59,6 +59,57 @@ pub enum Command {
     /// Benchmark on a local moto server behind a latency proxy: the S3 floor (bare CopyObject
     /// requests), s3quilt end to end, and quilt3 `set_dir` + `push`, on the same data.
     Bench(crate::bench::BenchArgs),
+    /// Runs left in a registry's staging area (a process that was killed, a run that could not
+    /// clean up): list them, finish a committed one, roll back one that is not.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+/// `runs` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RunsCommand {
+    /// List the runs in the registry's staging area, oldest first, with their state.
+    List(RunsArgs),
+    /// Finish a committed run: write its manifest and pointers where missing.
+    Resume(RunArgs),
+    /// Roll back a run that is not committed: delete exactly the object versions it created
+    /// and its staging area.
+    Abort(RunArgs),
+}
+
+impl RunsCommand {
+    /// The shared arguments.
+    pub fn args(&self) -> &RunsArgs {
+        match self {
+            RunsCommand::List(a) => a,
+            RunsCommand::Resume(a) | RunsCommand::Abort(a) => &a.registry,
+        }
+    }
+}
+
+/// Where the runs are.
+#[derive(Debug, Clone, Args)]
+pub struct RunsArgs {
+    /// Registry bucket: s3://BUCKET.
+    #[arg(long, value_name = "s3://BUCKET")]
+    pub registry: String,
+    /// Connection.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The run id (as `s3quilt runs list` or an error message shows it).
+    #[arg(value_name = "RUN_ID")]
+    pub run_id: String,
+    /// Where the run is.
+    #[command(flatten)]
+    pub registry: RunsArgs,
 }
 
 /// `--hash-type` values.
@@ -435,7 +486,7 @@ mod tests {
     fn package_args(args: &[&str]) -> PackageArgs {
         match parse(args).command {
             Command::Create(a) | Command::Plan(a) => a,
-            Command::Demo(_) | Command::Mcp(_) | Command::Bench(_) => {
+            Command::Demo(_) | Command::Mcp(_) | Command::Bench(_) | Command::Runs(_) => {
                 panic!("not a package command")
             }
         }

@@ -11,6 +11,7 @@ mod demo_server;
 mod failure;
 mod mcp;
 mod report;
+mod runs;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => a.json,
         Command::Mcp(_) => false,
         Command::Bench(a) => a.json,
+        Command::Runs(r) => r.args().json,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
@@ -54,14 +56,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Bench(args) => bench::run(&args).await,
+        Command::Runs(command) => runs::run(&command).await,
     }
 }
 
 async fn package(args: &PackageArgs, dry_run: bool) -> anyhow::Result<()> {
     let request = args.to_request(dry_run)?;
     let client = args.s3.settings(S3Settings::from_env()).client().await;
-    let outcome =
-        run_with_progress(S3Store::shared(client), &request, &args.engine_options()).await?;
+    let mut options = args.engine_options();
+    options.interrupt = runs::interrupt_on_signals();
+    let outcome = run_with_progress(S3Store::shared(client), &request, &options).await?;
     print_outcome(&outcome, args.json)
 }
 
