@@ -402,7 +402,8 @@ impl ObjectCopier<'_> {
         dst_key: &str,
         answered: &WriteResult,
     ) -> Vec<WrittenObject> {
-        if !self.plan.target_versioned() {
+        let versioned = answered.version_id.as_deref().is_some_and(|v| v != "null");
+        if !versioned {
             // The key holds one object, which the successful attempt just wrote.
             return Vec::new();
         }

@@ -15,7 +15,7 @@ use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError, PackageHead
 use crate::registry::{Registry, RegistryError};
 use crate::staging::{ManifestFragment, RunPlan, Staging, StagingError, parse_meta};
 use crate::storage::{ObjectStore, unix_now};
-use crate::transaction::{self, TransactionError};
+use crate::transaction::{self, Outcome, TransactionError};
 
 pub use crate::transaction::RollbackReport;
 /// The package a run made.
@@ -185,6 +185,14 @@ pub async fn finalize(
         .map_err(StagingError::from)?
         .into_iter()
         .collect();
+    if let Some(Outcome::Committed { top_hash, .. }) =
+        staging.get::<Outcome>(&staging.outcome_key()).await?
+        && (0..plan.shards).any(|s| !present.contains(&s))
+    {
+        // Committed, and its fragments partly removed: only a run that published and then
+        // could not finish removing its staging gets here. Its version is what stands.
+        return finish_published(store, &plan, &top_hash).await;
+    }
     // Checked from the listing before anything is read.
     require_every_shard(&plan, &present)?;
     let fragments: Vec<ManifestFragment> = futures::stream::iter((0..plan.shards).map(|s| {
@@ -258,6 +266,49 @@ async fn publish_fragments(
         tracing::warn!(run_id = %plan.run_id, leftover, "could not remove staging object");
     }
     Ok(result)
+}
+
+/// A committed run whose staging removal was cut short after it published: checks that the
+/// version is there (its manifest and a pointer naming it), removes what staging is left.
+async fn finish_published(
+    store: Arc<dyn ObjectStore>,
+    plan: &RunPlan,
+    top_hash: &str,
+) -> Result<PackageResult, FinalizeError> {
+    let registry = Registry::new(store.clone(), &plan.registry_bucket);
+    let unpublished = |source| FinalizeError::Unpublished {
+        run_id: plan.run_id.clone(),
+        top_hash: top_hash.to_string(),
+        source,
+    };
+    let manifest = registry.manifest(top_hash).await.map_err(unpublished)?;
+    let version = registry
+        .versions(&plan.package_name)
+        .await
+        .map_err(unpublished)?
+        .into_iter()
+        .rfind(|v| v.top_hash == top_hash)
+        .ok_or_else(|| {
+            unpublished(RegistryError::NotFound {
+                bucket: plan.registry_bucket.clone(),
+                what: format!("a pointer of {} to {top_hash}", plan.package_name),
+            })
+        })?;
+    let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
+    for leftover in staging.remove_all().await {
+        tracing::warn!(run_id = %plan.run_id, leftover, "could not remove staging object");
+    }
+    remove_probes(store.as_ref(), plan).await;
+    Ok(PackageResult {
+        run_id: plan.run_id.clone(),
+        package_name: plan.package_name.to_string(),
+        top_hash: top_hash.to_string(),
+        registry: registry.url(),
+        timestamp: version.timestamp.parse().unwrap_or_default(),
+        objects: manifest.entries.len() as u64,
+        bytes: manifest.entries.iter().map(|e| e.size).sum(),
+        browse: browse_command(plan.package_name.as_str(), &registry.url(), top_hash),
+    })
 }
 
 /// The manifest of `plan` from its fragments, and its bytes.

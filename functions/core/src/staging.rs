@@ -461,9 +461,11 @@ impl Staging {
     }
 }
 
-/// Deletes every version and delete marker under `prefix`. On a bucket whose versioning is
-/// suspended, deleting a `null` version leaves a `null` delete marker: a second listing finds
-/// it and removes it, so the bucket's version listing is as before. Returns what was left.
+/// Deletes every version and delete marker under `prefix`; the plan document and the outcome
+/// go last, so a removal cut short still leaves a run that `s3quilt runs` can find and finish.
+/// On a bucket whose versioning is suspended, deleting a `null` version leaves a `null` delete
+/// marker: a later listing finds it and removes it, so the bucket's version listing is as
+/// before. Returns what was left.
 pub async fn remove_prefix(
     store: &dyn ObjectStore,
     bucket: &str,
@@ -471,23 +473,32 @@ pub async fn remove_prefix(
     retry: &RetryPolicy,
 ) -> Vec<String> {
     let mut failed = Vec::new();
-    for pass in 0..2 {
+    let is_last = |key: &str| key.ends_with("/plan.json") || key.ends_with("/outcome.json");
+    for pass in 0..3 {
         let listed = match retry.run(|_| store.list_versions(bucket, prefix)).await {
             Ok(listed) => listed,
             Err(e) => return vec![format!("{prefix} ({e})")],
         };
-        // The second pass only removes `null` delete markers the first one made.
+        // Pass 0: all but the run's anchors; pass 1: everything left; pass 2: only the `null`
+        // delete markers the others made.
         let listed: Vec<_> = listed
             .into_iter()
-            .filter(|v| pass == 0 || (v.is_delete_marker && v.version_id.is_none()))
+            .filter(|v| match pass {
+                0 => !is_last(&v.key),
+                1 => true,
+                _ => v.is_delete_marker && v.version_id.is_none(),
+            })
             .collect();
+        if pass == 0 && listed.is_empty() {
+            continue;
+        }
         if listed.is_empty() {
             break;
         }
         let results: Vec<_> = futures::stream::iter(listed.into_iter().map(|object| async move {
             let version = match (&object.version_id, pass) {
                 (Some(v), _) => Some(v.as_str()),
-                (None, 0) => None,
+                (None, 0 | 1) => None,
                 (None, _) => Some("null"),
             };
             let result = retry
@@ -505,6 +516,10 @@ pub async fn remove_prefix(
             {
                 failed.push(format!("{key} ({e})"));
             }
+        }
+        if pass == 0 && !failed.is_empty() {
+            // Keep the anchors while other documents are left.
+            return failed;
         }
     }
     failed

@@ -511,9 +511,18 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Wraps a client.
+    /// Wraps a client, turning the SDK's own retries off: [`crate::retry`] is the one retry
+    /// layer, so the documented attempt count is what goes on the wire and a lost reply is seen
+    /// by the layer that records what the run wrote.
     pub fn new(client: aws_sdk_s3::Client) -> Self {
-        S3Store { client }
+        let config = client
+            .config()
+            .to_builder()
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build();
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(config),
+        }
     }
 
     /// The store as a shared trait object.

@@ -298,8 +298,12 @@ pub async fn roll_back(
                 .push(format!("{} ({e})", object_url(&plan.target_bucket, probe)));
         }
     }
-    for leftover in staging.remove_all().await {
-        report.not_deleted.push(format!("staging {leftover}"));
+    // The journal stays until everything it names is gone, so `s3quilt runs abort` can finish
+    // what this rollback could not.
+    if report.not_deleted.is_empty() {
+        for leftover in staging.remove_all().await {
+            report.not_deleted.push(format!("staging {leftover}"));
+        }
     }
     Ok(report)
 }
@@ -467,10 +471,9 @@ async fn read_journal(
                     .iter()
                     .map(|o| plan.destination_key(&o.logical_key)),
             ),
-            Ok(None) => report.not_deleted.push(format!(
-                "run {}: shard {shard} was being copied but its shard document is gone; its copies cannot be found",
-                plan.run_id
-            )),
+            // The shard document is written with the attempt marker, before any copy of the
+            // attempt is sent: without it, the attempt sent nothing.
+            Ok(None) => {}
             Err(e) => report
                 .not_deleted
                 .push(format!("shard {shard} document unreadable: {e}")),
@@ -524,7 +527,24 @@ pub async fn owned_at(
 ) -> Result<Vec<WrittenObject>, StoreError> {
     let bucket = plan.target_bucket.as_str();
     let is_ours = |tag: &Option<String>| tag.as_deref() == Some(plan.run_id.as_str());
-    if plan.target_versioning == Versioning::Enabled {
+    // Unversioned or suspended: only the current object can be ours. Its ETag, read before
+    // its tag, guards the delete: if another writer replaces it in between, the tag read sees
+    // theirs, or the conditional delete refuses.
+    let current = if plan.target_versioning == Versioning::Enabled {
+        None
+    } else {
+        match retry.run(|_| store.head(bucket, key, None)).await {
+            Ok(info) => Some(info),
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    // A real version id in S3's answer means the bucket keeps versions, whatever the plan
+    // could learn of it (some servers' versioning answers cannot be read).
+    let keeps_versions = current
+        .as_ref()
+        .is_none_or(|info| info.version_id.as_deref().is_some_and(|v| v != "null"));
+    if keeps_versions {
         let versions = retry.run(|_| store.list_versions(bucket, key)).await?;
         let mut owned = Vec::new();
         for v in versions
@@ -547,14 +567,7 @@ pub async fn owned_at(
         }
         return Ok(owned);
     }
-    // Unversioned or suspended: only the current object can be ours. Its ETag, read before
-    // its tag, guards the delete: if another writer replaces it in between, the tag read sees
-    // theirs, or the conditional delete refuses.
-    let info = match retry.run(|_| store.head(bucket, key, None)).await {
-        Ok(info) => info,
-        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let info = current.expect("read above when the bucket keeps no versions");
     match retry
         .run(|_| store.tag_value(bucket, key, None, RUN_TAG))
         .await

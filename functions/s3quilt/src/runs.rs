@@ -14,16 +14,17 @@ use crate::cli::{ArgError, RunsCommand};
 /// rolls back (or, past its commit point, finishes). A second signal exits at once; the run's
 /// journal lets `s3quilt runs abort|resume` finish it later.
 pub fn interrupt_on_signals() -> Interrupt {
+    use tokio::signal::unix::{SignalKind, signal};
     let interrupt = Interrupt::new();
+    // Registered before returning, so a signal that comes at once is already ours.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return interrupt;
+    };
     let fired = interrupt.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         for n in 0..2 {
             tokio::select! {
                 _ = term.recv() => {}
