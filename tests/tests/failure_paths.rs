@@ -618,11 +618,12 @@ async fn a_finalize_that_cannot_write_its_pointers_is_committed_and_finishes_whe
         .unwrap_err();
     assert!(err.is_committed(), "{err}");
     match &err {
-        FinalizeError::Unpublished {
-            source: RegistryError::Store(e),
-            run_id,
-            ..
-        } => {
+        FinalizeError::Unpublished { source, run_id, .. }
+            if matches!(source.as_ref(), RegistryError::Store(_)) =>
+        {
+            let RegistryError::Store(e) = source.as_ref() else {
+                unreachable!()
+            };
             assert_eq!(run_id, run.run_id());
             assert_eq!(
                 (e.kind, e.operation),

@@ -98,7 +98,7 @@ pub enum FinalizeError {
         /// The committed top hash.
         top_hash: String,
         /// The failure.
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
 }
 
@@ -110,10 +110,9 @@ impl FinalizeError {
             | FinalizeError::Transaction(TransactionError::Staging(StagingError::Store(e))) => {
                 e.kind.is_retryable()
             }
-            FinalizeError::Unpublished {
-                source: RegistryError::Store(e),
-                ..
-            } => e.kind.is_retryable(),
+            FinalizeError::Unpublished { source, .. } => {
+                matches!(source.as_ref(), RegistryError::Store(e) if e.kind.is_retryable())
+            }
             _ => false,
         }
     }
@@ -243,7 +242,7 @@ async fn publish_fragments(
         .map_err(|source| FinalizeError::Unpublished {
             run_id: plan.run_id.clone(),
             top_hash: top_hash.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let result = PackageResult {
         run_id: plan.run_id.clone(),
@@ -279,7 +278,7 @@ async fn finish_published(
     let unpublished = |source| FinalizeError::Unpublished {
         run_id: plan.run_id.clone(),
         top_hash: top_hash.to_string(),
-        source,
+        source: Box::new(source),
     };
     let manifest = registry.manifest(top_hash).await.map_err(unpublished)?;
     let version = registry

@@ -216,10 +216,10 @@ impl From<FinalizeError> for StepError {
                     ErrorType::MissingFragments
                 }
                 FinalizeError::Staging(s) => staging_type(s, ErrorType::FinalizeFailed),
-                FinalizeError::Unpublished {
-                    source: RegistryError::Store(s),
-                    ..
-                } => store_type(s, ErrorType::FinalizeFailed),
+                FinalizeError::Unpublished { source, .. } => match source.as_ref() {
+                    RegistryError::Store(s) => store_type(s, ErrorType::FinalizeFailed),
+                    _ => ErrorType::FinalizeFailed,
+                },
                 FinalizeError::Fragment { .. } => ErrorType::CorruptStaging,
                 _ => ErrorType::FinalizeFailed,
             }
@@ -451,7 +451,7 @@ mod tests {
         let unpublished = |source| FinalizeError::Unpublished {
             run_id: "r".into(),
             top_hash: "t".into(),
-            source,
+            source: Box::new(source),
         };
         let registry = |kind| unpublished(RegistryError::Store(store_error(kind)));
         let cases = [

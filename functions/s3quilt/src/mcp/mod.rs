@@ -82,8 +82,10 @@ impl ToolError {
     }
 }
 
-/// Serves MCP on stdin/stdout until the client closes the connection, then waits for local
-/// runs still going (so none is cut off before it can finish or roll back).
+/// Serves MCP on stdin/stdout until the client closes the connection (or SIGINT/SIGTERM), then
+/// interrupts the local runs still going and waits while they roll back (or, past their commit
+/// point, finish): none is cut off half-made. A second signal exits at once; `s3quilt runs`
+/// then finishes what is left.
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     let settings = args.s3.settings(S3Settings::from_env());
     let store = S3Store::shared(settings.client().await);
@@ -103,8 +105,13 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // One interrupt for every local run of this server: fired by SIGINT/SIGTERM or when the
+    // client goes away (hosts close stdin, then send SIGTERM), so each run stops starting
+    // objects and rolls back (or, past its commit point, finishes) instead of being cut off.
+    let interrupt = crate::runs::interrupt_on_signals();
     let engine = EngineOptions {
         concurrency: usize::from(args.concurrency),
+        interrupt: interrupt.clone(),
         ..EngineOptions::default()
     };
     let server = S3QuiltServer::new(store.clone(), args.registry, Runs::new(store, engine, sfn));
@@ -114,8 +121,11 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| anyhow::anyhow!("MCP initialization failed: {e}"))?;
-    let reason = service.waiting().await?;
-    tracing::info!("client disconnected ({reason:?})");
+    tokio::select! {
+        reason = service.waiting() => tracing::info!("client disconnected ({:?})", reason?),
+        () = interrupt.fired() => tracing::info!("interrupted"),
+    }
+    interrupt.fire();
     server.wait_for_runs().await;
     Ok(())
 }
