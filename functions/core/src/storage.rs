@@ -35,6 +35,8 @@ pub enum StoreErrorKind {
     Transient,
     /// The object is archived (GLACIER / DEEP_ARCHIVE) and not restored.
     InvalidObjectState,
+    /// The server does not implement what the request asked (HTTP 501 NotImplemented).
+    Unsupported,
     /// Anything else: a request S3 refused for good.
     Permanent,
 }
@@ -567,6 +569,9 @@ where
                 (_, "PreconditionFailed" | "ConditionalRequestConflict") | (412, _) => {
                     StoreErrorKind::PreconditionFailed
                 }
+                // A feature the server does not have (LocalStack: `If-Match` on DeleteObject):
+                // retrying cannot help.
+                (_, "NotImplemented") | (501, _) => StoreErrorKind::Unsupported,
                 (s, _) if s >= 500 => StoreErrorKind::Transient,
                 _ => StoreErrorKind::Permanent,
             };

@@ -347,11 +347,25 @@ async fn delete_owned(
                 .await,
         ),
         (_, _, Some(etag)) => {
-            let deleted = gone(
-                retry
-                    .run(|_| store.delete_if_match(bucket, key, None, etag))
-                    .await,
-            )?;
+            let deleted = match retry
+                .run(|_| store.delete_if_match(bucket, key, None, etag))
+                .await
+            {
+                // A server without conditional deletes: the ETag is compared just before an
+                // unconditional delete (a writer in between goes unseen; S3 itself has
+                // conditional deletes).
+                Err(e) if e.kind == StoreErrorKind::Unsupported => {
+                    match retry.run(|_| store.head(bucket, key, None)).await {
+                        Ok(info) if info.etag.as_deref() == Some(etag.as_str()) => {
+                            gone(retry.run(|_| store.delete(bucket, key, None)).await)?
+                        }
+                        Ok(_) => Deleted::ReplacedByOther,
+                        Err(e) if e.kind == StoreErrorKind::NotFound => Deleted::Yes,
+                        Err(e) => return Err(e),
+                    }
+                }
+                other => gone(other)?,
+            };
             if matches!(deleted, Deleted::Yes) && versioning == Versioning::Suspended {
                 // Deleting the `null` version of a suspended bucket leaves a `null` delete
                 // marker in its place; remove it too, so the key is as before the run.

@@ -63,9 +63,9 @@ impl ToolError {
                 "S3 did not answer in time or asked to slow down; try again"
             }
             StoreErrorKind::InvalidObjectState => "restore the archived object first",
-            StoreErrorKind::PreconditionFailed | StoreErrorKind::Permanent => {
-                "S3 refused the request"
-            }
+            StoreErrorKind::PreconditionFailed
+            | StoreErrorKind::Permanent
+            | StoreErrorKind::Unsupported => "S3 refused the request",
         };
         ToolError(format!("{e} ({hint})"))
     }
