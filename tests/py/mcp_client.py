@@ -34,6 +34,8 @@ READ_ONLY = {
     "package_browse",
 }
 CREATING = {"package_create_from_s3", "package_create"}
+# Ends runs left in staging: `abort` deletes (exactly what the run created); repeating it is a no-op.
+CLEANING = {"package_runs"}
 # Arguments whose schema must carry an example (what an agent most needs to get right).
 EXAMPLES = {
     "package_create_from_s3": ["source_bucket", "source_prefix", "package_name", "target_registry",
@@ -44,6 +46,7 @@ EXAMPLES = {
     "bucket_object_info": ["bucket", "key"],
     "packages_list": ["registry"],
     "package_browse": ["package_name", "registry"],
+    "package_runs": ["registry", "action", "run_id"],
 }
 # Never in any output: signed URLs and credentials.
 SECRETS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=", "aws_secret_access_key")
@@ -113,7 +116,7 @@ def connect(config, mode):
 async def check_tools(client):
     listed = (await client.list_tools()).tools
     names = {t.name for t in listed}
-    check(names == READ_ONLY | CREATING, "the tools", sorted(names))
+    check(names == READ_ONLY | CREATING | CLEANING, "the tools", sorted(names))
     for tool in listed:
         schema = tool.input_schema
         check(schema.get("type") == "object", f"{tool.name}: input schema is an object", schema)
@@ -132,6 +135,10 @@ async def check_tools(client):
         check(a is not None and a.title, f"{tool.name}: annotations with a title")
         if tool.name in READ_ONLY:
             check(a.read_only_hint is True, f"{tool.name} is read-only", a.model_dump())
+        elif tool.name in CLEANING:
+            check(a.read_only_hint is False and a.destructive_hint is True
+                  and a.idempotent_hint is True,
+                  f"{tool.name}: deletes (destructive), idempotent", a.model_dump())
         else:
             check(a.read_only_hint is False and a.destructive_hint is False
                   and a.idempotent_hint is False,
@@ -255,6 +262,9 @@ async def scenario_main(config):
 
         listed = await s.ok("packages_list", {"registry": reg})
         check("team/full" in listed["packages"], "packages_list", listed)
+        runs = await s.ok("package_runs", {"registry": reg})
+        check(runs["runs"] == [] and runs["registry"].endswith(reg.removeprefix("s3://")),
+              "a finished run leaves nothing in staging", runs)
         versions = await s.ok("packages_list", {"registry": reg, "package_name": "team/full"})
         check(versions["versions"][-1]["top_hash"] == made["package"]["top_hash"], "versions",
               versions)
@@ -311,6 +321,11 @@ async def scenario_main(config):
              ["not found", "packages_list"]),
             ("package_browse", {"package_name": "team/full", "registry": reg, "cursor": "x"},
              ["cursor"]),
+            ("package_runs", {"registry": reg, "action": "abort"}, ["run_id", "list"]),
+            ("package_runs", {"registry": reg, "action": "resume", "run_id": "../x"},
+             ["run_id", "not a run id"]),
+            ("package_runs", {"registry": reg, "action": "abort",
+                              "run_id": "20260101T000000Z-00000000"}, ["no run"]),
             ("package_create", {"package_name": "team/y", "target_registry": reg,
                                 "entries": [{"source": f"s3://{src}/missing.csv"}]},
              ["neither an object nor a folder"]),
@@ -320,7 +335,7 @@ async def scenario_main(config):
             messages.append(texts(await s.error(name, args, *needles)))
         report["bad_input_messages"] = messages
         await client.send_ping()
-        check(len((await client.list_tools()).tools) == 7, "the server is still up")
+        check(len((await client.list_tools()).tools) == 8, "the server is still up")
         s.check_no_secrets()
 
     # The 2026-07-28 revision (no handshake: server/discover and per-request metadata).

@@ -211,7 +211,7 @@ async fn an_agent_uses_every_tool_over_stdio() {
     assert_eq!(explicit_keys, want);
 
     let messages = report["bad_input_messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 14, "{messages:?}");
+    assert_eq!(messages.len(), 17, "{messages:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

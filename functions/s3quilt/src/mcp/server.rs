@@ -22,7 +22,8 @@ use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
 use super::types::{
     Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
     MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
-    PackagesParams, PackagesView, RunStatus, RunView, StatusParams, VersionView, input_schema,
+    PackagesParams, PackagesView, RunStatus, RunView, RunsAction, RunsParams, RunsView,
+    StagedRunView, StatusParams, VersionView, input_schema,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
@@ -69,6 +70,21 @@ fn structured<T: Serialize>(
 fn failure(error: ToolError) -> Result<CallToolResult, McpError> {
     tracing::info!("tool error: {}", error.0);
     Ok(CallToolResult::error(vec![ContentBlock::text(error.0)]))
+}
+
+/// Builds and drives a future on a blocking-pool thread: rustc cannot prove `Send` for the
+/// journal's futures (higher-ranked lifetimes in their stream closures), which a tool's future
+/// must be; built on that thread, they never cross threads.
+async fn off_runtime<T, F, Fut>(make: F) -> Result<T, ToolError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(make()))
+        .await
+        .map_err(|e| ToolError(format!("internal error: {e}")))
 }
 
 fn respond<T: Serialize>(
@@ -394,6 +410,95 @@ impl S3QuiltServer {
         ))
     }
 
+    async fn staged_runs(&self, p: RunsParams) -> Result<(RunsView, String), ToolError> {
+        use s3quilt_core::transaction::{RunState, abort_run, list_runs, resume_run};
+        let bucket = self.registry_bucket("registry", p.registry.as_deref())?;
+        let store = self.state.store.clone();
+        let action = p.action.unwrap_or(RunsAction::List);
+        let run_id = || -> Result<String, ToolError> {
+            match p.run_id.as_deref().map(str::trim) {
+                Some(id) if s3quilt_core::staging::is_valid_run_id(id) => Ok(id.to_string()),
+                Some(id) => Err(ToolError(format!(
+                    "run_id: {id:?} is not a run id; package_runs with action \"list\" shows them"
+                ))),
+                None => Err(ToolError(
+                    "run_id: required with action \"abort\" or \"resume\"; package_runs with action \"list\" shows the runs".into(),
+                )),
+            }
+        };
+        let done = match action {
+            RunsAction::List => String::new(),
+            RunsAction::Abort => {
+                let id = run_id()?;
+                let (store, bucket, run) = (store.clone(), bucket.clone(), id.clone());
+                let report =
+                    off_runtime(move || async move { abort_run(store, &bucket, &run).await })
+                        .await?
+                        .map_err(|e| ToolError(e.to_string()))?;
+                let mut text = format!(
+                    "Rolled back run {id}: {} object versions removed.",
+                    report.deleted
+                );
+                if !report.not_deleted.is_empty() {
+                    text.push_str(&format!(
+                        " NOT removed (abort again): {}",
+                        report.not_deleted.join(", ")
+                    ));
+                }
+                text
+            }
+            RunsAction::Resume => {
+                let id = run_id()?;
+                let (store, bucket, run) = (store.clone(), bucket.clone(), id.clone());
+                let package =
+                    off_runtime(move || async move { resume_run(store, &bucket, &run).await })
+                        .await?
+                        .map_err(|e| ToolError(e.to_string()))?;
+                format!(
+                    "Finished run {id}: {} {} ({} objects).",
+                    package.package_name, package.top_hash, package.objects
+                )
+            }
+        };
+        let listed = {
+            let bucket = bucket.clone();
+            off_runtime(move || async move { list_runs(store, &bucket).await }).await?
+        };
+        let runs: Vec<StagedRunView> = listed
+            .map_err(ToolError::store)?
+            .into_iter()
+            .map(|r| StagedRunView {
+                run_id: r.run_id,
+                package: r.package,
+                state: match r.state {
+                    RunState::Uncommitted => "uncommitted",
+                    RunState::Committed { .. } => "committed",
+                    RunState::Aborted { .. } => "aborted",
+                }
+                .to_string(),
+                started_at: r.started_at,
+                objects: r.objects,
+            })
+            .collect();
+        let summary = format!(
+            "{}{} runs left in the staging of s3://{bucket}.",
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!("{done} ")
+            },
+            runs.len()
+        );
+        Ok((
+            RunsView {
+                registry: format!("s3://{bucket}"),
+                runs,
+                done,
+            },
+            summary,
+        ))
+    }
+
     async fn browse(&self, p: BrowseParams) -> Result<(PackageContents, String), ToolError> {
         let bucket = self.registry_bucket("registry", p.registry.as_deref())?;
         let registry = Registry::new(self.state.store.clone(), bucket);
@@ -636,6 +741,25 @@ impl S3QuiltServer {
         Args(p): Args<PackagesParams>,
     ) -> Result<CallToolResult, McpError> {
         respond(self.packages(p).await)
+    }
+
+    /// Runs left in a registry's staging area by a process that stopped (killed, or unable to
+    /// clean up), and what ends them: `abort` rolls back a run that is not committed (deletes
+    /// exactly the object versions it created), `resume` finishes a committed one.
+    #[tool(
+        title = "Unfinished runs",
+        input_schema = input_schema::<RunsParams>(),
+        output_schema = schema_for_output::<RunsView>(),
+        annotations(
+            title = "Unfinished runs",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn package_runs(&self, Args(p): Args<RunsParams>) -> Result<CallToolResult, McpError> {
+        respond(self.staged_runs(p).await)
     }
 
     /// Entries of a package version (latest by default): logical keys, physical keys, sizes,

@@ -333,6 +333,63 @@ pub struct PackagesParams {
     pub package_name: Option<String>,
 }
 
+/// Arguments of `package_runs`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunsParams {
+    /// Registry bucket (`s3://bucket`); optional when the server has a default registry.
+    #[serde(default)]
+    #[schemars(example = &"s3://my-quilt-registry")]
+    pub registry: Option<String>,
+    /// `list` (default): the runs left in the registry's staging area; `abort`: roll back the
+    /// run `run_id` (not committed); `resume`: finish the committed run `run_id`.
+    #[serde(default)]
+    #[schemars(example = &"list")]
+    pub action: Option<RunsAction>,
+    /// The run to abort or resume, as `list` shows it.
+    #[serde(default)]
+    #[schemars(example = &"20261201T220118Z-6f1c2a9b")]
+    pub run_id: Option<String>,
+}
+
+/// What `package_runs` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunsAction {
+    /// List the runs.
+    List,
+    /// Roll back a run that is not committed.
+    Abort,
+    /// Finish a committed run.
+    Resume,
+}
+
+/// One run left in a registry's staging area.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StagedRunView {
+    /// Run id.
+    pub run_id: String,
+    /// `namespace/name`.
+    pub package: String,
+    /// `uncommitted` (abort it), `committed` (resume it) or `aborted` (abort finishes it).
+    pub state: String,
+    /// Unix seconds when it was planned.
+    pub started_at: u64,
+    /// Objects planned.
+    pub objects: u64,
+}
+
+/// What `package_runs` found or did.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunsView {
+    /// `s3://registry`.
+    pub registry: String,
+    /// The runs in staging (after the action).
+    pub runs: Vec<StagedRunView>,
+    /// What the action did, for a person.
+    pub done: String,
+}
+
 /// Arguments of `package_browse`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
