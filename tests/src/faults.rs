@@ -168,6 +168,10 @@ impl ObjectStore for InstrumentedStore {
         self.enter("AbortMultipartUpload", b, k)?;
         self.inner.abort_multipart(b, k, u).await
     }
+    async fn open_uploads(&self, b: &str, k: &str) -> Result<Vec<String>, StoreError> {
+        self.enter("ListMultipartUploads", b, k)?;
+        self.inner.open_uploads(b, k).await
+    }
     async fn delete(&self, b: &str, k: &str, v: Option<&str>) -> Result<(), StoreError> {
         self.enter("DeleteObject", b, k)?;
         self.inner.delete(b, k, v).await

@@ -444,6 +444,9 @@ impl ObjectStore for LostFirstAnswer {
     async fn abort_multipart(&self, b: &str, k: &str, u: &str) -> Result<(), StoreError> {
         self.inner.abort_multipart(b, k, u).await
     }
+    async fn open_uploads(&self, b: &str, k: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.open_uploads(b, k).await
+    }
     async fn delete(&self, b: &str, k: &str, v: Option<&str>) -> Result<(), StoreError> {
         self.inner.delete(b, k, v).await
     }
@@ -777,16 +780,14 @@ async fn rollback_names_every_object_it_could_not_delete() {
             "{url} in {report:?}"
         );
     }
-    let staged = run.registry_keys(".s3quilt/runs/").await;
-    let leftovers: Vec<&String> = report
-        .not_deleted
-        .iter()
-        .filter(|n| n.starts_with("staging "))
-        .collect();
     assert_eq!(
-        (report.not_deleted.len(), leftovers.len()),
-        (fragment.created.len() + staged.len(), staged.len()),
-        "each copy and each staging document once: {report:?}"
+        report.not_deleted.len(),
+        fragment.created.len(),
+        "each copy once: {report:?}"
+    );
+    assert!(
+        !run.registry_keys(".s3quilt/runs/").await.is_empty(),
+        "the journal stays while copies are left, for another `runs abort`"
     );
 
     // Allowed again, it removes everything.
@@ -811,7 +812,9 @@ async fn rollback_does_not_guess_when_staging_cannot_be_read() {
     run.copy(run.store.clone()).await.unwrap();
     let staging = run.staging();
 
-    // An unreadable fragment: its objects cannot be known, so they are reported, not guessed.
+    // An unreadable fragment: it does not close its attempt, so the attempt's keys are searched
+    // and only the versions S3 says carry this run's tag are deleted; the unreadable document
+    // is reported and the journal stays.
     staging
         .put(&staging.fragment_key(0), &"not a fragment")
         .await
@@ -819,35 +822,26 @@ async fn rollback_does_not_guess_when_staging_cannot_be_read() {
     let report = abort_run(run.store.clone(), &run.registry, run.run_id())
         .await
         .unwrap();
-    assert_eq!(report.deleted, 0);
+    assert_eq!(report.deleted, 3, "{report:?}");
     assert!(
         report
             .not_deleted
             .iter()
-            .any(|n| n.starts_with("fragment of shard 0 unreadable")),
+            .any(|n| n.contains("fragments/000000.json unreadable")),
         "{report:?}"
     );
-    assert_eq!(
-        run.registry_keys("team/pkg/").await.len(),
-        3,
-        "the copies stay"
-    );
+    assert!(run.registry_keys("team/pkg/").await.is_empty());
+    assert!(!run.registry_keys(".s3quilt/runs/").await.is_empty());
 
     // An unreadable plan: nothing is deleted at all.
     let run = Planned::new(true, &three_files(), |_| {}).await;
     run.copy(run.store.clone()).await.unwrap();
     let staging = run.staging();
     staging.put(&staging.plan_key(), &[1, 2, 3]).await.unwrap();
-    let report = abort_run(run.store.clone(), &run.registry, run.run_id())
+    let err = abort_run(run.store.clone(), &run.registry, run.run_id())
         .await
-        .unwrap();
-    assert_eq!(report.deleted, 0);
-    assert_eq!(report.not_deleted.len(), 1, "{report:?}");
-    assert!(
-        report.not_deleted[0].contains("cannot read its plan")
-            && report.not_deleted[0].ends_with("nothing was deleted"),
-        "{report:?}"
-    );
+        .unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
     assert_eq!(run.registry_keys("team/pkg/").await.len(), 3);
     assert!(!run.registry_keys(".s3quilt/runs/").await.is_empty());
 }
@@ -949,11 +943,14 @@ async fn objects_without_a_stored_sha256_are_hashed_from_their_bytes() {
         let RunOutcome::Created { package, .. } = outcome else {
             panic!("expected a package")
         };
-        assert_eq!(
-            store.count("GetObject"),
-            2,
-            "{hash_type}: each object read once"
-        );
+        // (Reads of the registry do not count: a second version in the same second reads
+        // the pointer that took the second.)
+        let source_reads = store
+            .calls()
+            .iter()
+            .filter(|(op, bucket, _)| *op == "GetObject" && *bucket == source)
+            .count();
+        assert_eq!(source_reads, 2, "{hash_type}: each object read once");
         let registry = Registry::new(store.clone(), &registry);
         let manifest = registry.manifest(&package.top_hash).await.unwrap();
         for (entry, (key, body)) in manifest.entries.iter().zip(&bodies) {
@@ -1021,10 +1018,10 @@ async fn a_rollback_cause_quotes_a_few_shard_errors_and_names_what_stayed() {
         "{}",
         out.cause
     );
-    assert_eq!(out.not_deleted.len(), 7, "{:?}", out.not_deleted);
+    assert_eq!(out.not_deleted.len(), 1, "{:?}", out.not_deleted);
     assert!(
         out.cause
-            .contains("; NOT removed, clean up by hand: staging "),
+            .contains("; NOT removed, clean up by hand: the rollback could not start: "),
         "{}",
         out.cause
     );

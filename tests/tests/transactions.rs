@@ -276,6 +276,17 @@ async fn fault_case(
             .all(|(k, _, _)| !k.starts_with(".s3quilt/runs/")),
         "{what}: no staging is left"
     );
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(&registry)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    assert!(
+        uploads.uploads().is_empty(),
+        "{what}: no multipart upload is left open: {:?}",
+        uploads.uploads()
+    );
     ending
 }
 

@@ -606,21 +606,40 @@ impl ObjectCopier<'_> {
     ) -> Result<CopiedObject, FailedObject> {
         let dst_key = self.plan.destination_key(&object.logical_key);
         let target = &self.plan.target_bucket;
-        let upload_id = self
+        let create_in_doubt = AtomicBool::new(false);
+        let created = self
             .options
             .retry
             .run_with(Some(&self.options.limit), |_| {
-                self.store.create_multipart(
-                    target,
-                    &dst_key,
-                    WriteChecksum::Sha256,
-                    info.content_type.as_deref(),
-                    &info.metadata,
-                    Some(&self.tagging),
-                )
+                let (dst_key, create_in_doubt) = (dst_key.as_str(), &create_in_doubt);
+                let info = &info;
+                async move {
+                    let result = self
+                        .store
+                        .create_multipart(
+                            target,
+                            dst_key,
+                            WriteChecksum::Sha256,
+                            info.content_type.as_deref(),
+                            &info.metadata,
+                            Some(&self.tagging),
+                        )
+                        .await;
+                    if let Err(e) = &result
+                        && may_have_landed(e)
+                    {
+                        create_in_doubt.store(true, Ordering::Relaxed);
+                    }
+                    result
+                }
             })
-            .await
-            .map_err(self.object_error(&object.key))?;
+            .await;
+        if create_in_doubt.into_inner() {
+            // An upload whose id was lost may be open on the key.
+            self.abort_lost_uploads(&dst_key, created.as_deref().ok())
+                .await;
+        }
+        let upload_id = created.map_err(self.object_error(&object.key))?;
         let copied = self.copy_parts(object, &dst_key, &upload_id).await;
         let in_doubt = AtomicBool::new(false);
         let completed = match copied {
@@ -722,6 +741,37 @@ impl ObjectCopier<'_> {
             _ => None,
         };
         self.finish(object, &info, written, hash).await
+    }
+
+    /// Aborts the uploads open on `dst_key` other than `keep`: after a CreateMultipartUpload
+    /// whose answer was lost, the upload it may have opened (its id never reached us). Only
+    /// this package's runs write under its folder, so at worst a concurrent run of the same
+    /// package loses an upload and rolls back; no object version is touched.
+    async fn abort_lost_uploads(&self, dst_key: &str, keep: Option<&str>) {
+        let target = &self.plan.target_bucket;
+        let open = match self
+            .options
+            .retry
+            .run(|_| self.store.open_uploads(target, dst_key))
+            .await
+        {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(key = %dst_key, error = %e, "cannot list the uploads of a CreateMultipartUpload whose answer was lost");
+                return;
+            }
+        };
+        for upload in open.iter().filter(|u| Some(u.as_str()) != keep) {
+            if let Err(e) = self
+                .options
+                .retry
+                .run(|_| self.store.abort_multipart(target, dst_key, upload))
+                .await
+                && e.kind != StoreErrorKind::NotFound
+            {
+                tracing::warn!(key = %dst_key, error = %e, "could not abort an upload whose id was lost");
+            }
+        }
     }
 
     /// Aborts an upload that will not complete and names why it failed.

@@ -323,6 +323,8 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         upload_id: &str,
     ) -> Result<(), StoreError>;
+    /// The ids of the multipart uploads open on exactly `key` (ListMultipartUploads).
+    async fn open_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError>;
     /// DeleteObject (a specific version when given).
     async fn delete(
         &self,
@@ -886,6 +888,37 @@ impl ObjectStore for S3Store {
             checksum_crc64nvme: out.checksum_crc64_nvme().map(str::to_string),
             source_version_id: None,
         })
+    }
+
+    async fn open_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListMultipartUploads", bucket, key, e))?;
+            ids.extend(
+                page.uploads()
+                    .iter()
+                    .filter(|u| u.key() == Some(key))
+                    .filter_map(|u| u.upload_id().map(str::to_string)),
+            );
+            if page.is_truncated() != Some(true) {
+                return Ok(ids);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(ids);
+            }
+        }
     }
 
     async fn abort_multipart(

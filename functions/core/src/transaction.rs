@@ -513,6 +513,18 @@ async fn find_owned(
             let retry = &retry;
             async move {
                 let found = owned_at(store, plan, key, retry).await;
+                // A dead attempt may have left an upload open on its key: abort it (it holds
+                // no object version; only this package's runs write under its folder).
+                if let Ok(open) = retry
+                    .run(|_| store.open_uploads(&plan.target_bucket, key))
+                    .await
+                {
+                    for upload in &open {
+                        let _ = retry
+                            .run(|_| store.abort_multipart(&plan.target_bucket, key, upload))
+                            .await;
+                    }
+                }
                 (key.clone(), found)
             }
         }))
