@@ -123,7 +123,8 @@ impl ProxyRequest {
 /// Which requests of an operation get the fault.
 #[derive(Debug, Clone)]
 pub enum Select {
-    /// The calls numbered (1-based, per rule) in this range.
+    /// The calls numbered (1-based, per rule) in this range. A rule numbers the calls of its
+    /// operation that reach it: those an earlier rule faulted are not counted.
     Calls(std::ops::RangeInclusive<usize>),
     /// Every n-th call (n, 2n, 3n, …).
     EveryNth(usize),

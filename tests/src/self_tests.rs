@@ -217,18 +217,21 @@ fn drop_stops_the_server() {
 }
 
 /// Helper for `watchdog_stops_server_of_killed_process`: does nothing unless run by it.
+/// `S3QUILT_WATCHDOG_HELPER` names the server kind.
 #[test]
 fn watchdog_helper_process() {
-    if std::env::var_os("S3QUILT_WATCHDOG_HELPER").is_none() {
+    let Some(kind) = std::env::var_os("S3QUILT_WATCHDOG_HELPER") else {
         return;
-    }
-    let server = moto();
+    };
+    let kind = ServerKind::from_name(kind.to_str().unwrap()).unwrap();
+    let server = kind.shared();
     println!("SERVER {} {}", server.pid(), server.dir().display());
-    std::thread::sleep(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(180));
 }
 
-#[test]
-fn watchdog_stops_server_of_killed_process() {
+/// Runs `watchdog_helper_process` with a shared server of `kind` in a child test process,
+/// SIGKILLs the child, and returns the server's (pid, dir) once the child is gone.
+fn start_server_in_killed_process(kind: ServerKind) -> (u32, PathBuf) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
@@ -237,7 +240,7 @@ fn watchdog_stops_server_of_killed_process() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("S3QUILT_WATCHDOG_HELPER", "1")
+        .env("S3QUILT_WATCHDOG_HELPER", kind.name())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -261,6 +264,12 @@ fn watchdog_stops_server_of_killed_process() {
     assert!(alive(pid));
     child.kill().unwrap(); // SIGKILL: no Drop, no atexit
     child.wait().unwrap();
+    (pid, dir)
+}
+
+#[test]
+fn watchdog_stops_server_of_killed_process() {
+    let (pid, dir) = start_server_in_killed_process(ServerKind::Moto);
     wait_until(
         "the watchdog to stop the orphaned server",
         Duration::from_secs(20),
@@ -271,6 +280,234 @@ fn watchdog_stops_server_of_killed_process() {
         Duration::from_secs(10),
         || !dir.exists(),
     );
+}
+
+#[test]
+fn watchdog_stops_the_localstack_group_of_killed_process() {
+    let (pid, dir) = start_server_in_killed_process(ServerKind::LocalStack);
+    wait_until(
+        "the watchdog to stop the orphaned LocalStack group",
+        Duration::from_secs(40),
+        || crate::server::processes_in_group(pid).is_empty(),
+    );
+    wait_until(
+        "the watchdog to remove the server dir",
+        Duration::from_secs(10),
+        || !dir.exists(),
+    );
+}
+
+/// The local addresses the processes of group `pgid` listen on (TCP), from `ss -ltnpH`.
+fn listening_addresses(pgid: u32) -> Vec<String> {
+    let pids = crate::server::processes_in_group(pgid);
+    let out = std::process::Command::new("ss")
+        .args(["-ltnpH"])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| pids.iter().any(|p| l.contains(&format!("pid={p},"))))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn localstack_binds_loopback_keeps_files_in_its_dir_and_stops_its_group() {
+    let started = Instant::now();
+    let server = tokio::task::spawn_blocking(S3Server::start_localstack)
+        .await
+        .unwrap();
+    eprintln!("LocalStack ready after {:?}", started.elapsed());
+    assert_eq!(server.kind(), ServerKind::LocalStack);
+    let (pid, dir) = (server.pid(), server.dir().to_path_buf());
+    let addresses = listening_addresses(pid);
+    assert_eq!(
+        addresses,
+        [format!("127.0.0.1:{}", server.port())],
+        "LocalStack must listen on its port on 127.0.0.1 only"
+    );
+    exercise_server(&server).await;
+    // Objects are stored under the server's directory, not in /tmp/localstack-s3-storage.
+    let client = server.client().await;
+    let bucket = create_bucket(&client, false).await;
+    seed(
+        &client,
+        &bucket,
+        &[SeedObject::new("big", vec![7u8; 600 * 1024])],
+    )
+    .await;
+    assert!(dir.join("s3-storage").join(&bucket).is_dir());
+    assert!(
+        !Path::new("/tmp/localstack-s3-storage")
+            .join(&bucket)
+            .exists()
+    );
+    let stopping = Instant::now();
+    drop(server);
+    eprintln!("LocalStack stopped after {:?}", stopping.elapsed());
+    assert!(
+        crate::server::processes_in_group(pid).is_empty(),
+        "LocalStack's group {pid} still has processes after drop"
+    );
+    assert!(!dir.exists(), "{} still exists after drop", dir.display());
+}
+
+#[test]
+fn server_list_parsing() {
+    use crate::server::parse_server_list;
+    use ServerKind::*;
+    assert_eq!(parse_server_list(""), [Moto, LocalStack]);
+    assert_eq!(parse_server_list(" "), [Moto, LocalStack]);
+    assert_eq!(parse_server_list("moto"), [Moto]);
+    assert_eq!(
+        parse_server_list(" seaweedfs , moto,,moto"),
+        [SeaweedFs, Moto]
+    );
+    for kind in ServerKind::ALL {
+        assert_eq!(ServerKind::from_name(kind.name()), Some(kind));
+    }
+}
+
+#[test]
+#[should_panic(expected = "unknown server \"minio\"")]
+fn server_list_refuses_unknown_names() {
+    crate::server::parse_server_list("moto,minio");
+}
+
+/// A client to `proxy` for `server`'s credentials, without retries, with this attempt timeout.
+fn client_via(
+    server: &S3Server,
+    proxy: &FaultProxy,
+    attempt_timeout: Duration,
+) -> aws_sdk_s3::Client {
+    let conf = server
+        .config_builder()
+        .endpoint_url(proxy.endpoint())
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(attempt_timeout)
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+async fn exists(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
+    client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_apply_then_reset_applies_the_put_but_loses_the_reply() {
+    let server = moto();
+    let direct = server.client().await;
+    let bucket = create_bucket(&direct, false).await;
+    let proxy = FaultProxy::start(
+        server.endpoint(),
+        vec![ProxyRule {
+            operation: "PutObject",
+            select: Select::Calls(1..=1),
+            fault: Fault::ApplyThenReset,
+        }],
+    );
+    let client = client_via(server, &proxy, Duration::from_secs(10));
+    let put = |key: &'static str| {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"applied"))
+            .send()
+    };
+    let lost = put("lost-reply").await;
+    assert!(
+        lost.is_err(),
+        "the client must not see the answer: {lost:?}"
+    );
+    assert_eq!(get_bytes(&direct, &bucket, "lost-reply").await, b"applied");
+    put("second").await.expect("the second PutObject passes");
+
+    assert_eq!(proxy.count("PutObject"), 2);
+    assert_eq!(proxy.counts().get("PutObject"), Some(&2));
+    assert_eq!(proxy.faults_injected(), 1);
+    let log = proxy.log();
+    let (first, second) = (&log[0], &log[1]);
+    assert_eq!(first.operation, "PutObject");
+    assert_eq!(first.method, "PUT");
+    assert_eq!(first.path, format!("/{bucket}/lost-reply"));
+    assert!(first.forwarded);
+    assert_eq!(first.status, None);
+    assert_eq!(first.fault.as_deref(), Some("ApplyThenReset"));
+    assert!(
+        first.header("Content-Length").is_some()
+            || first.header("x-amz-decoded-content-length").is_some()
+    );
+    assert!(second.forwarded);
+    assert_eq!(second.status, Some(200));
+    assert_eq!(second.fault, None);
+    assert_eq!(second.seq, first.seq + 1);
+    proxy.clear_log();
+    assert_eq!(proxy.count("*"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_stall_never_reaches_the_server_delay_does() {
+    let server = moto();
+    let direct = server.client().await;
+    let bucket = create_bucket(&direct, false).await;
+    let proxy = FaultProxy::start(
+        server.endpoint(),
+        vec![
+            ProxyRule {
+                operation: "PutObject",
+                select: Select::Calls(1..=1),
+                fault: Fault::StallPastTimeout(Duration::from_secs(3)),
+            },
+            // A rule counts the calls the rules before it let through: this is the 2nd PutObject.
+            ProxyRule {
+                operation: "PutObject",
+                select: Select::Calls(1..=1),
+                fault: Fault::Delay(Duration::from_secs(3)),
+            },
+        ],
+    );
+    let client = client_via(server, &proxy, Duration::from_secs(1));
+    for key in ["stalled", "delayed"] {
+        let started = Instant::now();
+        let r = client
+            .put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .send()
+            .await;
+        assert!(r.is_err(), "{key}: the attempt must time out");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{key}: timed out late"
+        );
+    }
+    // Both requests were received; only the delayed one reached moto (before its answer was
+    // held: it is there although the client gave up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exists(&direct, &bucket, "delayed").await {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed PutObject never reached moto"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the stall
+    assert!(!exists(&direct, &bucket, "stalled").await);
+    let forwarded: Vec<bool> = proxy.log().iter().map(|r| r.forwarded).collect();
+    assert_eq!(forwarded, [false, true]);
+    assert_eq!(proxy.count("PutObject"), 2);
 }
 
 fn check_browse_matches_push(pushed: &Value, browsed: &Value) {

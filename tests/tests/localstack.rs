@@ -1,0 +1,521 @@
+//! The servers' known gaps, probed: each probe runs on moto, LocalStack and SeaweedFS and asserts
+//! what [`ServerKind`]'s capability methods document (the table on [`ServerKind`]). A server
+//! upgrade that changes a behaviour fails here, with the observed table, before it silently
+//! changes what the other suites show.
+//!
+//! The probes run on every server whatever `S3QUILT_SERVERS` says (they are the check of the
+//! table); the last test shows [`server_tests!`] on all three.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::PutObjectError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ChecksumType,
+    CompletedMultipartUpload, CompletedPart, TaggingDirective,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use s3quilt_tests::{
+    S3Server, SeedObject, ServerKind, create_bucket, get_bytes, localstack, moto, seaweedfs, seed,
+    server_tests,
+};
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1024 * 1024;
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    Sha256::digest(b).to_vec()
+}
+
+fn b64(b: &[u8]) -> String {
+    B64.encode(b)
+}
+
+/// "refused <status> <code>" or "accepted" for the result of a call.
+fn outcome<T, E: ProvideErrorMetadata, R: std::fmt::Debug>(r: &Result<T, SdkError<E, R>>) -> String
+where
+    SdkError<E, R>: std::error::Error,
+{
+    match r {
+        Ok(_) => "accepted".to_string(),
+        Err(SdkError::ServiceError(e)) => format!(
+            "refused {:?}",
+            e.err().code().unwrap_or("(no code)").to_string()
+        ),
+        Err(e) => format!("failed: {}", DisplayErrorContext(e)),
+    }
+}
+
+fn refused<T, E: ProvideErrorMetadata, R: std::fmt::Debug>(
+    r: &Result<T, SdkError<E, R>>,
+    code: &str,
+) -> bool {
+    matches!(r, Err(SdkError::ServiceError(e)) if e.err().code() == Some(code))
+}
+
+/// One capability: what the server did (a sentence for the failure message) and whether that
+/// counts as having it.
+struct Observed {
+    has: bool,
+    detail: String,
+}
+
+async fn copy_conditions(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    seed(
+        client,
+        &bucket,
+        &[
+            SeedObject::new("src", "source"),
+            SeedObject::new("dst", "old"),
+        ],
+    )
+    .await;
+    let none_match = client
+        .copy_object()
+        .bucket(&bucket)
+        .key("dst")
+        .copy_source(format!("{bucket}/src"))
+        .if_none_match("*")
+        .send()
+        .await;
+    let if_match = client
+        .copy_object()
+        .bucket(&bucket)
+        .key("pinned")
+        .copy_source(format!("{bucket}/src"))
+        .copy_source_if_match("\"0123456789abcdef0123456789abcdef\"")
+        .send()
+        .await;
+    Observed {
+        has: refused(&none_match, "PreconditionFailed") && refused(&if_match, "PreconditionFailed"),
+        detail: format!(
+            "If-None-Match * onto an existing key: {}; wrong x-amz-copy-source-if-match: {}",
+            outcome(&none_match),
+            outcome(&if_match)
+        ),
+    }
+}
+
+/// The bytes of `key`, or why they cannot be read.
+async fn try_get(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("GetObject: {}", DisplayErrorContext(&e)))?;
+    out.body
+        .collect()
+        .await
+        .map(|b| b.into_bytes().to_vec())
+        .map_err(|e| format!("reading the body: {}", DisplayErrorContext(&e)))
+}
+
+async fn refused_copy_keeps_target(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    seed(
+        client,
+        &bucket,
+        &[
+            SeedObject::new("src", "source"),
+            SeedObject::new("dst", "old"),
+        ],
+    )
+    .await;
+    let copy = client
+        .copy_object()
+        .bucket(&bucket)
+        .key("dst")
+        .copy_source(format!("{bucket}/src"))
+        .if_none_match("*")
+        .send()
+        .await;
+    let dst = try_get(client, &bucket, "dst")
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    Observed {
+        has: dst.as_deref() == Ok("old"),
+        detail: format!(
+            "CopyObject If-None-Match * onto \"old\": {}; the target then reads {dst:?}",
+            outcome(&copy)
+        ),
+    }
+}
+
+async fn put_key(
+    client: &Client,
+    bucket: &str,
+    key: String,
+) -> Result<(), SdkError<PutObjectError, HttpResponse>> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .map(|_| ())
+}
+
+/// A key of `len` bytes in segments of 100 bytes (99 × `k` and `/`).
+fn segmented_key(len: usize) -> String {
+    (0..len)
+        .map(|i| if i % 100 == 99 { '/' } else { 'k' })
+        .collect()
+}
+
+async fn key_length_limit(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    let at_limit = put_key(client, &bucket, segmented_key(1024)).await;
+    let over = put_key(client, &bucket, segmented_key(1025)).await;
+    Observed {
+        has: at_limit.is_ok() && refused(&over, "KeyTooLongError"),
+        detail: format!(
+            "1,024-byte key: {}; 1,025-byte key: {}",
+            outcome(&at_limit),
+            outcome(&over)
+        ),
+    }
+}
+
+/// Whether the longest stored one-segment key is 255 bytes (`Some(255)`) or there is no
+/// segment limit below the key limit (`None`: 1,024 bytes in one segment are stored).
+async fn key_segment_limit(client: &Client) -> (Option<usize>, String) {
+    let bucket = create_bucket(client, false).await;
+    let mut detail = Vec::new();
+    let mut stored = Vec::new();
+    for len in [255, 256, 1024] {
+        let r = put_key(client, &bucket, "k".repeat(len)).await;
+        detail.push(format!("{len}-byte segment: {}", outcome(&r)));
+        stored.push(r.is_ok());
+    }
+    let limit = match stored[..] {
+        [true, true, true] => None,
+        [true, false, false] => Some(255),
+        _ => Some(0), // matches no documented value: the assertion shows the details
+    };
+    (limit, detail.join("; "))
+}
+
+/// A two-part SHA-256 multipart upload (5 MiB + 1 KiB), optionally tagged, completed; returns
+/// (bucket, key, part digests).
+async fn upload_two_parts(
+    client: &Client,
+    tagging: Option<&str>,
+) -> (String, String, Vec<Vec<u8>>) {
+    let bucket = create_bucket(client, false).await;
+    let key = "mpu".to_string();
+    let parts = [vec![1u8; 5 * MIB], vec![2u8; 1024]];
+    let upload = client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(&key)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .set_tagging(tagging.map(str::to_string))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateMultipartUpload: {}", DisplayErrorContext(&e)));
+    let id = upload.upload_id().unwrap().to_string();
+    let mut completed = Vec::new();
+    for (i, body) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("UploadPart {n}: {}", DisplayErrorContext(&e)));
+        completed.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_sha256(b64(&sha256(body)))
+                .build(),
+        );
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(&bucket)
+        .key(&key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CompleteMultipartUpload: {}", DisplayErrorContext(&e)));
+    (bucket, key, parts.iter().map(|p| sha256(p)).collect())
+}
+
+async fn composite_labels(client: &Client) -> Observed {
+    let (bucket, key, digests) = upload_two_parts(client, None).await;
+    let composite = b64(&sha256(&digests.concat()));
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("HeadObject: {}", DisplayErrorContext(&e)));
+    let got = head.checksum_sha256().map(str::to_string);
+    Observed {
+        has: got.as_deref() == Some(&format!("{composite}-2"))
+            && head.checksum_type() == Some(&ChecksumType::Composite),
+        detail: format!(
+            "HeadObject ChecksumSHA256 {got:?} (composite {composite}), ChecksumType {:?}",
+            head.checksum_type()
+        ),
+    }
+}
+
+async fn part_checksums(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    seed(client, &bucket, &[SeedObject::new("src", body.clone())]).await;
+    let upload = client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("dst")
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateMultipartUpload: {}", DisplayErrorContext(&e)));
+    let id = upload.upload_id().unwrap();
+    let part = client
+        .upload_part_copy()
+        .bucket(&bucket)
+        .key("dst")
+        .upload_id(id)
+        .part_number(1)
+        .copy_source(format!("{bucket}/src"))
+        .copy_source_range("bytes=0-99")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("UploadPartCopy: {}", DisplayErrorContext(&e)));
+    let _ = client
+        .abort_multipart_upload()
+        .bucket(&bucket)
+        .key("dst")
+        .upload_id(id)
+        .send()
+        .await;
+    let got = part
+        .copy_part_result()
+        .and_then(|r| r.checksum_sha256())
+        .map(str::to_string);
+    let want = b64(&sha256(&body[..100]));
+    Observed {
+        has: got.as_deref() == Some(want.as_str()),
+        detail: format!("UploadPartCopy ChecksumSHA256 {got:?} (SHA-256 of the range {want})"),
+    }
+}
+
+async fn bucket_versioning(client: &Client) -> Observed {
+    let bucket = create_bucket(client, true).await;
+    let r = client.get_bucket_versioning().bucket(&bucket).send().await;
+    let status = r.as_ref().ok().and_then(|o| o.status().cloned());
+    Observed {
+        has: status == Some(BucketVersioningStatus::Enabled),
+        detail: match &r {
+            Ok(_) => format!("GetBucketVersioning of a versioned bucket: status {status:?}"),
+            Err(e) => format!("GetBucketVersioning: {}", DisplayErrorContext(e)),
+        },
+    }
+}
+
+async fn tags(client: &Client, bucket: &str, key: &str) -> Result<Vec<(String, String)>, String> {
+    client
+        .get_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map(|o| {
+            o.tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()
+        })
+        .map_err(|e| DisplayErrorContext(&e).to_string())
+}
+
+async fn tagging_on_copy(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    seed(client, &bucket, &[SeedObject::new("src", "tag me")]).await;
+    let copy = client
+        .copy_object()
+        .bucket(&bucket)
+        .key("copied")
+        .copy_source(format!("{bucket}/src"))
+        .tagging("a=1&b=two")
+        .tagging_directive(TaggingDirective::Replace)
+        .send()
+        .await;
+    let copied = match &copy {
+        Ok(_) => tags(client, &bucket, "copied").await,
+        Err(e) => Err(format!("CopyObject: {}", DisplayErrorContext(e))),
+    };
+    let (mpu_bucket, mpu_key, _) = upload_two_parts(client, Some("c=3")).await;
+    let multipart = tags(client, &mpu_bucket, &mpu_key).await;
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let mut copied_sorted = copied.clone().unwrap_or_default();
+    copied_sorted.sort();
+    Observed {
+        has: copied_sorted == vec![pair("a", "1"), pair("b", "two")]
+            && multipart.as_deref() == Ok(&[pair("c", "3")][..]),
+        detail: format!(
+            "tags after CopyObject REPLACE a=1&b=two: {copied:?}; after \
+             CreateMultipartUpload c=3: {multipart:?}"
+        ),
+    }
+}
+
+/// Probes `server` and asserts every observed capability equals the documented one.
+async fn check_documented_capabilities(server: &S3Server) {
+    let kind = server.kind();
+    let client = server.client().await;
+    // (capability, documented, observed, what the server did)
+    let mut rows: Vec<(&str, String, String, String)> = Vec::new();
+    let mut row = |name, documented: bool, seen: Observed| {
+        rows.push((
+            name,
+            documented.to_string(),
+            seen.has.to_string(),
+            seen.detail,
+        ));
+    };
+    row(
+        "enforces_copy_conditions",
+        kind.enforces_copy_conditions(),
+        copy_conditions(&client).await,
+    );
+    row(
+        "keeps_target_on_refused_copy",
+        kind.keeps_target_on_refused_copy(),
+        refused_copy_keeps_target(&client).await,
+    );
+    row(
+        "enforces_key_length_limit",
+        kind.enforces_key_length_limit(),
+        key_length_limit(&client).await,
+    );
+    row(
+        "labels_composite_checksums",
+        kind.labels_composite_checksums(),
+        composite_labels(&client).await,
+    );
+    row(
+        "returns_part_checksums",
+        kind.returns_part_checksums(),
+        part_checksums(&client).await,
+    );
+    row(
+        "parses_bucket_versioning",
+        kind.parses_bucket_versioning(),
+        bucket_versioning(&client).await,
+    );
+    row(
+        "supports_object_tagging_on_copy",
+        kind.supports_object_tagging_on_copy(),
+        tagging_on_copy(&client).await,
+    );
+    let (segment_limit, segment_detail) = key_segment_limit(&client).await;
+    rows.push((
+        "max_key_segment_len",
+        format!("{:?}", kind.max_key_segment_len()),
+        format!("{segment_limit:?}"),
+        segment_detail,
+    ));
+    let table: Vec<String> = rows
+        .iter()
+        .map(|(name, documented, observed, detail)| {
+            let mark = if documented == observed { " " } else { "✗" };
+            format!("{mark} {name}: documented {documented}, observed {observed} — {detail}")
+        })
+        .collect();
+    eprintln!("{kind}:\n{}", table.join("\n"));
+    assert!(
+        rows.iter()
+            .all(|(_, documented, observed, _)| documented == observed),
+        "{kind} does not behave as ServerKind documents (update the table and the methods in \
+         tests/src/server.rs if the server changed):\n{}",
+        table.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moto_capabilities_are_as_documented() {
+    check_documented_capabilities(moto()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn localstack_capabilities_are_as_documented() {
+    check_documented_capabilities(localstack()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seaweedfs_capabilities_are_as_documented() {
+    check_documented_capabilities(seaweedfs()).await;
+}
+
+/// What LocalStack gives that the copier relies on and moto does not: CopyObject returns the
+/// SHA-256 of the copy, and versioning works with version ids on put and copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn localstack_copy_returns_checksum_and_versions() {
+    let server = localstack();
+    assert_eq!(server.kind(), ServerKind::LocalStack);
+    assert_eq!(server.credentials(), ("test", "test"));
+    let client = server.client().await;
+    let bucket = create_bucket(&client, true).await;
+    let v = seed(&client, &bucket, &[SeedObject::new("a b/ü.txt", "hello")]).await;
+    let source_version = v[0].clone().expect("a version id");
+    let copy = client
+        .copy_object()
+        .bucket(&bucket)
+        .key("copy")
+        .copy_source(format!(
+            "{bucket}/a%20b/%C3%BC.txt?versionId={source_version}"
+        ))
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CopyObject: {}", DisplayErrorContext(&e)));
+    assert_eq!(copy.copy_source_version_id(), Some(source_version.as_str()));
+    assert!(copy.version_id().is_some());
+    assert_eq!(
+        copy.copy_object_result().and_then(|r| r.checksum_sha256()),
+        Some(b64(&sha256(b"hello")).as_str())
+    );
+    assert_eq!(get_bytes(&client, &bucket, "copy").await, b"hello");
+}
+
+async fn put_get_roundtrip(server: &'static S3Server) {
+    let client = server.client().await;
+    let bucket = create_bucket(&client, false).await;
+    seed(
+        &client,
+        &bucket,
+        &[SeedObject::new("k", server.kind().name())],
+    )
+    .await;
+    assert_eq!(
+        get_bytes(&client, &bucket, "k").await,
+        server.kind().name().as_bytes()
+    );
+}
+
+server_tests! {
+    put_get_roundtrip => [moto, localstack, seaweedfs];
+}
