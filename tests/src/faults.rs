@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use s3quilt_core::storage::{
     ByteChunks, CopiedPart, CopyRequest, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
-    PartCopyRequest, PutOptions, StoreError, StoreErrorKind, Versioning, WriteChecksum,
-    WriteResult,
+    PartCopyRequest, PutOptions, StoreError, StoreErrorKind, VersionNotDeleted, Versioning,
+    WriteChecksum, WriteResult,
 };
 
 /// Fail calls of one operation.
@@ -179,6 +179,14 @@ impl ObjectStore for InstrumentedStore {
     async fn list_versions(&self, b: &str, p: &str) -> Result<Vec<ObjectVersion>, StoreError> {
         self.enter("ListObjectVersions", b, p)?;
         self.inner.list_versions(b, p).await
+    }
+    async fn delete_versions(
+        &self,
+        b: &str,
+        versions: &[(String, String)],
+    ) -> Result<Vec<VersionNotDeleted>, StoreError> {
+        self.enter("DeleteObjects", b, "")?;
+        self.inner.delete_versions(b, versions).await
     }
     async fn delete_if_match(
         &self,

@@ -45,6 +45,12 @@ pub enum HookAction {
     Forward,
     /// Answer 200 with this payload without running the function.
     Respond(serde_json::Value),
+    /// Answer as Lambda does for a function error (`errorType`, e.g. `Sandbox.Timedout` for a
+    /// function that hit its timeout), without running the function.
+    Fail(String),
+    /// Run the function, then answer as [`HookAction::Fail`]: the work is done, the answer is
+    /// lost (a function that died after its last write).
+    ForwardThenFail(String),
 }
 
 /// A test's hook on Lambda Invokes.
@@ -229,16 +235,23 @@ async fn invoke(shared: Shared, function: String, req: Request<Incoming>) -> Res
         .expect("invocations lock")
         .push(call.clone());
     let hook = shared.hook.lock().expect("hook lock").clone();
-    if let Some(hook) = hook
-        && let HookAction::Respond(value) = hook(call).await
-    {
-        let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return response;
-    }
+    let action = match hook {
+        Some(hook) => hook(call).await,
+        None => HookAction::Forward,
+    };
+    let fail_after = match action {
+        HookAction::Forward => None,
+        HookAction::Respond(value) => {
+            let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return response;
+        }
+        HookAction::Fail(error_type) => return function_error(&error_type),
+        HookAction::ForwardThenFail(error_type) => Some(error_type),
+    };
     let uri = format!(
         "http://127.0.0.1:{}/2015-03-31/functions/{function}/invocations",
         shared.lambda_port
@@ -266,6 +279,9 @@ async fn invoke(shared: Shared, function: String, req: Request<Incoming>) -> Res
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if let Some(error_type) = fail_after {
+        return function_error(&error_type);
+    }
     let handler_error = !status.is_success()
         && serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -285,6 +301,24 @@ async fn invoke(shared: Shared, function: String, req: Request<Incoming>) -> Res
         *out.status_mut() = status;
     }
     out
+}
+
+/// Lambda's answer for a function error of type `error_type`.
+fn function_error(error_type: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "errorType": error_type,
+        "errorMessage": format!("{error_type} (injected by the test's hook)"),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        HeaderName::from_static("x-amz-function-error"),
+        HeaderValue::from_static("Unhandled"),
+    );
+    response
 }
 
 async fn forward_to_moto(shared: Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -9,7 +9,11 @@
 //!   rollback, a failed execution naming the shard's error, and no package;
 //! - a shard whose copier never wrote its fragment makes the finalizer refuse (moto does not
 //!   fail a Distributed Map whose child failed: the finalizer's own check is what protects);
-//! - dry runs and invalid requests end after the plan.
+//! - dry runs and invalid requests end after the plan;
+//! - the failure paths of the state machine itself: a copier that dies mid-shard (its deadline)
+//!   and one retried after dying mid-shard, on versioned and unversioned registries; a
+//!   finalizer that dies after publishing; an execution stopped mid-copy whose late copier
+//!   runs after it, cleaned up by the janitor.
 //!
 //! One stack serves every test of this file; hooks on the router are keyed by registry bucket
 //! so the tests can run in parallel.
@@ -21,12 +25,14 @@ use std::time::Duration;
 use s3quilt_core::aws::{
     ExecutionInput, ExecutionReport, execution_report, follow_execution, start_execution,
 };
+use s3quilt_core::copy::{CopyOptions, copy_objects};
 use s3quilt_core::engine::{EngineOptions, Phase, Progress, RunOutcome, run_local};
 use s3quilt_core::quilt::{Manifest, PackageName, PhysicalKey};
 use s3quilt_core::registry::Registry;
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::staging::{Shard, Staging};
 use s3quilt_core::storage::{ObjectStore, S3Store, list_all};
+use s3quilt_core::transaction::{new_attempt_id, open_attempt};
 use s3quilt_tests::{
     HookAction, InvokeCall, InvokeHook, SeedObject, SfnStack, create_bucket, list_all_versions,
     seed,
@@ -35,6 +41,8 @@ use serde_json::json;
 
 /// Objects per shard in the deployed functions' settings: small, so runs have several shards.
 const SHARD_MAX_OBJECTS: &str = "3";
+/// The copier time limit the deployed functions are told of.
+const COPIER_TIMEOUT_SECS: &str = "15";
 
 type BucketHooks = Mutex<HashMap<String, InvokeHook>>;
 
@@ -47,7 +55,12 @@ fn hooks() -> &'static BucketHooks {
 fn stack() -> &'static SfnStack {
     static STACK: OnceLock<SfnStack> = OnceLock::new();
     STACK.get_or_init(|| {
-        let stack = SfnStack::start(&[("S3QUILT_SHARD_MAX_OBJECTS", SHARD_MAX_OBJECTS)]);
+        let stack = SfnStack::start(&[
+            ("S3QUILT_SHARD_MAX_OBJECTS", SHARD_MAX_OBJECTS),
+            // Rollback waits this long for an attempt whose copier may still be running (the
+            // Lambda timeout, 900 s, in a deployment).
+            ("S3QUILT_COPIER_TIMEOUT_SECS", COPIER_TIMEOUT_SECS),
+        ]);
         let dispatch: InvokeHook = Arc::new(|call: InvokeCall| {
             let bucket = call.payload["registry_bucket"]
                 .as_str()
@@ -442,4 +455,356 @@ async fn dry_runs_and_invalid_requests_end_after_the_plan() {
 
     let left = list_all_versions(&client, &registry).await;
     assert!(left.is_empty(), "a plan-only run wrote {left:?}");
+}
+
+/// What a copier that dies mid-shard leaves: an open attempt of `shard` and a copy of its first
+/// object (tagged, as every copy), and no fragment or failure record.
+async fn copy_first_object_then_die(
+    store: Arc<dyn ObjectStore>,
+    registry: &str,
+    run_id: &str,
+    shard: u32,
+) {
+    let staging = Staging::new(store.clone(), registry, run_id);
+    let plan = staging.plan().await.unwrap();
+    let doc: Shard = staging.require(&staging.shard_key(shard)).await.unwrap();
+    let attempt = new_attempt_id();
+    open_attempt(&staging, &doc, &attempt, false).await.unwrap();
+    let first = Shard {
+        shard,
+        objects: doc.objects[..1].to_vec(),
+    };
+    copy_objects(
+        store.as_ref(),
+        &plan,
+        &first,
+        &CopyOptions::new(2),
+        &|_| {},
+        &attempt,
+    )
+    .await
+    .unwrap();
+}
+
+/// On the first invocation of shard 1's copier, copies its first object and dies with
+/// `error_type`; later invocations run the copier.
+fn copier_dies_mid_shard(stack: &'static SfnStack, error_type: &'static str) -> InvokeHook {
+    let died = Arc::new(Mutex::new(false));
+    Arc::new(move |call: InvokeCall| {
+        let died = died.clone();
+        Box::pin(async move {
+            if call.function != "copier" || call.payload["shard"] != 1 {
+                return HookAction::Forward;
+            }
+            if std::mem::replace(&mut *died.lock().unwrap(), true) {
+                return HookAction::Forward;
+            }
+            let store = S3Store::shared(stack.s3_client());
+            let registry = call.payload["registry_bucket"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let run_id = call.payload["run_id"].as_str().unwrap().to_string();
+            // On a thread of its own: the hook's future must be Send for every lifetime, which
+            // rustc cannot prove of the copier's streams.
+            tokio::task::spawn_blocking(move || {
+                tokio::runtime::Handle::current()
+                    .block_on(copy_first_object_then_die(store, &registry, &run_id, 1))
+            })
+            .await
+            .unwrap();
+            HookAction::Fail(error_type.to_string())
+        })
+    })
+}
+
+/// Every entry of the latest `team/sample` in `registry` names an object version that exists,
+/// and nothing under the package's folder is left that no entry names (no orphan version).
+async fn assert_complete_and_no_orphans(stack: &SfnStack, registry: &str) -> String {
+    let client = stack.s3_client();
+    let store = S3Store::shared(client.clone());
+    let (top_hash, manifest) = latest(store.clone(), registry, "team/sample").await;
+    let mut named = std::collections::BTreeSet::new();
+    for entry in &manifest.entries {
+        let physical: PhysicalKey = entry.physical_keys[0].parse().unwrap();
+        assert_eq!(physical.bucket, registry);
+        store
+            .head(registry, &physical.key, physical.version_id.as_deref())
+            .await
+            .unwrap_or_else(|e| panic!("entry {}: {e}", entry.logical_key.as_str()));
+        named.insert((physical.key.clone(), physical.version_id.clone()));
+    }
+    let versions = list_all_versions(&client, registry).await;
+    let versioned = manifest.entries.iter().any(|e| {
+        e.physical_keys[0]
+            .parse::<PhysicalKey>()
+            .unwrap()
+            .version_id
+            .is_some()
+    });
+    for (key, version, delete_marker) in versions
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("team/sample/"))
+    {
+        assert!(!delete_marker, "delete marker at {key}");
+        let version = if versioned { version.clone() } else { None };
+        assert!(
+            named.contains(&(key.clone(), version.clone())),
+            "{key} {version:?} is in no entry (an orphan of an earlier attempt)"
+        );
+    }
+    let staging = list_all(
+        store.as_ref(),
+        registry,
+        ".s3quilt/runs/",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+    top_hash
+}
+
+fn calls_of(stack: &SfnStack, function: &str, registry: &str) -> usize {
+    stack
+        .router()
+        .invocations()
+        .iter()
+        .filter(|c| c.function == function && c.payload["registry_bucket"] == registry)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copier_dying_mid_shard_is_rolled_back_after_its_time_limit() {
+    let stack = shared_stack().await;
+    let client = stack.s3_client();
+    let source = create_bucket(&client, true).await;
+    seed(&client, &source, &sample()).await;
+    let machine = state_machine(stack, "s3quilt-copier-dies").await;
+    for versioned in [true, false] {
+        let registry = create_bucket(&client, versioned).await;
+        hooks().lock().unwrap().insert(
+            registry.clone(),
+            copier_dies_mid_shard(stack, "Sandbox.Timedout"),
+        );
+        let report = run(
+            stack,
+            &machine,
+            &ExecutionInput::new(request(&source, &registry)),
+            &format!("dies-{versioned}"),
+        )
+        .await;
+        assert_eq!(report.status, "FAILED", "{report:#?}");
+        let cause = report.cause.clone().unwrap_or_default();
+        assert!(cause.contains("rolled back: "), "{cause}");
+        assert!(!cause.contains("NOT removed"), "{cause}");
+        // The dead attempt's copy is found by its tag once the attempt is past the copier's
+        // time limit: nothing of the run is left, of any version.
+        let left = list_all_versions(&client, &registry).await;
+        assert!(
+            left.is_empty(),
+            "versioned={versioned}: left in the registry: {left:?}"
+        );
+        assert!(calls_of(stack, "rollback", &registry) >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_retried_after_its_copier_died_publishes_without_orphans() {
+    let stack = shared_stack().await;
+    let client = stack.s3_client();
+    let source = create_bucket(&client, true).await;
+    seed(&client, &source, &sample()).await;
+    let machine = state_machine(stack, "s3quilt-copier-retried").await;
+    let mut hashes = Vec::new();
+    for versioned in [true, false] {
+        let registry = create_bucket(&client, versioned).await;
+        hooks().lock().unwrap().insert(
+            registry.clone(),
+            copier_dies_mid_shard(stack, "S3Quilt.Transient"),
+        );
+        let report = run(
+            stack,
+            &machine,
+            &ExecutionInput::new(request(&source, &registry)),
+            &format!("retried-{versioned}"),
+        )
+        .await;
+        assert_eq!(report.status, "SUCCEEDED", "{report:#?}\n{}", stack.logs());
+        let copier_calls = stack
+            .router()
+            .invocations()
+            .iter()
+            .filter(|c| c.function == "copier" && c.payload["registry_bucket"] == registry.as_str())
+            .filter(|c| c.payload["shard"] == 1)
+            .count();
+        assert_eq!(copier_calls, 2, "shard 1 ran twice");
+        hashes.push(assert_complete_and_no_orphans(stack, &registry).await);
+    }
+    assert_eq!(
+        hashes[0], hashes[1],
+        "the same package on both kinds of target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finalizer_dying_after_it_published_ends_in_that_version() {
+    let stack = shared_stack().await;
+    let client = stack.s3_client();
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let first = Arc::new(Mutex::new(true));
+    let hook: InvokeHook = Arc::new(move |call: InvokeCall| {
+        let first = first.clone();
+        Box::pin(async move {
+            if call.function == "finalizer" && std::mem::replace(&mut *first.lock().unwrap(), false)
+            {
+                // It wrote the manifest and pointers, then hit its timeout before answering.
+                HookAction::ForwardThenFail("Sandbox.Timedout".into())
+            } else {
+                HookAction::Forward
+            }
+        })
+    });
+    hooks().lock().unwrap().insert(registry.clone(), hook);
+    let machine = state_machine(stack, "s3quilt-finalizer-dies").await;
+    let report = run(
+        stack,
+        &machine,
+        &ExecutionInput::new(request(&source, &registry)),
+        "t",
+    )
+    .await;
+    // Rollback sees the run is published and hands it back to the finalizer: the execution
+    // succeeds with that version, and not one object of it was deleted.
+    assert_eq!(report.status, "SUCCEEDED", "{report:#?}\n{}", stack.logs());
+    let output = report.output.clone().expect("output");
+    let top_hash = assert_complete_and_no_orphans(stack, &registry).await;
+    assert_eq!(
+        output.package.expect("package")["top_hash"],
+        json!(top_hash)
+    );
+    assert_eq!(calls_of(stack, "rollback", &registry), 1);
+    assert_eq!(calls_of(stack, "finalizer", &registry), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_stopped_mid_copy_is_cleaned_up_by_the_janitor() {
+    let stack = shared_stack().await;
+    let client = stack.s3_client();
+    let store = S3Store::shared(client.clone());
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    // Shard 2's copier is held back: its invocation outlives the execution, as a Lambda
+    // invocation outlives a stopped execution.
+    let released = Arc::new(tokio::sync::Notify::new());
+    let late_done = Arc::new(tokio::sync::Notify::new());
+    let (release, done) = (released.clone(), late_done.clone());
+    let hook: InvokeHook = Arc::new(move |call: InvokeCall| {
+        let (release, done) = (release.clone(), done.clone());
+        Box::pin(async move {
+            if call.function == "copier" && call.payload["shard"] == 2 {
+                release.notified().await;
+                // Run the copier now, after the janitor: it must copy nothing.
+                let store = S3Store::shared(stack_client());
+                let payload = call.payload.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let config = s3quilt_core::aws::StepConfig::default();
+                    tokio::runtime::Handle::current()
+                        .block_on(s3quilt_core::aws::copy_step(store, &config, payload, None))
+                })
+                .await
+                .unwrap();
+                eprintln!("late copier: {result:?}");
+                done.notify_one();
+                HookAction::Fail("States.Timeout".into())
+            } else {
+                HookAction::Forward
+            }
+        })
+    });
+    hooks().lock().unwrap().insert(registry.clone(), hook);
+    let machine = state_machine(stack, "s3quilt-stopped").await;
+    let sfn = stack.sfn_client();
+    let input = ExecutionInput::new(request(&source, &registry));
+    let started = start_execution(&sfn, &machine, &input, "stopped")
+        .await
+        .unwrap();
+    // Wait until shards 0 and 1 have their fragments (shard 2 is held).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let run_id = loop {
+        let fragments = list_all(
+            store.as_ref(),
+            &registry,
+            ".s3quilt/runs/",
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.contains("/fragments/"))
+        .map(|o| o.key)
+        .collect::<Vec<_>>();
+        if fragments.len() == 2 {
+            break fragments[0].split('/').nth(2).unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards 0 and 1 never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    sfn.stop_execution()
+        .execution_arn(&started.execution_arn)
+        .send()
+        .await
+        .unwrap();
+    let copies_before = list_all(store.as_ref(), &registry, "team/", &Default::default())
+        .await
+        .unwrap();
+    assert!(!copies_before.is_empty(), "shards 0 and 1 copied");
+
+    // EventBridge's event for the ABORTED execution, to the janitor (the rollback binary).
+    let event = json!({
+        "version": "0",
+        "source": "aws.states",
+        "detail-type": "Step Functions Execution Status Change",
+        "detail": {"executionArn": started.execution_arn, "status": "ABORTED",
+                   "stateMachineArn": machine, "name": started.name}
+    });
+    let (status, body) = tokio::task::block_in_place(|| {
+        stack.invoke("rollback", &event.to_string(), Duration::from_secs(120))
+    })
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["runs"][0]["run_id"], json!(run_id), "{answer}");
+    assert_eq!(answer["runs"][0]["action"], "rolled_back", "{answer}");
+    assert_eq!(
+        answer["runs"][0]["deleted"].as_u64(),
+        Some(copies_before.len() as u64),
+        "{answer}"
+    );
+
+    // The held copier runs now, after the cleanup: it writes nothing.
+    released.notify_one();
+    tokio::time::timeout(Duration::from_secs(60), late_done.notified())
+        .await
+        .expect("the late copier ran");
+    let left = list_all_versions(&client, &registry).await;
+    assert!(left.is_empty(), "left in the registry: {left:?}");
+    let status = execution_report(&sfn, None, &started.execution_arn)
+        .await
+        .unwrap();
+    assert_eq!(status.status, "ABORTED");
+}
+
+fn stack_client() -> aws_sdk_s3::Client {
+    stack().s3_client()
 }

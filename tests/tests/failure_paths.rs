@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,15 +20,20 @@ use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutco
 use s3quilt_core::finalize::{FinalizeError, finalize};
 use s3quilt_core::plan::{Plan, PlanOptions, plan};
 use s3quilt_core::quilt::{HashType, ObjectHasher, PackageName, PhysicalKey};
-use s3quilt_core::registry::{Registry, RegistryError};
+use s3quilt_core::registry::{Registry, RegistryError, WrittenObject};
 use s3quilt_core::request::{ObjectMetadata, PackageRequest};
-use s3quilt_core::staging::{FailureRecord, ManifestFragment, Staging, StagingError};
+use s3quilt_core::staging::{
+    FailureRecord, ManifestFragment, RunPlan, Shard, Staging, StagingError,
+};
 use s3quilt_core::storage::{
     ByteChunks, CopiedPart, CopyRequest, ListPage, ObjectInfo, ObjectStore, ObjectVersion,
-    PartCopyRequest, PutOptions, S3Store, StoreError, StoreErrorKind, Versioning, WriteChecksum,
-    WriteResult,
+    PartCopyRequest, PutOptions, S3Store, StoreError, StoreErrorKind, VersionNotDeleted,
+    Versioning, WriteChecksum, WriteResult,
 };
-use s3quilt_core::transaction::{TransactionError, abort_run, resume_run};
+use s3quilt_core::transaction::{
+    AbortProgress, TransactionError, abort_fenced, abort_run, new_attempt_id, open_attempt,
+    resume_run,
+};
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, SeedObject, create_bucket, get_bytes, list_all_versions, moto,
     seed,
@@ -452,6 +458,13 @@ impl ObjectStore for LostFirstAnswer {
     }
     async fn list_versions(&self, b: &str, p: &str) -> Result<Vec<ObjectVersion>, StoreError> {
         self.inner.list_versions(b, p).await
+    }
+    async fn delete_versions(
+        &self,
+        b: &str,
+        versions: &[(String, String)],
+    ) -> Result<Vec<VersionNotDeleted>, StoreError> {
+        self.inner.delete_versions(b, versions).await
     }
     async fn delete_if_match(
         &self,
@@ -1010,7 +1023,9 @@ async fn a_rollback_cause_quotes_a_few_shard_errors_and_names_what_stayed() {
             },
         ],
     );
-    let out = rollback_step(unlisted, event.clone()).await.unwrap();
+    let out = rollback_step(unlisted, &Default::default(), event.clone())
+        .await
+        .unwrap();
     assert_eq!(out.error, "S3Quilt.StepFailed");
     assert!(
         out.cause
@@ -1026,7 +1041,9 @@ async fn a_rollback_cause_quotes_a_few_shard_errors_and_names_what_stayed() {
         out.cause
     );
 
-    let out = rollback_step(store.clone(), event).await.unwrap();
+    let out = rollback_step(store.clone(), &Default::default(), event)
+        .await
+        .unwrap();
     assert_eq!(out.error, "S3Quilt.CopyFailed");
     let quoted: String = (0..5)
         .map(|n| format!("shard {n}: boom {n}"))
@@ -1039,5 +1056,173 @@ async fn a_rollback_cause_quotes_a_few_shard_errors_and_names_what_stayed() {
         )
     );
     assert!(out.not_deleted.is_empty());
+    assert!(list_all_versions(&client, &registry).await.is_empty());
+}
+
+/// `count` objects `d/NNN.txt` in a new versioned source, planned as `team/pkg` into a new
+/// versioned registry in shards of `shard_max_objects`, with shard 0 copied by a copier.
+async fn run_with_shard_0_copied(
+    count: usize,
+    shard_max_objects: usize,
+) -> (aws_sdk_s3::Client, String, Arc<dyn ObjectStore>, RunPlan) {
+    let client = moto().client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..count)
+        .map(|i| SeedObject::new(format!("d/{i:03}.txt"), format!("body {i}")))
+        .collect();
+    seed(&client, &source, &objects).await;
+    let store = S3Store::shared(client.clone());
+    let options = PlanOptions {
+        shard_max_objects,
+        ..PlanOptions::default()
+    };
+    let request = PackageRequest::new(&source, "d", "team/pkg", &registry);
+    let run = plan(store.clone(), &request, &options)
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    copy_shard_from_staging(
+        store.clone(),
+        &registry,
+        &run.run_id,
+        0,
+        &CopyOptions::new(16),
+    )
+    .await
+    .unwrap();
+    (client, registry, store, run)
+}
+
+/// A rollback of many copies deletes them with DeleteObjects (1,000 versions a request), and a
+/// journal naming an object outside the package's folder is not believed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_rollback_deletes_in_batches_and_only_inside_the_package() {
+    let (client, registry, store, run) = run_with_shard_0_copied(150, 200).await;
+    // Someone else's object in the registry, outside the package's folder.
+    let foreign = client
+        .put_object()
+        .bucket(&registry)
+        .key("other/keep.txt")
+        .body(b"keep".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    // A journal entry naming the foreign object (a corrupted or forged record).
+    let staging = Staging::new(store.clone(), &registry, &run.run_id);
+    let forged = FailureRecord {
+        shard: 0,
+        attempt: "forged00".into(),
+        in_doubt: Vec::new(),
+        created: vec![WrittenObject {
+            key: "other/keep.txt".into(),
+            version_id: foreign.version_id().map(str::to_string),
+            etag: foreign.e_tag().map(str::to_string),
+        }],
+        error: "forged".into(),
+    };
+    staging
+        .put(&staging.failure_key(0, "forged00"), &forged)
+        .await
+        .unwrap();
+
+    let counted = InstrumentedStore::new(store.clone(), Vec::new());
+    let report = abort_run(counted.clone(), &registry, &run.run_id)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 150, "{report:?}");
+    assert_eq!(counted.count("DeleteObjects"), 1, "{:?}", counted.counts());
+    assert_eq!(report.not_deleted.len(), 1, "{report:?}");
+    assert!(
+        report.not_deleted[0].contains("outside the package folder team/pkg/"),
+        "{report:?}"
+    );
+    let left = list_all_versions(&client, &registry).await;
+    assert!(
+        left.iter().any(|(k, _, _)| k == "other/keep.txt"),
+        "the foreign object was deleted"
+    );
+    assert!(
+        !left.iter().any(|(k, _, _)| k.starts_with("team/pkg/")),
+        "copies left: {left:?}"
+    );
+    // The journal stays while something is not removed.
+    assert!(left.iter().any(|(k, _, _)| k.starts_with(".s3quilt/runs/")));
+}
+
+/// Rollback on AWS waits while an attempt is open whose copier may still run, after deciding
+/// `aborted` (so a copier starting now copies nothing), and rolls back once the attempt is
+/// older than the copier's time limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_abort_waits_for_open_attempts_and_stops_late_copiers() {
+    let (client, registry, store, run) = run_with_shard_0_copied(4, 2).await;
+    // Shard 1's copier opened its attempt and is (for all rollback can tell) still copying.
+    let staging = Staging::new(store.clone(), &registry, &run.run_id);
+    let shard: Shard = staging.require(&staging.shard_key(1)).await.unwrap();
+    open_attempt(&staging, &shard, &new_attempt_id(), false)
+        .await
+        .unwrap();
+
+    let waiting = abort_fenced(
+        store.clone(),
+        &registry,
+        &run.run_id,
+        Duration::from_secs(900),
+        "test",
+    )
+    .await
+    .unwrap();
+    let AbortProgress::Waiting {
+        open_attempts,
+        wait,
+    } = waiting
+    else {
+        panic!("rolled back while a copier may be running: {waiting:?}")
+    };
+    assert_eq!(open_attempts, 1);
+    assert!(wait <= Duration::from_secs(10) && wait >= Duration::from_secs(1));
+    let copies = |client: aws_sdk_s3::Client, registry: String| async move {
+        list_all_versions(&client, &registry)
+            .await
+            .into_iter()
+            .filter(|(k, _, _)| k.starts_with("team/pkg/"))
+            .count()
+    };
+    assert_eq!(
+        copies(client.clone(), registry.clone()).await,
+        2,
+        "nothing deleted yet"
+    );
+    // A copier that starts now copies nothing: the run is decided.
+    let late = copy_shard_from_staging(
+        store.clone(),
+        &registry,
+        &run.run_id,
+        1,
+        &CopyOptions::new(4),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(late, CopyError::RunDecided { .. }), "{late}");
+    assert_eq!(copies(client.clone(), registry.clone()).await, 2);
+
+    // Past the copier's time limit the attempt's process is gone: roll back.
+    let done = abort_fenced(
+        store.clone(),
+        &registry,
+        &run.run_id,
+        Duration::ZERO,
+        "test",
+    )
+    .await
+    .unwrap();
+    let AbortProgress::Done(report) = done else {
+        panic!("still waiting: {done:?}")
+    };
+    assert_eq!(report.deleted, 2, "{report:?}");
+    assert!(report.not_deleted.is_empty(), "{report:?}");
     assert!(list_all_versions(&client, &registry).await.is_empty());
 }

@@ -76,10 +76,26 @@ fn every_template_function_is_a_workspace_binary_built_for_lambda() {
     let binaries = workspace_binaries();
     let globals = &template["Globals"]["Function"];
     let functions = resources_of_type(&template, "AWS::Serverless::Function");
+    // The state machine's four, and the janitor (the rollback binary deployed again).
     assert_eq!(
         functions.len(),
-        FUNCTIONS.len(),
+        FUNCTIONS.len() + 1,
         "functions in template.yaml"
+    );
+    assert_eq!(
+        get(
+            &template,
+            &[
+                "Resources",
+                "JanitorFunction",
+                "Metadata",
+                "BuildProperties",
+                "Binary"
+            ]
+        )
+        .and_then(Yaml::as_str),
+        Some("rollback"),
+        "the janitor runs the rollback code"
     );
     let mut built = BTreeSet::new();
     for (name, function) in &functions {
@@ -330,7 +346,33 @@ fn iam_is_least_privilege_for_s3() {
                 "S3 resource {resource:?} covers every bucket"
             );
         }
-        assert_eq!(statement["Effect"].as_str(), Some("Allow"));
+        match statement["Effect"].as_str() {
+            Some("Allow") => {}
+            // Denials only fence off the registry's own documents.
+            Some("Deny") => assert!(
+                strings(resources)
+                    .iter()
+                    .filter(|r| r.contains("arn:"))
+                    .all(|r| r.contains("/.quilt/*")),
+                "a Deny on something other than .quilt/*: {statement:?}"
+            ),
+            other => panic!("Effect {other:?} in {statement:?}"),
+        }
+    }
+    // Of the functions that write or delete in the bucket, only the finalizer and the janitor
+    // may write the registry's documents, and none but the finalizer delete them.
+    for function in ["CopierFunction", "RollbackFunction"] {
+        let policies = &template["Resources"][function]["Properties"]["Policies"];
+        let mut denied = Vec::new();
+        statements(policies, &mut denied);
+        assert!(
+            denied.iter().any(|s| s["Effect"].as_str() == Some("Deny")
+                && strings(&s["Action"]).iter().any(|a| a == "s3:PutObject")
+                && strings(&s["Resource"])
+                    .iter()
+                    .any(|r| r.contains("/.quilt/*"))),
+            "{function}: no Deny of PutObject on .quilt/*"
+        );
     }
 }
 
@@ -478,6 +520,31 @@ fn definition_fits_the_engines_it_runs_on() {
             "{name} must catch everything into Rollback"
         );
     }
-    assert_eq!(def["States"][states::ROLLBACK]["Next"], "Failed");
+    // Rollback ends failed, or waits for copiers and runs again, or (committed) finishes the
+    // run with the finalizer; nothing else.
+    let done = &def["States"][def["States"][states::ROLLBACK]["Next"].as_str().unwrap()];
+    assert_eq!(done["Type"], "Choice");
+    assert_eq!(done["Default"], "Failed");
     assert_eq!(def["States"]["Failed"]["Type"], "Fail");
+    let nexts: BTreeSet<&str> = done["Choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Next"].as_str().unwrap())
+        .collect();
+    for next in nexts {
+        let state = &def["States"][next];
+        match state["Type"].as_str() {
+            Some("Wait") => assert_eq!(state["Next"], states::ROLLBACK, "{next}"),
+            Some("Task") => {
+                assert_eq!(state["Resource"], "${FinalizerFunctionArn}", "{next}");
+                let catch = state["Catch"].as_array().unwrap();
+                assert!(
+                    catch.iter().all(|c| c["Next"] != states::ROLLBACK),
+                    "{next}: a committed run must never reach Rollback again"
+                );
+            }
+            other => panic!("{next}: unexpected {other:?} after Rollback"),
+        }
+    }
 }

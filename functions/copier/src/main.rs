@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
-use s3quilt_core::aws::{CopierOutput, StepConfig, copy_step};
+use s3quilt_core::aws::{CopierOutput, StepConfig, copy_step, lambda_deadline};
 use s3quilt_core::storage::{ObjectStore, S3Settings, S3Store};
 
 /// One invocation (see `s3quilt_core::aws::events::CopierEvent` for the event).
@@ -13,7 +13,8 @@ async fn handler(
     config: &StepConfig,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<CopierOutput, Diagnostic> {
-    Ok(copy_step(store, config, event.payload).await?)
+    let deadline = lambda_deadline(event.context.deadline);
+    Ok(copy_step(store, config, event.payload, deadline).await?)
 }
 
 #[tokio::main]

@@ -9,7 +9,8 @@
 //! with `object_metadata: listing` the last two are not recorded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -30,7 +31,9 @@ use crate::storage::{
     CopiedPart, CopyRequest, ObjectInfo, ObjectStore, PartCopyRequest, StoreError, StoreErrorKind,
     WriteChecksum, WriteResult,
 };
-use crate::transaction::{Outcome, new_attempt_id, open_attempt, owned_at, run_tagging};
+use crate::transaction::{
+    Outcome, clear_earlier_attempts, new_attempt_id, open_attempt, owned_at, run_tagging,
+};
 
 /// Why a shard could not be copied.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,12 @@ pub enum CopyError {
         "shard {0} stopped because another object of the run failed or the run was interrupted"
     )]
     Stopped(u32),
+    /// The copier's own deadline is near (a Lambda's 15 minutes): the objects not yet started
+    /// are left to a new attempt of the shard, after this one closed its journal entry.
+    #[error(
+        "shard {0} stopped before the copier's deadline; a new attempt of the shard copies the rest"
+    )]
+    DeadlineNear(u32),
     /// The run's outcome is already decided (rolled back, or committed): no copy may start.
     #[error("run {run_id} is already decided ({outcome:?}): this shard copies nothing")]
     RunDecided {
@@ -107,6 +116,7 @@ impl CopyError {
         match self {
             CopyError::Object { source, .. } => source.kind.is_retryable(),
             CopyError::Staging(StagingError::Store(e)) => e.kind.is_retryable(),
+            CopyError::DeadlineNear(_) => true,
             _ => false,
         }
     }
@@ -128,7 +138,18 @@ pub struct CopyOptions {
     /// Set once an object has failed for good: objects not yet started are skipped (their
     /// copies would only be rolled back). Shared by every shard of a local run.
     pub stop: Arc<AtomicBool>,
+    /// When the process running the copy will be stopped (a Lambda's deadline): a resumable
+    /// shard starts no object within [`DEADLINE_MARGIN`] of it.
+    pub deadline: Option<SystemTime>,
 }
+
+/// How long before its deadline a copier stops starting objects: time for the copies in
+/// flight to finish and for the attempt's failure record to be written.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+
+/// How often a resumable shard reads the run's outcome while it copies: a rollback decided
+/// meanwhile stops it within this (plus the copies in flight), and the rollback waits for it.
+pub const FENCE_POLL: Duration = Duration::from_secs(5);
 
 impl CopyOptions {
     /// Options with `concurrency` objects in flight.
@@ -139,6 +160,7 @@ impl CopyOptions {
             part_concurrency: 8,
             retry: RetryPolicy::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            deadline: None,
         }
     }
 }
@@ -974,6 +996,81 @@ impl ShardMode {
     };
 }
 
+/// What stopped a resumable shard from outside: a rollback decided while it copied, or its
+/// process's deadline coming near.
+struct Fence {
+    watcher: tokio::task::JoinHandle<()>,
+    /// 0 nothing, [`Fence::ABORTED`] or [`Fence::DEADLINE`].
+    reason: Arc<AtomicU8>,
+}
+
+impl Fence {
+    const ABORTED: u8 = 1;
+    const DEADLINE: u8 = 2;
+
+    /// Watches the run's outcome (every [`FENCE_POLL`]) and the deadline, and sets
+    /// `options.stop` when either says no new object may start.
+    fn watch(staging: &Staging, options: &CopyOptions) -> Fence {
+        let reason = Arc::new(AtomicU8::new(0));
+        let (staging, stop, deadline, flag) = (
+            staging.clone(),
+            options.stop.clone(),
+            options.deadline,
+            reason.clone(),
+        );
+        let watcher = tokio::spawn(async move {
+            let outcome_key = staging.outcome_key();
+            loop {
+                let left = deadline.map(|d| {
+                    d.duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .saturating_sub(DEADLINE_MARGIN)
+                });
+                if left == Some(Duration::ZERO) {
+                    flag.store(Fence::DEADLINE, Ordering::Release);
+                    stop.store(true, Ordering::Release);
+                    return;
+                }
+                tokio::time::sleep(left.map_or(FENCE_POLL, |l| l.min(FENCE_POLL))).await;
+                // A read that fails is tried again at the next poll: the fence only ever stops.
+                if let Ok(Some(Outcome::Aborted { .. })) =
+                    staging.get::<Outcome>(&outcome_key).await
+                {
+                    flag.store(Fence::ABORTED, Ordering::Release);
+                    stop.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        });
+        Fence { watcher, reason }
+    }
+
+    /// Names a stop the fence caused for what it was (the run rolled back, or the deadline).
+    fn explain(&self, failure: &mut ShardFailure, plan: &RunPlan, shard: u32) {
+        if !matches!(failure.error, CopyError::Stopped(_)) {
+            return;
+        }
+        match self.reason.load(Ordering::Acquire) {
+            Fence::ABORTED => {
+                failure.error = CopyError::RunDecided {
+                    run_id: plan.run_id.clone(),
+                    outcome: Outcome::Aborted {
+                        reason: "rolled back while this shard was copying".into(),
+                    },
+                }
+            }
+            Fence::DEADLINE => failure.error = CopyError::DeadlineNear(shard),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
 /// Copies one shard as one journaled attempt: opens the attempt, copies, and closes it with the
 /// shard's fragment or, on failure, a failure record naming what it created (returned beside
 /// the error too), so rollback can remove exactly that.
@@ -1018,15 +1115,34 @@ pub async fn copy_shard(
             Err(e) => return Err(CopyError::from(e).into()),
         }
     }
+    if mode.resumable {
+        match clear_earlier_attempts(store.as_ref(), &staging, plan, shard).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(
+                    shard = shard.shard,
+                    removed,
+                    "removed the copies of earlier attempts"
+                )
+            }
+            Err(e) => return Err(CopyError::from(e).into()),
+        }
+    }
     let attempt = new_attempt_id();
     if let Err(e) = open_attempt(&staging, shard, &attempt, mode.stage_shard).await {
         return Err(CopyError::from(StagingError::from(e)).into());
     }
-    let fragment = match copy_objects(store.as_ref(), plan, shard, options, on_object, &attempt)
-        .await
-    {
+    let fence = mode.resumable.then(|| Fence::watch(&staging, options));
+    let copied = copy_objects(store.as_ref(), plan, shard, options, on_object, &attempt).await;
+    if let Some(fence) = &fence {
+        fence.watcher.abort();
+    }
+    let fragment = match copied {
         Ok(fragment) => fragment,
-        Err(failure) => {
+        Err(mut failure) => {
+            if let Some(fence) = &fence {
+                fence.explain(&mut failure, plan, shard.shard);
+            }
             let record = FailureRecord {
                 shard: shard.shard,
                 attempt: attempt.clone(),

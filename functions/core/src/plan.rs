@@ -33,6 +33,9 @@ pub struct PlanOptions {
     /// Write every shard and the shard index to staging, for copiers in other processes (the
     /// AWS engine). The local engine keeps them in memory and stages only the plan document.
     pub stage_shards: bool,
+    /// The Step Functions execution this run belongs to (its ARN), recorded in the plan so
+    /// the janitor can find the run of an execution that ended without a rollback.
+    pub execution: Option<String>,
 }
 
 impl Default for PlanOptions {
@@ -43,6 +46,7 @@ impl Default for PlanOptions {
             list_concurrency: 16,
             max_reported: 20,
             stage_shards: true,
+            execution: None,
         }
     }
 }
@@ -708,6 +712,7 @@ async fn plan_valid(
             bytes,
             started_at,
             probes: probes.clone(),
+            execution: options.execution.clone(),
         };
         staged.push(
             staging

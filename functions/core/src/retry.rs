@@ -105,6 +105,9 @@ impl RetryPolicy {
 pub struct AdaptiveLimit {
     max: usize,
     limit: AtomicUsize,
+    /// Until the first throttle, every success allows one more (the limit doubles per round)
+    /// instead of one per round.
+    slow_start: std::sync::atomic::AtomicBool,
     in_flight: AtomicUsize,
     successes: AtomicUsize,
     freed: Notify,
@@ -127,10 +130,24 @@ impl AdaptiveLimit {
         AdaptiveLimit {
             max,
             limit: AtomicUsize::new(max),
+            slow_start: std::sync::atomic::AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             successes: AtomicUsize::new(0),
             freed: Notify::new(),
         }
+    }
+
+    /// A limit starting at `initial` that grows by one per success (doubling per round of
+    /// requests) up to `max`, until S3 first throttles; from then on as [`AdaptiveLimit::new`].
+    /// For many processes writing one prefix at once (a fleet of copier Lambdas): each starts
+    /// small, so together they find S3's rate instead of starting far above it.
+    pub fn slow_start(initial: usize, max: usize) -> Self {
+        let limit = AdaptiveLimit::new(max);
+        limit
+            .limit
+            .store(initial.clamp(1, limit.max), Ordering::Release);
+        limit.slow_start.store(true, Ordering::Release);
+        limit
     }
 
     /// The current limit.
@@ -170,12 +187,22 @@ impl AdaptiveLimit {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
                 Some((l / 2).max(1))
             });
+        self.slow_start.store(false, Ordering::Release);
         self.successes.store(0, Ordering::Release);
     }
 
     /// A request succeeded: after `limit` successes in a row, allow one more in flight.
     pub fn on_success(&self) {
         let limit = self.current();
+        if limit < self.max && self.slow_start.load(Ordering::Acquire) {
+            let _ = self
+                .limit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                    Some((l + 1).min(self.max))
+                });
+            self.freed.notify_waiters();
+            return;
+        }
         if limit < self.max && self.successes.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
             self.successes.store(0, Ordering::Release);
             let _ = self
@@ -185,6 +212,33 @@ impl AdaptiveLimit {
                 });
             self.freed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod slow_start_tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_start_doubles_per_round_until_the_first_throttle() {
+        let limit = AdaptiveLimit::slow_start(4, 64);
+        assert_eq!(limit.current(), 4);
+        // One round: 4 successes → 8; the next round of 8 → 16.
+        (0..4).for_each(|_| limit.on_success());
+        assert_eq!(limit.current(), 8);
+        (0..8).for_each(|_| limit.on_success());
+        assert_eq!(limit.current(), 16);
+        limit.on_throttle();
+        assert_eq!(limit.current(), 8);
+        // Additive from now on: one more per full round.
+        (0..7).for_each(|_| limit.on_success());
+        assert_eq!(limit.current(), 8);
+        limit.on_success();
+        assert_eq!(limit.current(), 9);
+        let capped = AdaptiveLimit::slow_start(4, 6);
+        (0..100).for_each(|_| capped.on_success());
+        assert_eq!(capped.current(), 6);
+        assert_eq!(AdaptiveLimit::slow_start(0, 6).current(), 1);
     }
 }
 

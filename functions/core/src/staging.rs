@@ -141,6 +141,9 @@ pub struct RunPlan {
     /// Objects the plan itself created outside staging (e.g. a write probe), to remove at the end.
     #[serde(default)]
     pub probes: Vec<WrittenObject>,
+    /// The Step Functions execution (ARN) that made the run, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 impl RunPlan {

@@ -332,6 +332,14 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// DeleteObjects: removes exact object versions (`(key, version id)`, at most
+    /// [`DELETE_BATCH_MAX`]) in one request. Returns the versions S3 did not delete, each with
+    /// why; a version already gone counts as deleted.
+    async fn delete_versions(
+        &self,
+        bucket: &str,
+        versions: &[(String, String)],
+    ) -> Result<Vec<VersionNotDeleted>, StoreError>;
     /// DeleteObject only if the object's current ETag is `etag` (`If-Match`; S3 answers 412
     /// otherwise), so an object another writer put over ours is never deleted.
     async fn delete_if_match(
@@ -358,6 +366,20 @@ pub trait ObjectStore: Send + Sync {
     /// The bucket's versioning state; `None` when the server's answer cannot be read (moto
     /// 5.2.5 answers with a root element the SDK refuses).
     async fn versioning(&self, bucket: &str) -> Result<Option<Versioning>, StoreError>;
+}
+
+/// Most object versions one DeleteObjects request may name (S3's limit).
+pub const DELETE_BATCH_MAX: usize = 1000;
+
+/// A version a DeleteObjects request did not delete, with S3's reason.
+#[derive(Debug, Clone)]
+pub struct VersionNotDeleted {
+    /// Key.
+    pub key: String,
+    /// Version id.
+    pub version_id: String,
+    /// Why (the kind decides whether to try again).
+    pub error: StoreError,
 }
 
 /// One entry of ListObjectVersions.
@@ -953,6 +975,75 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify("DeleteObject", bucket, key, e))?;
         Ok(())
+    }
+
+    async fn delete_versions(
+        &self,
+        bucket: &str,
+        versions: &[(String, String)],
+    ) -> Result<Vec<VersionNotDeleted>, StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let invalid = |e: aws_sdk_s3::error::BuildError| {
+            StoreError::new(
+                StoreErrorKind::Permanent,
+                "DeleteObjects",
+                bucket,
+                "",
+                e.to_string(),
+            )
+        };
+        let objects = versions
+            .iter()
+            .map(|(key, version)| {
+                ObjectIdentifier::builder()
+                    .key(key)
+                    .version_id(version)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        // Quiet: S3 answers only the versions it could not delete.
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(invalid)?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteObjects", bucket, "", e))?;
+        Ok(out
+            .errors()
+            .iter()
+            .filter_map(|e| {
+                let code = e.code().unwrap_or("");
+                let kind = match code {
+                    "NoSuchKey" | "NoSuchVersion" => return None,
+                    "SlowDown" | "Throttling" => StoreErrorKind::Throttled,
+                    "AccessDenied" => StoreErrorKind::AccessDenied,
+                    "InternalError" | "ServiceUnavailable" | "OperationAborted" => {
+                        StoreErrorKind::Transient
+                    }
+                    _ => StoreErrorKind::Permanent,
+                };
+                let key = e.key().unwrap_or_default().to_string();
+                Some(VersionNotDeleted {
+                    error: StoreError::new(
+                        kind,
+                        "DeleteObjects",
+                        bucket,
+                        &key,
+                        format!("{code}: {}", e.message().unwrap_or("")),
+                    ),
+                    version_id: e.version_id().unwrap_or_default().to_string(),
+                    key,
+                })
+            })
+            .collect())
     }
 
     async fn delete_if_match(

@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,10 @@ use crate::retry::RetryPolicy;
 use crate::staging::{
     FailureRecord, ManifestFragment, RunPlan, STAGING_ROOT, Shard, Staging, StagingError,
 };
-use crate::storage::{ObjectStore, StoreError, StoreErrorKind, Versioning, unix_now};
+use crate::storage::{
+    DELETE_BATCH_MAX, ObjectStore, StoreError, StoreErrorKind, VersionNotDeleted, Versioning,
+    unix_now,
+};
 
 /// The tag every object a run writes outside staging carries: `s3quilt-run=<run id>`.
 pub const RUN_TAG: &str = "s3quilt-run";
@@ -152,6 +156,24 @@ pub fn new_attempt_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
+/// The document that opens a copy attempt (`attempts/<shard>-<attempt>.json`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct AttemptMarker {
+    shard: u32,
+    attempt: String,
+    /// Unix seconds.
+    started_at: u64,
+}
+
+/// `(shard, attempt)` of an attempt marker's key.
+fn parse_attempt_key(attempts_prefix: &str, key: &str) -> Option<(u32, String)> {
+    let (shard, attempt) = key
+        .strip_prefix(attempts_prefix)?
+        .strip_suffix(".json")?
+        .split_once('-')?;
+    Some((shard.parse().ok()?, attempt.to_string()))
+}
+
 /// Opens a copy attempt of `shard`: writes its marker (and, for the local engine, which keeps
 /// shards in memory, the shard document itself, so recovery knows the attempt's keys) before
 /// any write of the attempt is sent.
@@ -161,12 +183,6 @@ pub async fn open_attempt(
     attempt: &str,
     stage_shard: bool,
 ) -> Result<Vec<WrittenObject>, StoreError> {
-    #[derive(Serialize)]
-    struct AttemptMarker {
-        shard: u32,
-        attempt: String,
-        started_at: u64,
-    }
     let marker = AttemptMarker {
         shard: shard.shard,
         attempt: attempt.to_string(),
@@ -217,6 +233,28 @@ pub enum RollbackScope {
     },
 }
 
+/// Decides run `plan` `aborted`, or says it is committed (the first writer of the outcome won).
+async fn decide_aborted(
+    staging: &Staging,
+    plan: &RunPlan,
+    reason: &str,
+) -> Result<(), TransactionError> {
+    let outcome = decide(
+        staging,
+        Outcome::Aborted {
+            reason: reason.to_string(),
+        },
+    )
+    .await?;
+    match outcome {
+        Outcome::Committed { top_hash, .. } => Err(TransactionError::Committed {
+            run_id: plan.run_id.clone(),
+            top_hash,
+        }),
+        Outcome::Aborted { .. } => Ok(()),
+    }
+}
+
 /// Rolls run `plan` back: decides `aborted` (refused when the run is committed), deletes
 /// exactly what it owns, its write probes and its staging area. Never touches an object it
 /// did not create; writes no pointer.
@@ -227,19 +265,7 @@ pub async fn roll_back(
     reason: &str,
 ) -> Result<RollbackReport, TransactionError> {
     let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
-    let outcome = decide(
-        &staging,
-        Outcome::Aborted {
-            reason: reason.to_string(),
-        },
-    )
-    .await?;
-    if let Outcome::Committed { top_hash, .. } = outcome {
-        return Err(TransactionError::Committed {
-            run_id: plan.run_id.clone(),
-            top_hash,
-        });
-    }
+    decide_aborted(&staging, plan, reason).await?;
     let mut report = RollbackReport::default();
     let (mut owned, search) = match scope {
         RollbackScope::Known { created, in_doubt } => (created, in_doubt),
@@ -260,26 +286,20 @@ pub async fn roll_back(
     owned.extend(found);
     owned.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
     owned.dedup_by(|a, b| a.key == b.key && a.version_id == b.version_id);
+    // A run writes only under its package's folder of the target: a journal naming anything
+    // else is not believed (rollback holds delete rights on the whole bucket).
+    let package_prefix = plan.package_prefix();
+    let (owned, outside): (Vec<WrittenObject>, Vec<WrittenObject>) = owned
+        .into_iter()
+        .partition(|o| o.key.starts_with(&package_prefix));
+    for object in outside {
+        report.not_deleted.push(format!(
+            "{} (refused: outside the package folder {package_prefix}; the journal is not to be trusted)",
+            object_url(&plan.target_bucket, &object)
+        ));
+    }
     let retry = RetryPolicy::default();
-    let results: Vec<(WrittenObject, Result<Deleted, StoreError>)> =
-        futures::stream::iter(owned.into_iter().map(|object| {
-            let (store, retry) = (store.as_ref(), &retry);
-            async move {
-                let result = delete_owned(
-                    store,
-                    &plan.target_bucket,
-                    plan.target_versioning,
-                    &object,
-                    retry,
-                )
-                .await;
-                (object, result)
-            }
-        }))
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for (object, result) in results {
+    for (object, result) in delete_all_owned(store.as_ref(), plan, owned, &retry).await {
         let url = object_url(&plan.target_bucket, &object);
         match result {
             Ok(Deleted::Yes) => report.deleted += 1,
@@ -313,6 +333,85 @@ fn object_url(bucket: &str, object: &WrittenObject) -> String {
         Some(v) => format!("s3://{bucket}/{}?versionId={v}", object.key),
         None => format!("s3://{bucket}/{}", object.key),
     }
+}
+
+/// Object versions named exactly are deleted with DeleteObjects from this many on: a big
+/// rollback (a million copies) then takes a thousandth of the requests, while a small one
+/// keeps one conditional request per object, in parallel.
+const BATCH_DELETE_FROM: usize = 64;
+
+/// One DeleteObjects batch and S3's answer to it.
+type BatchAnswer = (
+    Vec<WrittenObject>,
+    Result<Vec<VersionNotDeleted>, StoreError>,
+);
+
+/// Deletes every object the run owns: versions named exactly in DeleteObjects batches (when
+/// there are enough of them), the rest, and whatever a batch could not delete, one by one by
+/// the target's versioning rule ([`delete_owned`]).
+async fn delete_all_owned(
+    store: &dyn ObjectStore,
+    plan: &RunPlan,
+    owned: Vec<WrittenObject>,
+    retry: &RetryPolicy,
+) -> Vec<(WrittenObject, Result<Deleted, StoreError>)> {
+    let exact = |o: &WrittenObject| o.version_id.as_deref().is_some_and(|v| v != "null");
+    let (batched, mut single): (Vec<WrittenObject>, Vec<WrittenObject>) =
+        if owned.iter().filter(|o| exact(o)).count() >= BATCH_DELETE_FROM {
+            owned.into_iter().partition(exact)
+        } else {
+            (Vec::new(), owned)
+        };
+    let bucket = plan.target_bucket.as_str();
+    let mut results = Vec::new();
+    let batches: Vec<BatchAnswer> =
+        futures::stream::iter(batched.chunks(DELETE_BATCH_MAX).map(|chunk| async move {
+            let versions: Vec<(String, String)> = chunk
+                .iter()
+                .map(|o| (o.key.clone(), o.version_id.clone().unwrap_or_default()))
+                .collect();
+            let answer = retry
+                .run(|_| store.delete_versions(bucket, &versions))
+                .await;
+            (chunk.to_vec(), answer)
+        }))
+        // A batch is up to 1,000 writes against the package's prefix: a few at a time.
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for (chunk, answer) in batches {
+        match answer {
+            Ok(refused) => {
+                let refused: HashSet<(&str, &str)> = refused
+                    .iter()
+                    .map(|r| (r.key.as_str(), r.version_id.as_str()))
+                    .collect();
+                for object in chunk {
+                    let version = object.version_id.as_deref().unwrap_or_default();
+                    if refused.contains(&(object.key.as_str(), version)) {
+                        single.push(object);
+                    } else {
+                        results.push((object, Ok(Deleted::Yes)));
+                    }
+                }
+            }
+            // The request itself failed for good: each version is tried on its own.
+            Err(e) => {
+                tracing::warn!(bucket, error = %e, "DeleteObjects failed; deleting one by one");
+                single.extend(chunk);
+            }
+        }
+    }
+    let singles: Vec<(WrittenObject, Result<Deleted, StoreError>)> =
+        futures::stream::iter(single.into_iter().map(|object| async move {
+            let result = delete_owned(store, bucket, plan.target_versioning, &object, retry).await;
+            (object, result)
+        }))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results.extend(singles);
+    results
 }
 
 /// How a delete of an owned object ended.
@@ -465,12 +564,7 @@ async fn read_journal(
     // An attempt marker is `attempts/<shard>-<attempt>.json`.
     let mut unclosed_shards: BTreeMap<u32, ()> = BTreeMap::new();
     for key in &attempts {
-        let Some((shard, attempt)) = key
-            .strip_prefix(&attempts_prefix)
-            .and_then(|k| k.strip_suffix(".json"))
-            .and_then(|k| k.split_once('-'))
-            .and_then(|(s, a)| Some((s.parse::<u32>().ok()?, a.to_string())))
-        else {
+        let Some((shard, attempt)) = parse_attempt_key(&attempts_prefix, key) else {
             continue;
         };
         if !closed.contains(&(shard, attempt)) {
@@ -542,6 +636,84 @@ async fn find_owned(
         }
     }
     owned
+}
+
+/// Before a new attempt of `shard` (a copier the state machine retried): on a target that
+/// keeps versions, removes the object versions earlier attempts of the shard wrote. The new
+/// attempt writes versions of its own, so theirs would stay behind, tagged but in no
+/// manifest, after the run publishes. (On a target without versions an earlier copy is the
+/// key's only object, and the new attempt claims it by its tag.) Earlier attempts are known
+/// from their failure records; one that never closed (its copier died) has its shard's keys
+/// searched for this run's tag. Returns how many versions were removed.
+pub async fn clear_earlier_attempts(
+    store: &dyn ObjectStore,
+    staging: &Staging,
+    plan: &RunPlan,
+    shard: &Shard,
+) -> Result<usize, StagingError> {
+    if !plan.target_versioned() {
+        return Ok(0);
+    }
+    let attempts_prefix = staging.attempts_prefix();
+    let failures_prefix = staging.failures_prefix();
+    let of_shard = format!("{:06}-", shard.shard);
+    let (shard_attempts, shard_failures) = (
+        format!("{attempts_prefix}{of_shard}"),
+        format!("{failures_prefix}{of_shard}"),
+    );
+    let (attempts, failures) = tokio::join!(
+        staging.list_keys(&shard_attempts),
+        staging.list_keys(&shard_failures),
+    );
+    let (attempts, failures) = (attempts?, failures?);
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    let mut earlier = Vec::new();
+    let mut search = Vec::new();
+    let mut closed = HashSet::new();
+    for key in &failures {
+        if let Some(record) = staging.get::<FailureRecord>(key).await? {
+            closed.insert(record.attempt.clone());
+            earlier.extend(record.created);
+            search.extend(record.in_doubt);
+        }
+    }
+    let died = attempts.iter().any(|key| {
+        parse_attempt_key(&attempts_prefix, key).is_some_and(|(_, a)| !closed.contains(&a))
+    });
+    if died {
+        search = shard
+            .objects
+            .iter()
+            .map(|o| plan.destination_key(&o.logical_key))
+            .collect();
+    }
+    let retry = RetryPolicy::default();
+    let found: Vec<Result<Vec<WrittenObject>, StoreError>> =
+        futures::stream::iter(search.iter().map(|key| owned_at(store, plan, key, &retry)))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+    for found in found {
+        earlier.extend(found?);
+    }
+    earlier.retain(|o| o.version_id.as_deref().is_some_and(|v| v != "null"));
+    earlier.sort_by(|a, b| (&a.key, &a.version_id).cmp(&(&b.key, &b.version_id)));
+    earlier.dedup_by(|a, b| a.key == b.key && a.version_id == b.version_id);
+    let package_prefix = plan.package_prefix();
+    earlier.retain(|o| o.key.starts_with(&package_prefix));
+    let mut removed = 0;
+    for (object, result) in delete_all_owned(store, plan, earlier, &retry).await {
+        match result {
+            Ok(_) => removed += 1,
+            Err(e) => {
+                tracing::warn!(key = %object.key, version = ?object.version_id, error = %e, "cannot remove an earlier attempt's copy");
+                return Err(StagingError::from(e));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// The versions at `key` that carry run `plan`'s tag.
@@ -644,6 +816,9 @@ pub struct RunInfo {
     pub objects: u64,
     /// Target bucket.
     pub target_bucket: String,
+    /// The Step Functions execution (ARN) that made the run, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// The runs in `registry_bucket`'s staging area (runs in progress, and runs that died), oldest
@@ -719,6 +894,7 @@ pub async fn run_info(
         state,
         objects: plan.objects,
         target_bucket: plan.target_bucket.clone(),
+        execution: plan.execution.clone(),
     })
 }
 
@@ -755,6 +931,113 @@ pub async fn abort_run(
         "aborted by `s3quilt runs abort`",
     )
     .await
+}
+
+/// Where an abort of a run that other processes may still be copying for stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortProgress {
+    /// Rolled back.
+    Done(RollbackReport),
+    /// `aborted` is decided (copiers stop at their next look at the outcome), but attempts are
+    /// open whose copier may still be writing: nothing is deleted yet; try again after `wait`.
+    Waiting {
+        /// Attempts still open and younger than the copier's time limit.
+        open_attempts: usize,
+        /// When to look again.
+        wait: Duration,
+    },
+}
+
+/// Aborts run `run_id` while copiers of it may still be running elsewhere (the AWS rollback:
+/// Step Functions stops a failed Map's child executions, not their Lambda invocations). The
+/// outcome is decided `aborted` first: a copier reads it every [`crate::copy::FENCE_POLL`] and
+/// at the start of a shard, and then starts nothing more and closes its attempt. Objects are
+/// deleted only once no attempt is open, or every open one is older than `copier_timeout`
+/// (its process is gone): only then is the journal complete. Refused for a committed run.
+pub async fn abort_fenced(
+    store: Arc<dyn ObjectStore>,
+    registry_bucket: &str,
+    run_id: &str,
+    copier_timeout: Duration,
+    reason: &str,
+) -> Result<AbortProgress, TransactionError> {
+    let staging = Staging::new(store.clone(), registry_bucket, run_id);
+    let Some(plan) = staging.get::<RunPlan>(&staging.plan_key()).await? else {
+        return abort_run(store, registry_bucket, run_id)
+            .await
+            .map(AbortProgress::Done);
+    };
+    decide_aborted(&staging, &plan, reason).await?;
+    let now = unix_now();
+    let open: Vec<u64> = open_attempts(&staging)
+        .await?
+        .into_iter()
+        .filter(|started| started.saturating_add(copier_timeout.as_secs()) > now)
+        .collect();
+    if let Some(youngest) = open.iter().max() {
+        let left = youngest.saturating_add(copier_timeout.as_secs()) - now;
+        return Ok(AbortProgress::Waiting {
+            open_attempts: open.len(),
+            wait: Duration::from_secs(left.clamp(1, ABORT_POLL_SECS)),
+        });
+    }
+    roll_back(
+        store,
+        &plan,
+        RollbackScope::Journal { also: Vec::new() },
+        reason,
+    )
+    .await
+    .map(AbortProgress::Done)
+}
+
+/// The longest an [`AbortProgress::Waiting`] asks to wait before looking again (copiers close
+/// their attempts within seconds of the decision).
+const ABORT_POLL_SECS: u64 = 10;
+
+/// When each attempt of the run that is still open (no failure record of its own, no fragment
+/// of its shard) started; an attempt whose marker cannot be read counts as just started.
+async fn open_attempts(staging: &Staging) -> Result<Vec<u64>, StagingError> {
+    let (attempts_prefix, failures_prefix) = (staging.attempts_prefix(), staging.failures_prefix());
+    let fragments_prefix = format!("{}fragments/", staging.prefix());
+    let (attempts, failures, fragments) = tokio::join!(
+        staging.list_keys(&attempts_prefix),
+        staging.list_keys(&failures_prefix),
+        staging.list_keys(&fragments_prefix),
+    );
+    let (attempts, failures, fragments) = (attempts?, failures?, fragments?);
+    let failed: HashSet<String> = failures
+        .iter()
+        .filter_map(|k| k.strip_prefix(&failures_prefix).map(str::to_string))
+        .collect();
+    let done: HashSet<u32> = fragments
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(&fragments_prefix)?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let open: Vec<String> = attempts
+        .into_iter()
+        .filter(|key| {
+            parse_attempt_key(&attempts_prefix, key).is_some_and(|(shard, _)| {
+                !done.contains(&shard) && !failed.contains(&key[attempts_prefix.len()..])
+            })
+        })
+        .collect();
+    Ok(
+        futures::stream::iter(open.into_iter().map(|key| async move {
+            match staging.get::<AttemptMarker>(&key).await {
+                Ok(Some(marker)) => marker.started_at,
+                _ => unix_now(),
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await,
+    )
 }
 
 /// Finishes committed run `run_id` (`s3quilt runs resume`): writes the manifest and pointers

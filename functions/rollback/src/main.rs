@@ -1,26 +1,35 @@
 //! The rollback Lambda: a failed run and its error in, everything the run created (and its
-//! staging area) deleted, the error the execution fails with out. Logic:
-//! `s3quilt_core::aws::rollback_step`.
+//! staging area) deleted, the error the execution fails with out; deployed a second time as
+//! the janitor, it takes EventBridge execution status changes. Logic:
+//! `s3quilt_core::aws::rollback_function`.
 
 use std::sync::Arc;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
-use s3quilt_core::aws::{RollbackOutput, rollback_step};
+use s3quilt_core::aws::{RollbackFunctionOutput, StepConfig, lambda_deadline, rollback_function};
 use s3quilt_core::storage::{ObjectStore, S3Settings, S3Store};
 
-/// One invocation (see `s3quilt_core::aws::events::RollbackEvent` for the event).
+/// One invocation (see `s3quilt_core::aws::events::RollbackEvent` and
+/// `ExecutionStatusEvent` for the events).
 async fn handler(
     store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
     event: LambdaEvent<serde_json::Value>,
-) -> Result<RollbackOutput, Diagnostic> {
-    Ok(rollback_step(store, event.payload).await?)
+) -> Result<RollbackFunctionOutput, Diagnostic> {
+    let deadline = lambda_deadline(event.context.deadline);
+    Ok(rollback_function(store, config, event.payload, deadline).await?)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let store = S3Store::shared(S3Settings::from_env().client().await);
-    lambda_runtime::run(service_fn(move |event| handler(store.clone(), event))).await
+    let config = StepConfig::from_env();
+    let config = &config;
+    lambda_runtime::run(service_fn(move |event| {
+        handler(store.clone(), config, event)
+    }))
+    .await
 }
 
 #[cfg(test)]
@@ -35,6 +44,17 @@ mod tests {
 
     fn event(payload: serde_json::Value) -> LambdaEvent<serde_json::Value> {
         LambdaEvent::new(payload, Context::default())
+    }
+
+    /// The state machine's rollback through the handler.
+    async fn rollback(
+        store: Arc<dyn ObjectStore>,
+        payload: serde_json::Value,
+    ) -> Result<s3quilt_core::aws::RollbackOutput, Diagnostic> {
+        match handler(store, &StepConfig::default(), event(payload)).await? {
+            RollbackFunctionOutput::Rollback(out) => Ok(out),
+            other => panic!("not a rollback answer: {other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +105,7 @@ mod tests {
         let payload = json!({"run_id": run.run_id, "registry_bucket": registry,
                              "error": {"Error": "States.ExceedToleratedFailureThreshold",
                                        "Cause": "The tolerated failure threshold was exceeded"}});
-        let out = handler(store, event(payload)).await.unwrap();
+        let out = rollback(store, payload).await.unwrap();
         assert_eq!(out.error, "S3Quilt.CopyFailed");
         assert_eq!(out.deleted, 2);
         assert!(out.not_deleted.is_empty(), "{:?}", out.not_deleted);
@@ -127,7 +147,7 @@ mod tests {
             let cause = json!({"errorType": given, "errorMessage": "shards [1] have none"});
             let payload = json!({"run_id": "20200101T000000Z-00000001", "registry_bucket": registry,
                                  "error": {"Error": given, "Cause": cause.to_string()}});
-            let out = handler(store.clone(), event(payload)).await.unwrap();
+            let out = rollback(store.clone(), payload).await.unwrap();
             assert_eq!(out.error, want);
             assert!(out.cause.starts_with(cause_start), "{}", out.cause);
             assert_eq!(out.deleted, 0);
@@ -141,9 +161,7 @@ mod tests {
             json!({"registry_bucket": "reg-1"}),
             json!({"run_id": "r-1", "registry_bucket": "BAD"}),
         ] {
-            let err = handler(store.clone(), event(payload.clone()))
-                .await
-                .unwrap_err();
+            let err = rollback(store.clone(), payload.clone()).await.unwrap_err();
             assert_eq!(
                 err.error_type, "S3Quilt.InvalidRequest",
                 "{payload}: {}",

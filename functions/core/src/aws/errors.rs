@@ -11,6 +11,7 @@ use crate::plan::PlanError;
 use crate::registry::RegistryError;
 use crate::staging::StagingError;
 use crate::storage::{StoreError, StoreErrorKind};
+use crate::transaction::TransactionError;
 
 /// A failure class with a stable name (`S3Quilt.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -196,10 +197,31 @@ impl From<CopyError> for StepError {
                 CopyError::SourceChanged { .. } => ErrorType::SourceChanged,
                 CopyError::Staging(s) => staging_type(s, ErrorType::CopyFailed),
                 CopyError::NoSuchShard(_) => ErrorType::InvalidRequest,
+                // Transient: never reached (is_transient), listed for completeness.
+                CopyError::DeadlineNear(_) => ErrorType::Transient,
                 CopyError::Checksum { .. }
                 | CopyError::DestinationExists { .. }
                 | CopyError::Stopped(_)
                 | CopyError::RunDecided { .. } => ErrorType::CopyFailed,
+            }
+        };
+        StepError::new(error_type, e.to_string())
+    }
+}
+
+impl From<StagingError> for StepError {
+    fn from(e: StagingError) -> Self {
+        StepError::new(staging_type(&e, ErrorType::StepFailed), e.to_string())
+    }
+}
+
+impl From<TransactionError> for StepError {
+    fn from(e: TransactionError) -> Self {
+        let error_type = match &e {
+            TransactionError::Staging(s) => staging_type(s, ErrorType::StepFailed),
+            TransactionError::NotFound { .. } => ErrorType::NotFound,
+            TransactionError::Committed { .. } | TransactionError::Aborted { .. } => {
+                ErrorType::StepFailed
             }
         };
         StepError::new(error_type, e.to_string())

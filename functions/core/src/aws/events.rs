@@ -101,6 +101,10 @@ pub struct PlannerEvent {
     /// `$$.Execution.Name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_name: Option<String>,
+    /// `$$.Execution.Id` (the execution's ARN): recorded in the plan, so the janitor finds
+    /// the run of an execution that ended without a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_arn: Option<String>,
 }
 
 /// The planner's result: what the Map and the finalizer need, and the plan summary.
@@ -212,19 +216,86 @@ pub struct RollbackEvent {
 }
 
 /// What rollback did, and the error the execution fails with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackOutput {
     /// The error name the execution fails with: the original one, except that Step
     /// Functions' own `States.*` names become `S3Quilt.CopyFailed` (when shards recorded
     /// failures) or `S3Quilt.StepFailed` (named in the cause).
     pub error: String,
     /// The cause the execution fails with: the original message, the failed shards' own
-    /// errors, and what rollback removed or could not remove.
+    /// errors, and what rollback removed or could not remove (bounded: a few are quoted).
     pub cause: String,
     /// Object versions deleted from the target.
     pub deleted: usize,
-    /// What could not be deleted (needs a person).
+    /// What could not be deleted (needs a person); at most [`QUOTED_NOT_DELETED`] are named
+    /// here, the full list is kept in the run's staging area (`rollback-report.json`).
     pub not_deleted: Vec<String>,
+    /// How many could not be deleted in all.
+    #[serde(default)]
+    pub not_deleted_count: usize,
+    /// `false` while copiers of the run may still be writing: `aborted` is decided, nothing
+    /// is deleted yet, and the state machine waits `wait_seconds` and calls rollback again.
+    #[serde(default = "settled_default")]
+    pub settled: bool,
+    /// How long to wait before calling again (when not `settled`).
+    #[serde(default)]
+    pub wait_seconds: u64,
+    /// Set when the run had passed its commit point: it is never rolled back, and the state
+    /// machine finishes it with the finalizer instead (`top hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<String>,
+}
+
+fn settled_default() -> bool {
+    true
+}
+
+/// The most `not_deleted` entries a [`RollbackOutput`] names (Step Functions limits a state's
+/// data to 256 KiB).
+pub const QUOTED_NOT_DELETED: usize = 20;
+
+/// An EventBridge "Step Functions Execution Status Change" event, as the janitor receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionStatusEvent {
+    /// `Step Functions Execution Status Change`.
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    /// The execution.
+    pub detail: ExecutionStatusDetail,
+}
+
+/// The `detail` of an [`ExecutionStatusEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionStatusDetail {
+    /// The execution's ARN.
+    #[serde(rename = "executionArn")]
+    pub execution_arn: String,
+    /// `RUNNING`, `SUCCEEDED`, `FAILED`, `TIMED_OUT` or `ABORTED`.
+    pub status: String,
+}
+
+/// What the janitor did with one run of an execution that ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JanitorRun {
+    /// Run id.
+    pub run_id: String,
+    /// `rolled_back`, `finished` (it had committed) or `left` (see `not_deleted`).
+    pub action: String,
+    /// Object versions deleted.
+    pub deleted: usize,
+    /// What could not be deleted or finished (at most [`QUOTED_NOT_DELETED`]).
+    pub not_deleted: Vec<String>,
+}
+
+/// What the janitor did for one ended execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JanitorOutput {
+    /// The execution.
+    pub execution_arn: String,
+    /// Its status.
+    pub status: String,
+    /// Runs of it found in staging (none when its own rollback or finalizer cleaned up).
+    pub runs: Vec<JanitorRun>,
 }
 
 /// The execution's output: `{"status": "created", "plan": …, "package": …}` or, for a dry

@@ -16,11 +16,15 @@ pub mod steps;
 
 pub use errors::{ErrorType, StepError};
 pub use events::{
-    CopierEvent, CopierOutput, ExecutionInput, ExecutionOutput, PlannerEvent, PlannerOutput,
-    RollbackEvent, RollbackOutput, RunRef, StateError,
+    CopierEvent, CopierOutput, ExecutionInput, ExecutionOutput, ExecutionStatusEvent,
+    JanitorOutput, JanitorRun, PlannerEvent, PlannerOutput, RollbackEvent, RollbackOutput, RunRef,
+    StateError,
 };
 pub use sfn::{
     ExecutionReport, SfnError, ShardCounts, StartedExecution, execution_name, execution_report,
     follow_execution, sfn_client_from_env, start_execution,
 };
-pub use steps::{StepConfig, copy_step, finalize_step, plan_step, rollback_step};
+pub use steps::{
+    RollbackFunctionOutput, StepConfig, copy_step, finalize_step, janitor_step, lambda_deadline,
+    plan_step, rollback_function, rollback_step,
+};

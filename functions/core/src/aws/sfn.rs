@@ -37,6 +37,12 @@ pub mod states {
     pub const FINALIZE: &str = "Finalize";
     /// The rollback task.
     pub const ROLLBACK: &str = "Rollback";
+    /// The choice after rollback.
+    pub const ROLLBACK_DONE: &str = "RollbackDone";
+    /// Rollback waiting for copiers still running.
+    pub const WAIT_FOR_COPIERS: &str = "WaitForCopiers";
+    /// The finalizer finishing a run that committed before it failed.
+    pub const FINISH_COMMITTED: &str = "FinishCommitted";
 }
 
 /// Why a Step Functions call failed.
@@ -349,8 +355,10 @@ pub async fn execution_report(
         ExecutionStatus::Running | ExecutionStatus::PendingRedrive => {
             match facts.last_state.as_deref() {
                 Some(states::COPY_SHARDS) => Phase::Copying,
-                Some(states::FINALIZE) => Phase::Finalizing,
-                Some(states::ROLLBACK) => Phase::RollingBack,
+                Some(states::FINALIZE | states::FINISH_COMMITTED) => Phase::Finalizing,
+                Some(states::ROLLBACK | states::ROLLBACK_DONE | states::WAIT_FOR_COPIERS) => {
+                    Phase::RollingBack
+                }
                 _ => Phase::Planning,
             }
         }

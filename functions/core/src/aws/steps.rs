@@ -3,20 +3,28 @@
 //! [`StepError`]s. The Lambda binaries only build a store and call these.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::errors::{ErrorType, StepError};
 use super::events::{
-    CopierEvent, CopierOutput, ExecutionInput, PlannerEvent, PlannerOutput, RollbackEvent,
-    RollbackOutput, RunRef, parse_value,
+    CopierEvent, CopierOutput, ExecutionInput, ExecutionStatusEvent, JanitorOutput, JanitorRun,
+    PlannerEvent, PlannerOutput, QUOTED_NOT_DELETED, RollbackEvent, RollbackOutput, RunRef,
+    parse_value,
 };
-use crate::copy::{CopyOptions, copy_shard_from_staging};
+use crate::copy::{CopyOptions, DEADLINE_MARGIN, copy_shard_from_staging};
 use crate::finalize::{PackageResult, finalize};
 use crate::plan::{PlanOptions, plan};
 use crate::request::parse_bucket;
-use crate::retry::RetryPolicy;
-use crate::staging::{FailureRecord, Staging};
+use crate::retry::{AdaptiveLimit, RetryPolicy};
+use crate::staging::{FailureRecord, Staging, StagingError};
 use crate::storage::{ObjectStore, list_all};
-use crate::transaction::{RollbackReport, TransactionError, abort_run};
+use crate::transaction::{
+    AbortProgress, RollbackReport, RunState, TransactionError, abort_fenced, list_runs, resume_run,
+};
+
+/// Requests a copier starts with before it has seen how S3 answers (see
+/// [`AdaptiveLimit::slow_start`]).
+const COPIER_INITIAL_REQUESTS: usize = 4;
 
 /// How many failed shards' own errors a rollback cause quotes.
 const QUOTED_FAILURES: usize = 5;
@@ -34,6 +42,9 @@ pub struct StepConfig {
     pub allowed_registry_buckets: Vec<String>,
     /// Target buckets this deployment may write (empty: the registry buckets).
     pub allowed_target_buckets: Vec<String>,
+    /// The copier Lambda's timeout: an attempt older than this has no live copier, so
+    /// rollback need not wait for it.
+    pub copier_timeout: Duration,
 }
 
 impl Default for StepConfig {
@@ -49,13 +60,14 @@ impl Default for StepConfig {
             allowed_source_buckets: Vec::new(),
             allowed_registry_buckets: Vec::new(),
             allowed_target_buckets: Vec::new(),
+            copier_timeout: Duration::from_secs(900),
         }
     }
 }
 
 impl StepConfig {
     /// Settings from `S3QUILT_SHARD_MAX_OBJECTS`, `S3QUILT_SHARD_MAX_BYTES`,
-    /// `S3QUILT_COPY_CONCURRENCY`, and the comma-separated `S3QUILT_SOURCE_BUCKETS`,
+    /// `S3QUILT_COPY_CONCURRENCY`, `S3QUILT_COPIER_TIMEOUT_SECS`, and the comma-separated `S3QUILT_SOURCE_BUCKETS`,
     /// `S3QUILT_REGISTRY_BUCKETS`, `S3QUILT_TARGET_BUCKETS`; unset or empty keeps the default.
     pub fn from_env() -> Self {
         Self::from_vars(|k| std::env::var(k).ok())
@@ -83,6 +95,9 @@ impl StepConfig {
         }
         if let Some(n) = var("S3QUILT_COPY_CONCURRENCY").and_then(|v| v.parse().ok()) {
             config.copy_concurrency = n;
+        }
+        if let Some(n) = var("S3QUILT_COPIER_TIMEOUT_SECS").and_then(|v| v.parse().ok()) {
+            config.copier_timeout = Duration::from_secs(n);
         }
         config.allowed_source_buckets = list("S3QUILT_SOURCE_BUCKETS");
         config.allowed_registry_buckets = list("S3QUILT_REGISTRY_BUCKETS");
@@ -129,6 +144,12 @@ impl StepConfig {
     }
 }
 
+/// A Lambda invocation's deadline (milliseconds since the epoch, `Context::deadline`); `0`
+/// (no deadline known) is none.
+pub fn lambda_deadline(epoch_ms: u64) -> Option<SystemTime> {
+    (epoch_ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(epoch_ms))
+}
+
 /// Plan: validate the request, list and select, write shards, the shard index and the plan.
 pub async fn plan_step(
     store: Arc<dyn ObjectStore>,
@@ -139,7 +160,11 @@ pub async fn plan_step(
     let input = ExecutionInput::parse(event.input)?;
     let max_concurrency = input.effective_max_concurrency()?;
     config.check_buckets(&input)?;
-    let planned = plan(store.clone(), &input.request, &config.plan).await?;
+    let options = PlanOptions {
+        execution: event.execution_arn.clone(),
+        ..config.plan.clone()
+    };
+    let planned = plan(store.clone(), &input.request, &options).await?;
     let registry_bucket = parse_bucket("target_registry", &input.request.target_registry)
         .map_err(|e| StepError::invalid(e.to_string()))?;
     let run_id = planned.run.as_ref().map(|r| r.run_id.clone());
@@ -166,11 +191,14 @@ pub async fn plan_step(
     })
 }
 
-/// Copy one shard (idempotent: a shard whose fragment exists is not copied again).
+/// Copy one shard (idempotent: a shard whose fragment exists is not copied again). No object
+/// is started within [`DEADLINE_MARGIN`] of `deadline` (the Lambda's): the attempt closes
+/// and fails as transient, and the state machine's retry copies the rest.
 pub async fn copy_step(
     store: Arc<dyn ObjectStore>,
     config: &StepConfig,
     event: serde_json::Value,
+    deadline: Option<SystemTime>,
 ) -> Result<CopierOutput, StepError> {
     let event: CopierEvent = parse_value("copier event", event)?;
     RunRef {
@@ -178,7 +206,16 @@ pub async fn copy_step(
         registry_bucket: event.registry_bucket.clone(),
     }
     .validate()?;
-    let options = CopyOptions::new(config.copy_concurrency);
+    // A fleet of copiers writes one prefix: each starts at a few requests and grows until S3
+    // throttles (SDK retries are off, so every 503 reaches the limit).
+    let options = CopyOptions {
+        deadline,
+        limit: Arc::new(AdaptiveLimit::slow_start(
+            COPIER_INITIAL_REQUESTS,
+            config.copy_concurrency,
+        )),
+        ..CopyOptions::new(config.copy_concurrency)
+    };
     let outcome = copy_shard_from_staging(
         store,
         &event.registry_bucket,
@@ -219,13 +256,18 @@ pub async fn finalize_step(
     Ok(package)
 }
 
-/// Rollback: delete what the run created and its staging area, and compose the error the
-/// execution fails with (the original error, the failed shards' own errors, what was removed).
+/// Rollback: decide `aborted`, wait (by answering `settled: false`) while copiers of the run
+/// may still be writing, then delete what the run created and its staging area, and compose
+/// the error the execution fails with (the original error, the failed shards' own errors,
+/// what was removed). A run past its commit point is never rolled back: the answer names its
+/// top hash (`committed`) and the state machine finishes it with the finalizer (a finalizer
+/// that died after committing lands here through Catch).
 ///
 /// It fails only for an invalid event: a rollback that could not remove everything says so in
 /// its `cause` and `not_deleted`, and the execution still fails with the original error.
 pub async fn rollback_step(
     store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
     event: serde_json::Value,
 ) -> Result<RollbackOutput, StepError> {
     let event: RollbackEvent = parse_value("rollback event", event)?;
@@ -235,31 +277,50 @@ pub async fn rollback_step(
     }
     .validate()?;
     let shard_errors = failed_shards(store.clone(), &event.registry_bucket, &event.run_id).await;
-    // A run past its commit point is finished, never rolled back (a finalizer that died after
-    // committing lands here through Catch).
-    let report = match abort_run(store.clone(), &event.registry_bucket, &event.run_id).await {
-        Ok(report) => report,
-        Err(TransactionError::Committed { top_hash, .. }) => {
-            let finished = finalize(store, &event.registry_bucket, &event.run_id).await;
-            let note = match finished {
-                Ok(package) => format!(
-                    "the run had passed its commit point and was finished instead: {} {}",
-                    package.package_name, package.top_hash
-                ),
-                Err(e) => format!(
-                    "the run had passed its commit point (top hash {top_hash}) and could not be finished now: {e}"
-                ),
-            };
-            RollbackReport {
-                not_deleted: vec![note],
-                ..RollbackReport::default()
+    let reason = format!("{}: {}", event.error.error, event.error.message());
+    let mut committed = None;
+    let mut waiting = None;
+    // A finalizer that published and then died (before answering) has removed the journal;
+    // its result record says the run is done.
+    let staging = Staging::new(store.clone(), &event.registry_bucket, &event.run_id);
+    let published = staging
+        .get::<PackageResult>(&staging.result_key())
+        .await
+        .ok()
+        .flatten();
+    let report = if let Some(published) = published {
+        committed = Some(published.top_hash);
+        RollbackReport::default()
+    } else {
+        match abort_fenced(
+            store.clone(),
+            &event.registry_bucket,
+            &event.run_id,
+            config.copier_timeout,
+            &reason,
+        )
+        .await
+        {
+            Ok(AbortProgress::Done(report)) => report,
+            Ok(AbortProgress::Waiting {
+                open_attempts,
+                wait,
+            }) => {
+                tracing::info!(run_id = %event.run_id, open_attempts, wait_s = wait.as_secs(), "waiting for copiers to stop");
+                waiting = Some(wait);
+                RollbackReport::default()
             }
+            Err(TransactionError::Committed { top_hash, .. }) => {
+                committed = Some(top_hash);
+                RollbackReport::default()
+            }
+            Err(e) => RollbackReport {
+                not_deleted: vec![format!("the rollback could not start: {e}")],
+                ..RollbackReport::default()
+            },
         }
-        Err(e) => RollbackReport {
-            not_deleted: vec![format!("the rollback could not start: {e}")],
-            ..RollbackReport::default()
-        },
     };
+    keep_full_report(store, &event.registry_bucket, &event.run_id, &report).await;
     // A Fail state may not raise Step Functions' own (`States.`) names: a copy failure that
     // failed the Map is a copy failure; any other such error is named in the cause.
     let error = match event.error.error.as_str() {
@@ -275,6 +336,7 @@ pub async fn rollback_step(
     if !shard_errors.is_empty() {
         cause.push_str(&format!("; failed shards: {}", shard_errors.join("; ")));
     }
+    let quoted = quote(&report.not_deleted);
     cause.push_str(&format!(
         " (run {} rolled back: {} objects removed",
         event.run_id, report.deleted
@@ -284,16 +346,216 @@ pub async fn rollback_step(
     } else {
         cause.push_str(&format!(
             "; NOT removed, clean up by hand: {})",
-            report.not_deleted.join(", ")
+            quoted.join(", ")
         ));
     }
-    tracing::warn!(run_id = %event.run_id, %error, deleted = report.deleted, not_deleted = report.not_deleted.len(), "rolled back");
+    tracing::warn!(run_id = %event.run_id, %error, deleted = report.deleted, not_deleted = report.not_deleted.len(), settled = waiting.is_none(), committed = committed.is_some(), "rollback");
     Ok(RollbackOutput {
         error,
         cause,
         deleted: report.deleted,
-        not_deleted: report.not_deleted,
+        not_deleted_count: report.not_deleted.len(),
+        not_deleted: quoted,
+        settled: waiting.is_none(),
+        wait_seconds: waiting.map_or(0, |w| w.as_secs()),
+        committed,
     })
+}
+
+/// The first [`QUOTED_NOT_DELETED`] entries, and how many more there are.
+fn quote(not_deleted: &[String]) -> Vec<String> {
+    let mut quoted: Vec<String> = not_deleted
+        .iter()
+        .take(QUOTED_NOT_DELETED)
+        .cloned()
+        .collect();
+    if not_deleted.len() > QUOTED_NOT_DELETED {
+        quoted.push(format!(
+            "… and {} more (all in the run's rollback-report.json)",
+            not_deleted.len() - QUOTED_NOT_DELETED
+        ));
+    }
+    quoted
+}
+
+/// Keeps a rollback's whole report in the run's staging area (which stays while anything is
+/// left) when it is too long to quote in a state's output.
+async fn keep_full_report(
+    store: Arc<dyn ObjectStore>,
+    bucket: &str,
+    run_id: &str,
+    report: &RollbackReport,
+) {
+    if report.not_deleted.len() <= QUOTED_NOT_DELETED {
+        return;
+    }
+    let staging = Staging::new(store, bucket, run_id);
+    let key = format!("{}rollback-report.json", staging.prefix());
+    if let Err(e) = staging.put(&key, report).await {
+        tracing::warn!(run_id, error = %e, "could not keep the rollback report");
+    }
+}
+
+/// The janitor: for an execution that ended `FAILED`, `TIMED_OUT` or `ABORTED` (an EventBridge
+/// rule sends every such status change), finishes or rolls back every run of it still in a
+/// registry's staging area — the endings no `Catch` reaches (StopExecution, a timeout of the
+/// whole execution, `States.Runtime`, a rollback that itself failed). It waits, within its own
+/// `deadline`, for copiers still writing; past it, it fails as transient so the invocation is
+/// retried.
+pub async fn janitor_step(
+    store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
+    event: ExecutionStatusEvent,
+    deadline: Option<SystemTime>,
+) -> Result<JanitorOutput, StepError> {
+    let detail = event.detail;
+    let mut output = JanitorOutput {
+        execution_arn: detail.execution_arn.clone(),
+        status: detail.status.clone(),
+        runs: Vec::new(),
+    };
+    if !matches!(detail.status.as_str(), "FAILED" | "TIMED_OUT" | "ABORTED") {
+        return Ok(output);
+    }
+    if config.allowed_registry_buckets.is_empty() {
+        return Err(StepError::invalid(
+            "the janitor needs S3QUILT_REGISTRY_BUCKETS (the registries whose runs it cleans up)",
+        ));
+    }
+    for registry in &config.allowed_registry_buckets {
+        let runs = list_runs(store.clone(), registry)
+            .await
+            .map_err(|e| StepError::from(StagingError::from(e)))?;
+        for run in runs
+            .into_iter()
+            .filter(|r| r.execution.as_deref() == Some(detail.execution_arn.as_str()))
+        {
+            let reason = format!("execution {} ended {}", detail.execution_arn, detail.status);
+            let janitor_run = match run.state {
+                RunState::Committed { .. } => finish(store.clone(), registry, &run.run_id).await,
+                _ => {
+                    roll_back_settled(
+                        store.clone(),
+                        config,
+                        registry,
+                        &run.run_id,
+                        &reason,
+                        deadline,
+                    )
+                    .await?
+                }
+            };
+            tracing::warn!(run_id = %run.run_id, execution = %detail.execution_arn, action = %janitor_run.action, deleted = janitor_run.deleted, "janitor");
+            output.runs.push(janitor_run);
+        }
+    }
+    Ok(output)
+}
+
+/// Finishes a committed run for the janitor.
+async fn finish(store: Arc<dyn ObjectStore>, registry: &str, run_id: &str) -> JanitorRun {
+    match resume_run(store, registry, run_id).await {
+        Ok(_) => JanitorRun {
+            run_id: run_id.to_string(),
+            action: "finished".into(),
+            deleted: 0,
+            not_deleted: Vec::new(),
+        },
+        Err(e) => JanitorRun {
+            run_id: run_id.to_string(),
+            action: "left".into(),
+            deleted: 0,
+            not_deleted: vec![format!("committed, could not be finished: {e}")],
+        },
+    }
+}
+
+/// Rolls a run back for the janitor, waiting for its copiers until `deadline` (less a margin).
+async fn roll_back_settled(
+    store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
+    registry: &str,
+    run_id: &str,
+    reason: &str,
+    deadline: Option<SystemTime>,
+) -> Result<JanitorRun, StepError> {
+    loop {
+        match abort_fenced(
+            store.clone(),
+            registry,
+            run_id,
+            config.copier_timeout,
+            reason,
+        )
+        .await
+        {
+            Ok(AbortProgress::Done(report)) => {
+                keep_full_report(store.clone(), registry, run_id, &report).await;
+                return Ok(JanitorRun {
+                    run_id: run_id.to_string(),
+                    action: if report.not_deleted.is_empty() {
+                        "rolled_back".into()
+                    } else {
+                        "left".into()
+                    },
+                    deleted: report.deleted,
+                    not_deleted: quote(&report.not_deleted),
+                });
+            }
+            Ok(AbortProgress::Waiting { wait, .. }) => {
+                let time_left = deadline.map(|d| {
+                    d.duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .saturating_sub(DEADLINE_MARGIN)
+                });
+                if time_left.is_some_and(|left| left < wait) {
+                    return Err(StepError::new(
+                        ErrorType::Transient,
+                        format!(
+                            "run {run_id}: copiers may still be writing; the janitor is retried"
+                        ),
+                    ));
+                }
+                tokio::time::sleep(wait).await;
+            }
+            // It committed meanwhile (its finalizer was still running).
+            Err(TransactionError::Committed { .. }) => {
+                return Ok(finish(store, registry, run_id).await);
+            }
+            Err(e) => return Err(StepError::from(e)),
+        }
+    }
+}
+
+/// The rollback Lambda's answer: to a Catch's rollback event, or (as the janitor) to an
+/// EventBridge execution status change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum RollbackFunctionOutput {
+    /// To the state machine's Rollback state.
+    Rollback(RollbackOutput),
+    /// To EventBridge.
+    Janitor(JanitorOutput),
+}
+
+/// What the rollback Lambda does with any event it receives: an EventBridge event (it has a
+/// `detail-type`) is the janitor's, anything else the state machine's rollback event.
+pub async fn rollback_function(
+    store: Arc<dyn ObjectStore>,
+    config: &StepConfig,
+    event: serde_json::Value,
+    deadline: Option<SystemTime>,
+) -> Result<RollbackFunctionOutput, StepError> {
+    if event.get("detail-type").is_some() {
+        let event: ExecutionStatusEvent = parse_value("EventBridge event", event)?;
+        janitor_step(store, config, event, deadline)
+            .await
+            .map(RollbackFunctionOutput::Janitor)
+    } else {
+        rollback_step(store, config, event)
+            .await
+            .map(RollbackFunctionOutput::Rollback)
+    }
 }
 
 /// The errors the copiers recorded in the run's failure records (a few, in shard order).
