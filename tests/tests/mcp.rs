@@ -11,7 +11,9 @@
 //!   rollback, no annotations;
 //! - a run that outlasts `wait_seconds`, followed to its end with `package_create_status`;
 //! - a run whose copies fail: a tool error that names the rollback, and nothing left behind;
-//! - bad input answered with tool errors that say what to fix, the server staying up.
+//! - bad input answered with tool errors that say what to fix, the server staying up;
+//! - what agents and hosts really send (null arguments, URIs for names, out-of-range pages,
+//!   deeply nested globs and metadata, lines that are not JSON): every request answered.
 
 use std::process::Command;
 use std::time::Duration;
@@ -299,6 +301,55 @@ async fn a_failed_run_is_a_tool_error_and_is_rolled_back() {
         list_all_versions(&client, &registry).await,
         before,
         "rollback left the registry exactly as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_agents_send_is_accepted_or_answered_with_an_error() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+        SeedObject::new("top.txt", b"3\n".to_vec()),
+    ];
+    seed(&client, &source, &objects).await;
+    let before = list_all_versions(&client, &registry).await;
+    let config = json!({"source_bucket": source, "registry": format!("s3://{registry}")});
+    let report =
+        tokio::task::block_in_place(|| run_client(server.env(), "agent_input", &[], config));
+
+    assert_eq!(
+        report["null_keys"],
+        json!(["data/a.csv", "data/b/c.csv", "top.txt"]),
+        "null arguments: the whole bucket"
+    );
+    assert_eq!(report["split_keys"], json!(["a.csv", "b/c.csv"]));
+    for message in report["page_size_errors"].as_array().unwrap() {
+        assert!(
+            message.as_str().unwrap().starts_with("max_keys: "),
+            "{message}"
+        );
+    }
+    let glob_errors = report["glob_errors"].as_array().unwrap();
+    assert!(
+        glob_errors[1]
+            .as_str()
+            .unwrap()
+            .contains("groups nest 2000 deep; at most 16 levels are allowed"),
+        "{glob_errors:?}"
+    );
+    assert_eq!(report["deep_metadata_error"]["code"], json!(-32600));
+    assert_eq!(report["raw"]["not_json"]["error"]["code"], json!(-32700));
+    assert_eq!(report["raw"]["too_deep"]["id"], json!(42));
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        before,
+        "dry runs and refused requests write nothing"
     );
 }
 

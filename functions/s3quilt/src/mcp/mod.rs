@@ -5,13 +5,15 @@
 //! - [`types`]: tool arguments and results (their JSON Schemas are what clients see);
 //! - [`runs`]: runs in the background (local engine or Step Functions) and following them;
 //! - [`explicit`]: `package_create`'s list of sources as one packaging request;
-//! - [`server`]: the tools themselves.
+//! - [`server`]: the tools themselves;
+//! - [`transport`]: stdio, answering every request (also those rmcp cannot read).
 //!
 //! stdout carries the protocol; logs go to stderr.
 
 mod explicit;
 mod runs;
 mod server;
+mod transport;
 mod types;
 
 use clap::Args;
@@ -118,7 +120,10 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     tracing::info!("s3quilt MCP server {} on stdio", env!("CARGO_PKG_VERSION"));
     let service = server
         .clone()
-        .serve(rmcp::transport::stdio())
+        .serve(transport::GuardedTransport::new(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("MCP initialization failed: {e}"))?;
     tokio::select! {
