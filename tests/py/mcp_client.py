@@ -19,7 +19,9 @@ Scenarios:
   agent_input  what agents and hosts really send: null for optional arguments, URIs where
            names are asked for, out-of-range page sizes, nested globs and metadata (answered,
            the server staying up), plain input schemas; and, over raw stdio, a line that is
-           not JSON and a request too deep to read, each answered with a JSON-RPC error.
+           not JSON and a request too deep to read, each answered with a JSON-RPC error;
+  misconfigured  a server without credentials or with a wrong endpoint: tool errors that name
+           the setting to change (config "needles"), never the SDK's dump, and no retry loop.
 """
 
 import json
@@ -579,7 +581,28 @@ async def raw_stdio(config):
     return {"not_json": not_json, "too_deep": too_deep, "pong": pong}
 
 
-SCENARIOS = {"main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
+async def scenario_misconfigured(config):
+    needles = config["needles"]
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        messages = []
+        for name, args in [
+            ("bucket_objects_list", {"bucket": "some-bucket"}),
+            ("package_create_from_s3", {"source_bucket": "some-bucket", "package_name": "team/x",
+                                        "target_registry": "s3://some-registry",
+                                        "dry_run": True}),
+        ]:
+            started = time.monotonic()
+            message = texts(await s.error(name, args, *needles))
+            check("DispatchFailure" not in message and "try again" not in message,
+                  f"{name}: a plain configuration error", message)
+            check(time.monotonic() - started < 20, f"{name}: answered without a retry loop")
+            messages.append(message)
+        s.check_no_secrets()
+        return {"messages": messages}
+
+
+SCENARIOS = {"misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
              "sfn": scenario_sfn, "agent_input": scenario_agent_input}
 
 

@@ -353,6 +353,52 @@ async fn what_agents_send_is_accepted_or_answered_with_an_error() {
     );
 }
 
+/// The environment of a machine with no AWS configuration: no credentials anywhere, and an
+/// endpoint where nothing listens (so nothing reaches AWS either).
+fn bare_machine_env() -> Vec<(String, String)> {
+    [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/s3quilt-aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/s3quilt-aws-credentials",
+        ),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+        ("HOME", "/nonexistent"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[test]
+fn missing_credentials_and_a_wrong_endpoint_are_configuration_errors() {
+    let no_credentials = run_client(
+        bare_machine_env(),
+        "misconfigured",
+        &[],
+        json!({"needles": ["no AWS credentials", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+                           "claude_desktop_config.json"]}),
+    );
+    eprintln!("{no_credentials}");
+    let mut with_keys = bare_machine_env();
+    with_keys.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "SECRETsentinel-never-printed".to_string(),
+        ),
+    ]);
+    let wrong_endpoint = run_client(
+        with_keys,
+        "misconfigured",
+        &["--endpoint-url", "http://127.0.0.1:1"],
+        json!({"needles": ["could not connect", "127.0.0.1:1", "--endpoint-url"]}),
+    );
+    eprintln!("{wrong_endpoint}");
+}
+
 /// Step Functions mode: the real state machine in moto, the real Lambdas under
 /// `cargo lambda watch` (`SfnStack`), started and followed through the MCP tools.
 #[tokio::test(flavor = "multi_thread")]

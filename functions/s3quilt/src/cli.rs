@@ -18,7 +18,7 @@ Exit codes:
   0  success
   1  any other failure (S3 unreachable or failing after retries, unexpected S3 error, internal error)
   2  bad input: invalid arguments or request, nothing selected, or objects that cannot be packaged
-  3  access: the source cannot be read or the registry/target cannot be written (denied, no such bucket)
+  3  access: the source cannot be read or the registry/target cannot be written (denied, no such bucket, no AWS credentials)
   4  the run failed while copying or finalizing and was rolled back
 
 With --json, stdout holds exactly one JSON document: the outcome, or {\"error\": {\"kind\", \"message\"}}.

@@ -88,6 +88,31 @@ pub fn classify_engine(err: &EngineError) -> Failure {
                 Failure::new(EXIT_BAD_INPUT, "empty_selection", message)
             }
             PlanError::Problems(_) => Failure::new(EXIT_BAD_INPUT, "cannot_package", message),
+            // Configuration, not access or S3's health: say which setting to change.
+            PlanError::SourceAccess { source, .. }
+            | PlanError::TargetAccess { source, .. }
+            | PlanError::Store(source)
+                if source.kind == StoreErrorKind::NoCredentials =>
+            {
+                Failure::new(
+                    EXIT_ACCESS,
+                    "no_credentials",
+                    format!("{message}; or pass --profile"),
+                )
+            }
+            PlanError::SourceAccess { source, .. }
+            | PlanError::TargetAccess { source, .. }
+            | PlanError::Store(source)
+                if source.kind == StoreErrorKind::Unreachable =>
+            {
+                Failure::new(
+                    EXIT_OTHER,
+                    "unreachable",
+                    format!(
+                        "{message}; check --endpoint-url (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL): without them s3quilt uses AWS S3"
+                    ),
+                )
+            }
             // The core reports every failure to list the source or write the target as an
             // access failure; S3 not answering (after retries) is not about access.
             PlanError::SourceAccess { source, .. } | PlanError::TargetAccess { source, .. }
@@ -208,6 +233,23 @@ mod tests {
                 EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::AccessDenied))),
                 3,
                 "access_denied",
+            ),
+            (
+                EngineError::Plan(PlanError::SourceAccess {
+                    bucket: "b".into(),
+                    prefix: "".into(),
+                    source: store_error(StoreErrorKind::NoCredentials),
+                }),
+                3,
+                "no_credentials",
+            ),
+            (
+                EngineError::Plan(PlanError::TargetAccess {
+                    bucket: "b".into(),
+                    source: store_error(StoreErrorKind::Unreachable),
+                }),
+                1,
+                "unreachable",
             ),
             (
                 EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::Transient))),
