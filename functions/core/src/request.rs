@@ -16,6 +16,27 @@ pub const MAX_METADATA_BYTES: usize = 512 * 1024;
 /// deeper metadata is refused here, naming the field, rather than by whichever reader breaks.
 pub const MAX_METADATA_DEPTH: usize = 64;
 
+/// How deep arrays and objects nest in JSON text (outside strings), without parsing it: for
+/// saying how deep a text is that a parser refused as too deep.
+pub fn json_text_depth(line: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in line {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'[' | b'{' if !in_string => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// How deep `value` nests (a scalar is 0, `{}` and `[]` are 1), counted without recursion.
 pub fn json_depth(value: &serde_json::Value) -> usize {
     let mut deepest = 0;

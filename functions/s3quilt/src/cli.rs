@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use s3quilt_core::aws::ExecutionInput;
 use s3quilt_core::engine::EngineOptions;
 use s3quilt_core::quilt::HashType;
-use s3quilt_core::request::{ObjectMetadata, PackageRequest};
+use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::S3Settings;
 use serde::Deserialize;
 
@@ -297,6 +297,12 @@ pub fn parse_meta(text: &str) -> Result<serde_json::Value, ArgError> {
         problem,
     };
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let depth = s3quilt_core::request::json_text_depth(text.as_bytes());
+        if depth > MAX_METADATA_DEPTH {
+            return error(format!(
+                "nests {depth} levels deep; at most {MAX_METADATA_DEPTH} levels are allowed"
+            ));
+        }
         error(format!(
             "is not valid JSON ({e}); expected an object such as '{{\"project\": \"x\"}}'"
         ))
@@ -807,6 +813,12 @@ mod tests {
             assert_eq!(err.arg, "--meta", "{err}");
             assert!(err.to_string().starts_with("--meta: "), "{err}");
         }
+        let deep = format!("{}{}", "{\"k\": ".repeat(500), "}".repeat(500));
+        let err = parse_meta(&deep).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--meta: nests 500 levels deep; at most 64 levels are allowed"
+        );
     }
 
     #[test]

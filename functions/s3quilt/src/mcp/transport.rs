@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 
-use s3quilt_core::request::MAX_METADATA_DEPTH;
+use s3quilt_core::request::{MAX_METADATA_DEPTH, json_text_depth};
 
 /// Deepest message serde_json reads (its recursion limit).
 const MAX_MESSAGE_DEPTH: usize = 128;
@@ -52,26 +52,6 @@ struct Envelope {
 
 fn error_response(id: Value, code: i64, message: String) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-}
-
-/// How deep arrays and objects nest in `line` (outside strings), without parsing it.
-fn nesting_depth(line: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in line {
-        match byte {
-            _ if escaped => escaped = false,
-            b'\\' if in_string => escaped = true,
-            b'"' => in_string = !in_string,
-            b'[' | b'{' if !in_string => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 fn screen(line: &[u8]) -> Screened {
@@ -110,7 +90,7 @@ fn screen(line: &[u8]) -> Screened {
         // Not an object: a batch or a bare value.
         Err(_) => Value::Null,
     };
-    let depth = nesting_depth(line);
+    let depth = json_text_depth(line);
     let message = if depth > MAX_MESSAGE_DEPTH {
         format!(
             "Invalid request: the message nests {depth} levels deep; this server reads at most {MAX_MESSAGE_DEPTH} (package metadata may nest at most {MAX_METADATA_DEPTH} levels)"
@@ -292,6 +272,6 @@ mod tests {
             screen(deep_notification.as_bytes()),
             Screened::Skip
         ));
-        assert_eq!(nesting_depth(br#"{"a":"[[[\"{{","b":[{}]}"#), 3);
+        assert_eq!(json_text_depth(br#"{"a":"[[[\"{{","b":[{}]}"#), 3);
     }
 }
