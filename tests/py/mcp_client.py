@@ -15,7 +15,13 @@ Scenarios:
            input answered with tool errors while the server stays up;
   slow     a run that outlasts wait_seconds, followed to its end with package_create_status;
   failing  a run whose copies fail: a tool error naming the rollback, kept for status calls;
-  sfn      Step Functions mode: executions started, followed and reported by ARN.
+  sfn      Step Functions mode: executions started, followed and reported by ARN;
+  agent_input  what agents and hosts really send: null for optional arguments, URIs where
+           names are asked for, out-of-range page sizes, nested globs and metadata (answered,
+           the server staying up), plain input schemas; and, over raw stdio, a line that is
+           not JSON and a request too deep to read, each answered with a JSON-RPC error;
+  misconfigured  a server without credentials or with a wrong endpoint: tool errors that name
+           the setting to change (config "needles"), never the SDK's dump, and no retry loop.
 """
 
 import json
@@ -25,6 +31,7 @@ import traceback
 
 import anyio
 from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 
 READ_ONLY = {
     "package_create_status",
@@ -438,8 +445,165 @@ async def scenario_sfn(config):
         return {"package": view["package"], "polls": polls, "progress": notes}
 
 
-SCENARIOS = {"main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
-             "sfn": scenario_sfn}
+def nested_object(depth):
+    value = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+async def scenario_agent_input(config):
+    src, reg = config["source_bucket"], config["registry"]
+    base = {"source_bucket": src, "package_name": "team/agent", "target_registry": reg,
+            "dry_run": True}
+    report = {}
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        # Plain schemas: Inspector-like clients fill in every argument, including metadata.
+        for tool in (await client.list_tools()).tools:
+            text = json.dumps(tool.input_schema)
+            check('"null"' not in text and '"format"' not in text and "anyOf" not in text,
+                  f"{tool.name}: plain input schema", tool.input_schema)
+            meta = tool.input_schema["properties"].get("metadata")
+            check(meta is None or meta.get("type") == "object", f"{tool.name}.metadata", meta)
+            check("uint" not in json.dumps(tool.output_schema), f"{tool.name}: output formats",
+                  tool.output_schema)
+
+        # null is "not given": the whole bucket, every default.
+        nulls = await s.ok("package_create_from_s3", dict(
+            base, source_prefix=None, include_patterns=None, exclude_patterns=None,
+            preserve_structure=None, metadata=None, target_bucket=None, description=None,
+            hash_type=None, object_metadata=None, copy=None, overwrite_existing=None,
+            wait_seconds=None))
+        report["null_keys"] = nulls["plan"]["sample_logical_keys"]
+        check(nulls["plan"]["source"] == f"s3://{src}/" and nulls["plan"]["copy"] is True,
+              "null arguments take their defaults", nulls)
+        listed = await s.ok("bucket_objects_list", {"bucket": src, "prefix": None,
+                                                    "delimiter": None, "max_keys": None,
+                                                    "continuation_token": None})
+        check(listed["delimiter"] == "/" and listed["common_prefixes"] == ["data/"],
+              "null listing arguments take their defaults", listed)
+
+        # A source URI with a folder is the bucket and source_prefix.
+        split = await s.ok("package_create_from_s3", dict(base, source_bucket=f"s3://{src}/data/"))
+        check(split["plan"]["source"] == f"s3://{src}/data/", "source_bucket split", split)
+        report["split_keys"] = split["plan"]["sample_logical_keys"]
+        await s.error("package_create_from_s3", dict(base, source_bucket=f"s3://{src}/data/",
+                                                     source_prefix="b/"),
+                      "source_bucket", "source_prefix")
+
+        # An object's URI as the key: the object, not s3://b/s3://b/….
+        info = await s.ok("bucket_object_info", {"bucket": src, "key": f"s3://{src}/data/a.csv"})
+        check(info["key"] == "data/a.csv" and info["uri"] == f"s3://{src}/data/a.csv",
+              "object info by URI", info)
+        await s.error("bucket_object_info", {"bucket": src, "key": "s3://other-bucket/data/a.csv"},
+                      "key", "another bucket")
+
+        # Page sizes outside 1-1000 are refused, naming the argument and the range.
+        report["page_size_errors"] = [
+            texts(await s.error("bucket_objects_list", {"bucket": src, "max_keys": bad},
+                                "max_keys", "1 to 1000"))
+            for bad in (0, 1001)]
+
+        # Deeply nested globs: a tool error naming the field and the limit, never a crash.
+        glob_errors = []
+        for depth, limit in ((17, "at most 16 levels"), (2000, "at most 16 levels"),
+                             (8000, "at most 4096 are allowed")):
+            pattern = "{" * depth + "a" + "}" * depth
+            glob_errors.append(texts(await s.error(
+                "package_create_from_s3", dict(base, include_patterns=[pattern]),
+                "include_patterns", limit)))
+        report["glob_errors"] = [e[:300] for e in glob_errors]
+        many = await s.ok("package_create_from_s3",
+                          dict(base, exclude_patterns=["**/" * 1300 + "a.csv"]))
+        check("data/a.csv" not in many["plan"]["sample_logical_keys"]
+              and many["plan"]["excluded"] == 1, "a pattern of many `**`", many)
+
+        # Nested metadata: past 64 levels a tool error; past what the server reads (128), a
+        # JSON-RPC error for this request; both answered.
+        await s.error("package_create_from_s3", dict(base, metadata=nested_object(100)),
+                      "metadata", "at most 64 levels")
+        try:
+            await client.call_tool("package_create_from_s3",
+                                   dict(base, metadata=nested_object(200)))
+            check(False, "metadata 200 levels deep is refused")
+        except MCPError as e:
+            report["deep_metadata_error"] = {"code": e.code, "message": e.message}
+        check(report["deep_metadata_error"]["code"] == -32600
+              and "at most 128" in report["deep_metadata_error"]["message"],
+              "deep metadata: invalid request", report)
+        await client.send_ping()
+        again = await s.ok("package_create_from_s3", base)
+        check(again["plan"]["objects"] == nulls["plan"]["objects"], "the server is still up")
+        s.check_no_secrets()
+    report["raw"] = await raw_stdio(config)
+    return report
+
+
+async def raw_stdio(config):
+    """Lines a host may send that no SDK client would: each is answered, the server stays up."""
+    import asyncio
+    proc = await asyncio.create_subprocess_exec(
+        config["command"], *config["args"], env=config["env"], stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, limit=1 << 20)
+
+    async def send(message):
+        line = message if isinstance(message, str) else json.dumps(message)
+        proc.stdin.write(line.encode() + b"\n")
+        await proc.stdin.drain()
+
+    async def answer():
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        check(line, "the server answered")
+        return json.loads(line)
+
+    await send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}})
+    init = await answer()
+    check(init.get("id") == 1 and "result" in init, "initialized", init)
+    await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    await send("this is not JSON")
+    not_json = await answer()
+    check(not_json["id"] is None and not_json["error"]["code"] == -32700, "-32700", not_json)
+    deep = "[" * 3000 + "]" * 3000
+    await send('{"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {"name": '
+               '"packages_list", "arguments": {"registry": ' + deep + '}}}')
+    too_deep = await answer()
+    check(too_deep["id"] == 42 and too_deep["error"]["code"] == -32600
+          and "3003 levels" in too_deep["error"]["message"], "-32600 with the id", too_deep)
+    await send({"jsonrpc": "2.0", "id": 43, "method": "ping"})
+    pong = await answer()
+    check(pong == {"jsonrpc": "2.0", "id": 43, "result": {}}, "still serving", pong)
+    proc.stdin.close()
+    status = await asyncio.wait_for(proc.wait(), 30)
+    check(status == 0, "the server exits cleanly when stdin closes", status)
+    return {"not_json": not_json, "too_deep": too_deep, "pong": pong}
+
+
+async def scenario_misconfigured(config):
+    needles = config["needles"]
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        messages = []
+        for name, args in [
+            ("bucket_objects_list", {"bucket": "some-bucket"}),
+            ("package_create_from_s3", {"source_bucket": "some-bucket", "package_name": "team/x",
+                                        "target_registry": "s3://some-registry",
+                                        "dry_run": True}),
+        ]:
+            started = time.monotonic()
+            message = texts(await s.error(name, args, *needles))
+            check("DispatchFailure" not in message and "try again" not in message,
+                  f"{name}: a plain configuration error", message)
+            check(time.monotonic() - started < 20, f"{name}: answered without a retry loop")
+            messages.append(message)
+        s.check_no_secrets()
+        return {"messages": messages}
+
+
+SCENARIOS = {"misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
+             "sfn": scenario_sfn, "agent_input": scenario_agent_input}
 
 
 def main():

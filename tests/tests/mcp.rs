@@ -11,7 +11,9 @@
 //!   rollback, no annotations;
 //! - a run that outlasts `wait_seconds`, followed to its end with `package_create_status`;
 //! - a run whose copies fail: a tool error that names the rollback, and nothing left behind;
-//! - bad input answered with tool errors that say what to fix, the server staying up.
+//! - bad input answered with tool errors that say what to fix, the server staying up;
+//! - what agents and hosts really send (null arguments, URIs for names, out-of-range pages,
+//!   deeply nested globs and metadata, lines that are not JSON): every request answered.
 
 use std::process::Command;
 use std::time::Duration;
@@ -300,6 +302,101 @@ async fn a_failed_run_is_a_tool_error_and_is_rolled_back() {
         before,
         "rollback left the registry exactly as it was"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_agents_send_is_accepted_or_answered_with_an_error() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+        SeedObject::new("top.txt", b"3\n".to_vec()),
+    ];
+    seed(&client, &source, &objects).await;
+    let before = list_all_versions(&client, &registry).await;
+    let config = json!({"source_bucket": source, "registry": format!("s3://{registry}")});
+    let report =
+        tokio::task::block_in_place(|| run_client(server.env(), "agent_input", &[], config));
+
+    assert_eq!(
+        report["null_keys"],
+        json!(["data/a.csv", "data/b/c.csv", "top.txt"]),
+        "null arguments: the whole bucket"
+    );
+    assert_eq!(report["split_keys"], json!(["a.csv", "b/c.csv"]));
+    for message in report["page_size_errors"].as_array().unwrap() {
+        assert!(
+            message.as_str().unwrap().starts_with("max_keys: "),
+            "{message}"
+        );
+    }
+    let glob_errors = report["glob_errors"].as_array().unwrap();
+    assert!(
+        glob_errors[1]
+            .as_str()
+            .unwrap()
+            .contains("groups nest 2000 deep; at most 16 levels are allowed"),
+        "{glob_errors:?}"
+    );
+    assert_eq!(report["deep_metadata_error"]["code"], json!(-32600));
+    assert_eq!(report["raw"]["not_json"]["error"]["code"], json!(-32700));
+    assert_eq!(report["raw"]["too_deep"]["id"], json!(42));
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        before,
+        "dry runs and refused requests write nothing"
+    );
+}
+
+/// The environment of a machine with no AWS configuration: no credentials anywhere, and an
+/// endpoint where nothing listens (so nothing reaches AWS either).
+fn bare_machine_env() -> Vec<(String, String)> {
+    [
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/s3quilt-aws-config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/s3quilt-aws-credentials",
+        ),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+        ("HOME", "/nonexistent"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[test]
+fn missing_credentials_and_a_wrong_endpoint_are_configuration_errors() {
+    let no_credentials = run_client(
+        bare_machine_env(),
+        "misconfigured",
+        &[],
+        json!({"needles": ["no AWS credentials", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+                           "claude_desktop_config.json"]}),
+    );
+    eprintln!("{no_credentials}");
+    let mut with_keys = bare_machine_env();
+    with_keys.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "SECRETsentinel-never-printed".to_string(),
+        ),
+    ]);
+    let wrong_endpoint = run_client(
+        with_keys,
+        "misconfigured",
+        &["--endpoint-url", "http://127.0.0.1:1"],
+        json!({"needles": ["could not connect", "127.0.0.1:1", "--endpoint-url"]}),
+    );
+    eprintln!("{wrong_endpoint}");
 }
 
 /// Step Functions mode: the real state machine in moto, the real Lambdas under

@@ -144,3 +144,103 @@ async fn keys_cannot_escape_the_package_folder() {
     // A leading `/` cannot be produced either: the relative key of `d//x` is `/x`, refused.
     assert!("/x".parse::<s3quilt_core::quilt::LogicalKey>().is_err());
 }
+
+/// `s3quilt` on a machine without AWS configuration (no credentials anywhere), against an
+/// endpoint where nothing listens. `extra` adds variables.
+fn cli_on_a_bare_machine(args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(s3quilt_tests::s3quilt_bin())
+        .env_clear()
+        .envs([
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/nonexistent"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/s3quilt-aws-config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/s3quilt-aws-credentials",
+            ),
+        ])
+        .envs(extra.iter().copied())
+        .args(args)
+        .output()
+        .expect("run s3quilt")
+}
+
+const PLAN: [&str; 8] = [
+    "plan",
+    "s3://some-bucket/data/",
+    "team/pkg",
+    "--registry",
+    "s3://some-registry",
+    "--endpoint-url",
+    "http://127.0.0.1:1",
+    "--json",
+];
+
+#[test]
+fn the_cli_names_the_setting_to_change_when_credentials_or_the_endpoint_are_wrong() {
+    let out = cli_on_a_bare_machine(&PLAN, &[]);
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json error");
+    assert_eq!(out.status.code(), Some(3), "{error}");
+    assert_eq!(error["error"]["kind"], "no_credentials", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    for needle in [
+        "no AWS credentials",
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "--profile",
+    ] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    assert!(!message.contains("DispatchFailure"), "{message}");
+
+    let out = cli_on_a_bare_machine(
+        &PLAN,
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ],
+    );
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json error");
+    assert_eq!(out.status.code(), Some(1), "{error}");
+    assert_eq!(error["error"]["kind"], "unreachable", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    for needle in ["could not connect", "127.0.0.1:1", "--endpoint-url"] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    let everything = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!everything.contains(SECRET), "{everything}");
+}
+
+#[test]
+fn the_cli_refuses_a_deeply_nested_glob_before_any_request() {
+    let pattern = format!("{}a{}", "{".repeat(2000), "}".repeat(2000));
+    let mut args = PLAN.to_vec();
+    args.extend(["--include", &pattern]);
+    let out = cli_on_a_bare_machine(&args, &[]);
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json error");
+    assert_eq!(out.status.code(), Some(2), "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("include_patterns: ")
+            && message.contains("nest 2000 deep; at most 16 levels")
+            && message.contains("--include"),
+        "{message}"
+    );
+    // The 8,000-deep pattern that used to overflow the stack is refused too.
+    let long = format!("{}a{}", "{".repeat(8000), "}".repeat(8000));
+    let mut args = PLAN.to_vec();
+    args.extend(["--include", &long]);
+    let out = cli_on_a_bare_machine(&args, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -11,6 +11,47 @@ use crate::select::{Selector, SelectorError};
 
 /// Largest package metadata accepted (its JSON text), well under quilt3's 1 MB record limit.
 pub const MAX_METADATA_BYTES: usize = 512 * 1024;
+/// Deepest nesting of package metadata (an object holding an object is two levels). Readers
+/// recurse per level (serde_json stops at 128, with the MCP message around the metadata), so
+/// deeper metadata is refused here, naming the field, rather than by whichever reader breaks.
+pub const MAX_METADATA_DEPTH: usize = 64;
+
+/// How deep arrays and objects nest in JSON text (outside strings), without parsing it: for
+/// saying how deep a text is that a parser refused as too deep.
+pub fn json_text_depth(line: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in line {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'[' | b'{' if !in_string => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// How deep `value` nests (a scalar is 0, `{}` and `[]` are 1), counted without recursion.
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match value {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(object) => Box::new(object.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
+}
 
 /// A request to package `s3://source_bucket/source_prefix` as `package_name` in `target_registry`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,8 +348,17 @@ impl PackageRequest {
         }
         let user_meta = match &self.metadata {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Object(_)) => {
-                let json = Json::from_serde(self.metadata.as_ref().expect("matched Some"));
+            Some(value @ serde_json::Value::Object(_)) => {
+                let depth = json_depth(value);
+                if depth > MAX_METADATA_DEPTH {
+                    return Err(invalid(
+                        "metadata",
+                        format!(
+                            "nests {depth} levels deep; at most {MAX_METADATA_DEPTH} levels are allowed"
+                        ),
+                    ));
+                }
+                let json = Json::from_serde(value);
                 let size = json.to_manifest_string().len();
                 if size > MAX_METADATA_BYTES {
                     return Err(invalid(
@@ -475,6 +525,30 @@ mod tests {
             assert_eq!(err.field(), field, "{err}");
             assert!(err.to_string().starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn metadata_nesting_is_bounded() {
+        let nested = |depth: usize| {
+            let mut value = serde_json::json!({});
+            for _ in 1..depth {
+                value = serde_json::json!({ "k": value });
+            }
+            value
+        };
+        assert_eq!(json_depth(&nested(3)), 3);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
+        let mut request = base();
+        request.metadata = Some(nested(MAX_METADATA_DEPTH));
+        assert!(request.validate().is_ok());
+        request.metadata = Some(nested(MAX_METADATA_DEPTH + 1));
+        let err = request.validate().unwrap_err();
+        assert_eq!(err.field(), "metadata");
+        assert_eq!(
+            err.to_string(),
+            "metadata: nests 65 levels deep; at most 64 levels are allowed"
+        );
     }
 
     #[test]

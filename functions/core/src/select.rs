@@ -21,7 +21,8 @@ use crate::quilt::names::{LogicalKey, NameError};
 /// A pattern that does not compile.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "{field}: pattern {pattern:?} is not a valid glob ({reason}); use `*` within a folder, `**` across folders, `?`, `[abc]`, `{{a,b}}`"
+    "{field}: pattern {} is not a valid glob ({reason}); use `*` within a folder, `**` across folders, `?`, `[abc]`, `{{a,b}}`",
+    shown(pattern)
 )]
 pub struct SelectorError {
     field: &'static str,
@@ -29,6 +30,19 @@ pub struct SelectorError {
     pub pattern: String,
     /// What is wrong with it.
     pub reason: String,
+}
+
+/// A pattern as an error shows it: quoted, and cut short when long (a pattern of thousands of
+/// characters would bury the reason, and an agent's context with it).
+fn shown(pattern: &str) -> String {
+    const SHOWN_CHARS: usize = 80;
+    let length = pattern.chars().count();
+    if length <= SHOWN_CHARS {
+        format!("{pattern:?}")
+    } else {
+        let start: String = pattern.chars().take(SHOWN_CHARS).collect();
+        format!("{start:?}… ({length} characters)")
+    }
 }
 
 impl SelectorError {
@@ -189,6 +203,19 @@ mod tests {
         let empty = Selector::new(&["/".to_string()], &[]).unwrap_err();
         assert_eq!(empty.field(), "include_patterns");
         assert_eq!(empty.reason, "it is empty");
+    }
+
+    #[test]
+    fn long_patterns_are_cut_short_in_errors() {
+        let pattern = format!("{}a{}", "{".repeat(2000), "}".repeat(2000));
+        let err = Selector::new(&[pattern], &[]).unwrap_err().to_string();
+        assert!(err.starts_with("include_patterns: pattern \"{{{{"), "{err}");
+        assert!(
+            err.contains("… (4001 characters) is not a valid glob"),
+            "{err}"
+        );
+        assert!(err.contains("nest 2000 deep; at most 16 levels"), "{err}");
+        assert!(err.len() < 400, "{err}");
     }
 
     #[test]

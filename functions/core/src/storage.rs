@@ -31,8 +31,14 @@ pub enum StoreErrorKind {
     PreconditionFailed,
     /// S3 asked us to slow down (503 SlowDown, 429).
     Throttled,
-    /// A 5xx, timeout or connection failure: worth retrying.
+    /// A 5xx, timeout or a connection that broke: worth retrying.
     Transient,
+    /// No AWS credentials were found: a configuration error, which no retry mends.
+    NoCredentials,
+    /// Nothing answered at the endpoint (connection refused, unknown host): usually a wrong
+    /// endpoint URL. Retried like [`StoreErrorKind::Transient`] (a server restarting refuses
+    /// connections for a moment), but reported as what to check.
+    Unreachable,
     /// The object is archived (GLACIER / DEEP_ARCHIVE) and not restored.
     InvalidObjectState,
     /// The server does not implement what the request asked (HTTP 501 NotImplemented).
@@ -44,7 +50,10 @@ pub enum StoreErrorKind {
 impl StoreErrorKind {
     /// Whether a retry may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, StoreErrorKind::Throttled | StoreErrorKind::Transient)
+        matches!(
+            self,
+            StoreErrorKind::Throttled | StoreErrorKind::Transient | StoreErrorKind::Unreachable
+        )
     }
 }
 
@@ -607,10 +616,9 @@ where
             (kind, detail)
         }
         SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "request timed out".to_string()),
-        SdkError::DispatchFailure(failure) => (
-            StoreErrorKind::Transient,
-            format!("could not reach S3: {failure:?}"),
-        ),
+        SdkError::DispatchFailure(failure) => {
+            dispatch_failure(&format!("{failure:?}"), failure.as_connector_error())
+        }
         SdkError::ResponseError(_) => (
             StoreErrorKind::Transient,
             "malformed or truncated response".to_string(),
@@ -618,6 +626,56 @@ where
         other => (StoreErrorKind::Permanent, other.to_string()),
     };
     StoreError::new(kind, operation, bucket, key, message)
+}
+
+/// A request that was never answered: missing credentials and refused connections are told
+/// apart from a broken connection, in words rather than the SDK's nested debug dump.
+fn dispatch_failure(
+    dump: &str,
+    connector: Option<&aws_sdk_s3::error::ConnectorError>,
+) -> (StoreErrorKind, String) {
+    // The credential chain's error type is not exported by the SDK; its debug name is stable.
+    if dump.contains("CredentialsNotLoaded") {
+        return (
+            StoreErrorKind::NoCredentials,
+            "no AWS credentials found (set AWS_PROFILE to a profile that has them, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; after `aws sso login` for SSO profiles)".into(),
+        );
+    }
+    // Each error of the chain, outermost first: hyper's "client error (Connect)", "tcp connect
+    // error", then the OS's reason.
+    let mut reasons = Vec::new();
+    let mut source = connector.map(|c| c as &(dyn std::error::Error + 'static));
+    while let Some(error) = source {
+        reasons.push(error.to_string());
+        source = error.source();
+    }
+    let reason = reasons.last().cloned().unwrap_or_default();
+    if connector.is_some_and(|c| c.is_io()) && dump.contains("ConnectError(") {
+        let at = connect_address(dump)
+            .map(|address| format!(" at {address}"))
+            .unwrap_or_default();
+        return (
+            StoreErrorKind::Unreachable,
+            format!("could not connect to the S3 endpoint{at} ({reason})"),
+        );
+    }
+    (
+        StoreErrorKind::Transient,
+        format!("could not reach S3 ({})", reasons.join(": ")),
+    )
+}
+
+/// The address a refused connection went to: hyper-util shows it only in its debug form,
+/// `ConnectError("tcp connect error", 127.0.0.1:1, Os { … })`.
+fn connect_address(dump: &str) -> Option<&str> {
+    let after = &dump[dump.find("ConnectError(\"")? + "ConnectError(\"".len()..];
+    let after = after.split_once("\", ")?.1;
+    let address = after.split([',', ')']).next()?.trim();
+    let looks_like_address = address.contains(':')
+        && address
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".:[]-".contains(c));
+    looks_like_address.then_some(address)
 }
 
 fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<String> {
@@ -1373,15 +1431,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_endpoint_is_a_transient_failure() {
+    async fn an_unreachable_endpoint_is_reported_as_such() {
         // Nothing listens on port 1 (a privileged port) on a test machine.
         let store = store("http://127.0.0.1:1").await;
         let e = store.head("bkt", "k", None).await.unwrap_err();
         assert_eq!(
             (e.kind, e.operation),
-            (StoreErrorKind::Transient, "HeadObject")
+            (StoreErrorKind::Unreachable, "HeadObject")
         );
-        assert!(e.message.starts_with("could not reach S3"), "{}", e.message);
+        assert!(e.kind.is_retryable());
+        assert_eq!(
+            e.message,
+            "could not connect to the S3 endpoint at 127.0.0.1:1 (Connection refused (os error 111))"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_credentials_are_a_configuration_error() {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                NoCredentials,
+            ))
+            .build();
+        let store = S3Store::new(aws_sdk_s3::Client::from_conf(config));
+        let e = store.head("bkt", "k", None).await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::NoCredentials, "{e}");
+        assert!(!e.kind.is_retryable());
+        assert!(
+            e.message.contains("AWS_PROFILE") && e.message.contains("AWS_ACCESS_KEY_ID"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
+    }
+
+    /// A credential chain that finds nothing, as the default chain does on a bare machine.
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_sdk_s3::config::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "no credentials in this test",
+                ),
+            ))
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use s3quilt_core::aws::ExecutionInput;
 use s3quilt_core::engine::EngineOptions;
 use s3quilt_core::quilt::HashType;
-use s3quilt_core::request::{ObjectMetadata, PackageRequest};
+use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::S3Settings;
 use serde::Deserialize;
 
@@ -18,7 +18,7 @@ Exit codes:
   0  success
   1  any other failure (S3 unreachable or failing after retries, unexpected S3 error, internal error)
   2  bad input: invalid arguments or request, nothing selected, or objects that cannot be packaged
-  3  access: the source cannot be read or the registry/target cannot be written (denied, no such bucket)
+  3  access: the source cannot be read or the registry/target cannot be written (denied, no such bucket, no AWS credentials)
   4  the run failed while copying or finalizing and was rolled back
 
 With --json, stdout holds exactly one JSON document: the outcome, or {\"error\": {\"kind\", \"message\"}}.
@@ -297,6 +297,12 @@ pub fn parse_meta(text: &str) -> Result<serde_json::Value, ArgError> {
         problem,
     };
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let depth = s3quilt_core::request::json_text_depth(text.as_bytes());
+        if depth > MAX_METADATA_DEPTH {
+            return error(format!(
+                "nests {depth} levels deep; at most {MAX_METADATA_DEPTH} levels are allowed"
+            ));
+        }
         error(format!(
             "is not valid JSON ({e}); expected an object such as '{{\"project\": \"x\"}}'"
         ))
@@ -807,6 +813,12 @@ mod tests {
             assert_eq!(err.arg, "--meta", "{err}");
             assert!(err.to_string().starts_with("--meta: "), "{err}");
         }
+        let deep = format!("{}{}", "{\"k\": ".repeat(500), "}".repeat(500));
+        let err = parse_meta(&deep).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--meta: nests 500 levels deep; at most 64 levels are allowed"
+        );
     }
 
     #[test]

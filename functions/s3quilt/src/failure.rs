@@ -88,6 +88,31 @@ pub fn classify_engine(err: &EngineError) -> Failure {
                 Failure::new(EXIT_BAD_INPUT, "empty_selection", message)
             }
             PlanError::Problems(_) => Failure::new(EXIT_BAD_INPUT, "cannot_package", message),
+            // Configuration, not access or S3's health: say which setting to change.
+            PlanError::SourceAccess { source, .. }
+            | PlanError::TargetAccess { source, .. }
+            | PlanError::Store(source)
+                if matches!(
+                    source.kind,
+                    StoreErrorKind::NoCredentials | StoreErrorKind::Unreachable
+                ) =>
+            {
+                if source.kind == StoreErrorKind::NoCredentials {
+                    Failure::new(
+                        EXIT_ACCESS,
+                        "no_credentials",
+                        format!("{message}; or pass --profile"),
+                    )
+                } else {
+                    Failure::new(
+                        EXIT_OTHER,
+                        "unreachable",
+                        format!(
+                            "{message}; check --endpoint-url (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL): without them s3quilt uses AWS S3"
+                        ),
+                    )
+                }
+            }
             // The core reports every failure to list the source or write the target as an
             // access failure; S3 not answering (after retries) is not about access.
             PlanError::SourceAccess { source, .. } | PlanError::TargetAccess { source, .. }
@@ -142,6 +167,21 @@ mod tests {
         )
     }
 
+    fn source_access(kind: StoreErrorKind) -> EngineError {
+        EngineError::Plan(PlanError::SourceAccess {
+            bucket: "b".into(),
+            prefix: "".into(),
+            source: store_error(kind),
+        })
+    }
+
+    fn target_access(kind: StoreErrorKind) -> EngineError {
+        EngineError::Plan(PlanError::TargetAccess {
+            bucket: "b".into(),
+            source: store_error(kind),
+        })
+    }
+
     #[test]
     fn exit_codes() {
         let mut bad = PackageRequest::new("src", "", "team/pkg", "s3://registry");
@@ -171,44 +211,24 @@ mod tests {
                 "cannot_package",
             ),
             (
-                EngineError::Plan(PlanError::SourceAccess {
-                    bucket: "b".into(),
-                    prefix: "".into(),
-                    source: store_error(StoreErrorKind::AccessDenied),
-                }),
+                source_access(StoreErrorKind::AccessDenied),
                 3,
                 "source_access",
             ),
-            (
-                EngineError::Plan(PlanError::TargetAccess {
-                    bucket: "b".into(),
-                    source: store_error(StoreErrorKind::NotFound),
-                }),
-                3,
-                "target_access",
-            ),
-            (
-                EngineError::Plan(PlanError::SourceAccess {
-                    bucket: "b".into(),
-                    prefix: "".into(),
-                    source: store_error(StoreErrorKind::Transient),
-                }),
-                1,
-                "unavailable",
-            ),
-            (
-                EngineError::Plan(PlanError::TargetAccess {
-                    bucket: "b".into(),
-                    source: store_error(StoreErrorKind::Throttled),
-                }),
-                1,
-                "unavailable",
-            ),
+            (target_access(StoreErrorKind::NotFound), 3, "target_access"),
+            (source_access(StoreErrorKind::Transient), 1, "unavailable"),
+            (target_access(StoreErrorKind::Throttled), 1, "unavailable"),
             (
                 EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::AccessDenied))),
                 3,
                 "access_denied",
             ),
+            (
+                source_access(StoreErrorKind::NoCredentials),
+                3,
+                "no_credentials",
+            ),
+            (target_access(StoreErrorKind::Unreachable), 1, "unreachable"),
             (
                 EngineError::Plan(PlanError::Store(store_error(StoreErrorKind::Transient))),
                 1,

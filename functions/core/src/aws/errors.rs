@@ -153,7 +153,7 @@ impl From<StepError> for lambda_runtime::Diagnostic {
 fn store_type(e: &StoreError, otherwise: ErrorType) -> ErrorType {
     match e.kind {
         k if k.is_retryable() => ErrorType::Transient,
-        StoreErrorKind::AccessDenied => ErrorType::AccessDenied,
+        StoreErrorKind::AccessDenied | StoreErrorKind::NoCredentials => ErrorType::AccessDenied,
         StoreErrorKind::NotFound => ErrorType::NotFound,
         _ => otherwise,
     }

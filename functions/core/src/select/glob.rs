@@ -11,6 +11,13 @@
 
 /// Most alternatives one pattern may expand to (`{a,b}{c,d}` is four).
 const MAX_ALTERNATIVES: usize = 1024;
+/// Deepest nesting of `{…}`: expansion recurses once per group, so an unbounded pattern (a
+/// few thousand nested `{`) would overflow the stack and abort the process.
+pub const MAX_BRACE_DEPTH: usize = 16;
+/// Most `{…}` groups in one pattern, for the same reason.
+pub const MAX_BRACE_GROUPS: usize = 64;
+/// Longest pattern, in characters: S3 keys are at most 1024 bytes.
+pub const MAX_PATTERN_CHARS: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -40,6 +47,7 @@ pub struct Glob {
 impl Glob {
     /// Compiles `pattern`; the error says what is wrong with it.
     pub fn new(pattern: &str) -> Result<Glob, String> {
+        check_size(pattern)?;
         let alternatives = expand_braces(pattern)?
             .iter()
             .map(|p| parse_segments(p))
@@ -61,17 +69,36 @@ impl Glob {
     }
 }
 
+/// Whether `segments` match all of `parts`, by dynamic programming from the last segment
+/// back: `matched[j]` says whether the segments after the current one match `parts[j..]`.
+/// Trying every split recursively instead would recurse once per `**` and take exponential
+/// time on patterns such as `**/a/**/a/**/a/b`.
 fn match_segments(segments: &[Segment], parts: &[Vec<char>]) -> bool {
-    match segments.split_first() {
-        None => parts.is_empty(),
-        Some((Segment::AnyParts, [])) => !parts.is_empty(),
-        Some((Segment::AnyParts, rest)) => {
-            (0..=parts.len()).any(|i| match_segments(rest, &parts[i..]))
+    let n = parts.len();
+    // No segments match no parts.
+    let mut matched: Vec<bool> = (0..=n).map(|j| j == n).collect();
+    for (i, segment) in segments.iter().enumerate().rev() {
+        let is_last = i + 1 == segments.len();
+        let mut current = vec![false; n + 1];
+        match segment {
+            // A trailing `**` needs at least one part.
+            Segment::AnyParts if is_last => current[..n].fill(true),
+            Segment::AnyParts => {
+                let mut any_later = false;
+                for j in (0..=n).rev() {
+                    any_later |= matched[j];
+                    current[j] = any_later;
+                }
+            }
+            Segment::Part(tokens) => {
+                for j in 0..n {
+                    current[j] = matched[j + 1] && match_part(tokens, &parts[j]);
+                }
+            }
         }
-        Some((Segment::Part(tokens), rest)) => {
-            !parts.is_empty() && match_part(tokens, &parts[0]) && match_segments(rest, &parts[1..])
-        }
+        matched = current;
     }
+    matched[0]
 }
 
 fn token_matches(token: &Token, c: char) -> bool {
@@ -112,6 +139,45 @@ fn match_part(tokens: &[Token], text: &[char]) -> bool {
         }
     }
     tokens[t..].iter().all(|t| *t == Token::Star)
+}
+
+/// Refuses patterns longer than [`MAX_PATTERN_CHARS`] or with more `{…}` groups, or deeper
+/// nested ones, than expansion may recurse through.
+fn check_size(pattern: &str) -> Result<(), String> {
+    let length = pattern.chars().count();
+    if length > MAX_PATTERN_CHARS {
+        return Err(format!(
+            "it is {length} characters long; at most {MAX_PATTERN_CHARS} are allowed"
+        ));
+    }
+    let (mut depth, mut deepest, mut groups) = (0usize, 0usize, 0usize);
+    let (mut in_class, mut escaped) = (false, false);
+    for c in pattern.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '{' if !in_class => {
+                depth += 1;
+                groups += 1;
+                deepest = deepest.max(depth);
+            }
+            '}' if !in_class => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_BRACE_DEPTH {
+        return Err(format!(
+            "its `{{…}}` groups nest {deepest} deep; at most {MAX_BRACE_DEPTH} levels are allowed"
+        ));
+    }
+    if groups > MAX_BRACE_GROUPS {
+        return Err(format!(
+            "it has {groups} `{{…}}` groups; at most {MAX_BRACE_GROUPS} are allowed"
+        ));
+    }
+    Ok(())
 }
 
 /// Expands `{a,b}` alternatives (outside classes, honouring escapes) into plain patterns.
@@ -342,6 +408,34 @@ mod tests {
         let err = Glob::new("[z-a]").unwrap_err();
         assert_eq!(err, "the range `z-a` is backwards");
         assert_eq!(Glob::new("{a").unwrap_err(), "a `{` is not closed by `}`");
+    }
+
+    #[test]
+    fn nesting_and_size_are_bounded() {
+        let nested = |n: usize| format!("{}a{}", "{".repeat(n), "}".repeat(n));
+        assert!(m(&nested(MAX_BRACE_DEPTH), "a"));
+        for depth in [MAX_BRACE_DEPTH + 1, 2000] {
+            let err = Glob::new(&nested(depth)).unwrap_err();
+            assert_eq!(
+                err,
+                format!("its `{{…}}` groups nest {depth} deep; at most 16 levels are allowed")
+            );
+        }
+        assert!(Glob::new(&"{a}".repeat(MAX_BRACE_GROUPS)).is_ok());
+        let err = Glob::new(&"{a}".repeat(1000)).unwrap_err();
+        assert!(err.contains("1000 `{…}` groups; at most 64"), "{err}");
+        assert!(
+            Glob::new("\\{".repeat(2000).as_str()).is_ok(),
+            "escaped braces are literal"
+        );
+        let err = Glob::new(&"a".repeat(MAX_PATTERN_CHARS + 1)).unwrap_err();
+        assert!(err.contains("at most 4096"), "{err}");
+        // Many `**` neither recurse deeply nor take exponential time.
+        let stars = format!("{}b", "**/a/".repeat(600));
+        let key: Vec<&str> = std::iter::repeat_n("a", 500).collect();
+        assert!(!Glob::new(&stars).unwrap().matches_parts(&key));
+        let doubles = format!("{}x", "**/".repeat(1300));
+        assert!(m(&doubles, "a/b/x") && !m(&doubles, "a/b/y"));
     }
 
     #[test]

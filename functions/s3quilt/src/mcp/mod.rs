@@ -5,13 +5,15 @@
 //! - [`types`]: tool arguments and results (their JSON Schemas are what clients see);
 //! - [`runs`]: runs in the background (local engine or Step Functions) and following them;
 //! - [`explicit`]: `package_create`'s list of sources as one packaging request;
-//! - [`server`]: the tools themselves.
+//! - [`server`]: the tools themselves;
+//! - [`transport`]: stdio, answering every request (also those rmcp cannot read).
 //!
 //! stdout carries the protocol; logs go to stderr.
 
 mod explicit;
 mod runs;
 mod server;
+mod transport;
 mod types;
 
 use clap::Args;
@@ -45,6 +47,32 @@ fn default_concurrency() -> u16 {
     u16::try_from(EngineOptions::default().concurrency).unwrap_or(u16::MAX)
 }
 
+/// What usually fixes an S3 failure of this kind, said to the agent (and its user).
+pub fn store_hint(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::NotFound => {
+            "check the bucket and key names (bucket_objects_list shows what exists)"
+        }
+        StoreErrorKind::AccessDenied => {
+            "the server's AWS credentials lack permission for this; use a bucket they can reach or start the server with another --profile"
+        }
+        StoreErrorKind::Throttled | StoreErrorKind::Transient => {
+            "S3 did not answer in time or asked to slow down; try again"
+        }
+        // Configuration, not the request: retrying the call cannot help.
+        StoreErrorKind::NoCredentials => {
+            "this MCP server has no AWS credentials: give it AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) in the \"env\" of its entry in the MCP host's configuration (e.g. claude_desktop_config.json), or start it with --profile, then restart it"
+        }
+        StoreErrorKind::Unreachable => {
+            "check the S3 endpoint this MCP server was started with (--endpoint-url, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL; without them it uses AWS S3), then restart it"
+        }
+        StoreErrorKind::InvalidObjectState => "restore the archived object first",
+        StoreErrorKind::PreconditionFailed
+        | StoreErrorKind::Permanent
+        | StoreErrorKind::Unsupported => "S3 refused the request",
+    }
+}
+
 /// A tool error: the message says what is wrong and what to do about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolError(pub String);
@@ -52,22 +80,7 @@ pub struct ToolError(pub String);
 impl ToolError {
     /// An S3 failure, with what usually fixes it.
     pub fn store(e: StoreError) -> Self {
-        let hint = match e.kind {
-            StoreErrorKind::NotFound => {
-                "check the bucket and key names (bucket_objects_list shows what exists)"
-            }
-            StoreErrorKind::AccessDenied => {
-                "the server's AWS credentials lack permission for this; use a bucket they can reach or start the server with another --profile"
-            }
-            StoreErrorKind::Throttled | StoreErrorKind::Transient => {
-                "S3 did not answer in time or asked to slow down; try again"
-            }
-            StoreErrorKind::InvalidObjectState => "restore the archived object first",
-            StoreErrorKind::PreconditionFailed
-            | StoreErrorKind::Permanent
-            | StoreErrorKind::Unsupported => "S3 refused the request",
-        };
-        ToolError(format!("{e} ({hint})"))
+        ToolError(format!("{e} ({})", store_hint(e.kind)))
     }
 
     /// A registry failure.
@@ -118,7 +131,10 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     tracing::info!("s3quilt MCP server {} on stdio", env!("CARGO_PKG_VERSION"));
     let service = server
         .clone()
-        .serve(rmcp::transport::stdio())
+        .serve(transport::GuardedTransport::new(
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("MCP initialization failed: {e}"))?;
     tokio::select! {

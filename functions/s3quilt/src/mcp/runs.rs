@@ -17,6 +17,7 @@ use s3quilt_core::engine::{EngineError, EngineOptions, Progress, RunOutcome, run
 use s3quilt_core::plan::PlanError;
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::ObjectStore;
+use s3quilt_core::storage::StoreErrorKind;
 use tokio::sync::watch;
 
 use super::ToolError;
@@ -144,6 +145,18 @@ fn explain(error: &EngineError) -> String {
             format!(
                 "{error}. include_patterns are matched against each key relative to source_prefix, not the full key: for s3://bucket/data/tables/a.csv with source_prefix \"data/\", `tables/*.csv` or `*.csv` select it, `data/tables/*.csv` does not"
             )
+        }
+        // Missing credentials or a wrong endpoint: say which setting of the server to change.
+        EngineError::Plan(
+            PlanError::SourceAccess { source, .. }
+            | PlanError::TargetAccess { source, .. }
+            | PlanError::Store(source),
+        ) if matches!(
+            source.kind,
+            StoreErrorKind::NoCredentials | StoreErrorKind::Unreachable
+        ) =>
+        {
+            format!("{error} ({})", super::store_hint(source.kind))
         }
         _ => error.to_string(),
     }

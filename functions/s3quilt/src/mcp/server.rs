@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -23,7 +22,7 @@ use super::types::{
     Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
     MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
     PackagesParams, PackagesView, RunStatus, RunView, RunsAction, RunsParams, RunsView,
-    StagedRunView, StatusParams, VersionView, input_schema,
+    StagedRunView, StatusParams, VersionView, input_schema, output_schema,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
@@ -159,6 +158,54 @@ fn from_s3_request(p: CreateFromS3Params, registry: &str) -> PackageRequest {
     request
 }
 
+/// A page size argument, refused outside 1-[`MAX_PAGE`] rather than quietly changed.
+fn page_size(field: &str, value: u32) -> Result<u32, ToolError> {
+    if (1..=MAX_PAGE).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ToolError(format!(
+            "{field}: {value} is out of range; give 1 to {MAX_PAGE}"
+        )))
+    }
+}
+
+/// `bucket_object_info`'s key, also accepted as the object's URI `s3://bucket/key` (what
+/// agents copy from a listing's `uri`): its bucket must be the `bucket` argument.
+fn key_in_bucket(bucket: &str, key: String) -> Result<String, ToolError> {
+    let Some(uri) = key.strip_prefix("s3://") else {
+        return Ok(key);
+    };
+    match uri.split_once('/') {
+        Some((in_uri, rest)) if in_uri == bucket => Ok(rest.to_string()),
+        _ => Err(ToolError(format!(
+            "key: {key:?} is a URI of another bucket than {bucket:?}; give the key inside {bucket} (e.g. \"data/file.csv\"), or that URI's bucket as bucket"
+        ))),
+    }
+}
+
+/// `package_create_from_s3`'s `source_bucket` given as `s3://bucket/folder/`: the folder is
+/// the `source_prefix` when that is not given; both given is ambiguous and refused.
+fn split_source(p: &mut CreateFromS3Params) -> Result<(), ToolError> {
+    let without_scheme = p
+        .source_bucket
+        .strip_prefix("s3://")
+        .unwrap_or(&p.source_bucket);
+    let Some((bucket, folder)) = without_scheme.split_once('/') else {
+        return Ok(());
+    };
+    if folder.is_empty() {
+        return Ok(());
+    }
+    if !p.source_prefix.is_empty() {
+        return Err(ToolError(format!(
+            "source_bucket: {:?} has a path and source_prefix is {:?} too; give only the bucket name as source_bucket and the folder as source_prefix",
+            p.source_bucket, p.source_prefix
+        )));
+    }
+    (p.source_bucket, p.source_prefix) = (bucket.to_string(), folder.to_string());
+    Ok(())
+}
+
 fn wait(seconds: u32) -> Duration {
     Duration::from_secs(seconds.min(MAX_WAIT_SECONDS).into())
 }
@@ -249,7 +296,7 @@ impl S3QuiltServer {
     async fn list(&self, p: ListParams) -> Result<(ObjectsPage, String), ToolError> {
         let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
         let delimiter = p.delimiter.filter(|d| !d.is_empty());
-        let max_keys = p.max_keys.clamp(1, MAX_PAGE);
+        let max_keys = page_size("max_keys", p.max_keys)?;
         let page = self
             .state
             .store
@@ -298,8 +345,9 @@ impl S3QuiltServer {
         ))
     }
 
-    async fn info(&self, p: InfoParams) -> Result<(ObjectDetails, String), ToolError> {
+    async fn info(&self, mut p: InfoParams) -> Result<(ObjectDetails, String), ToolError> {
         let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
+        p.key = key_in_bucket(&bucket, p.key)?;
         if p.key.is_empty() {
             return Err(ToolError(
                 "key: give the object's full key, e.g. \"data/file.csv\" (bucket_objects_list shows the keys)".into(),
@@ -536,7 +584,7 @@ impl S3QuiltServer {
             .iter()
             .filter(|e| e.logical_key.as_str().starts_with(&path_prefix))
             .collect();
-        let page_size = p.max_entries.clamp(1, MAX_PAGE) as usize;
+        let page_size = page_size("max_entries", p.max_entries)? as usize;
         let end = (start + page_size).min(matching.len());
         let entries: Vec<EntryView> = matching
             .get(start.min(matching.len())..end)
@@ -601,7 +649,7 @@ impl S3QuiltServer {
     #[tool(
         title = "Create a package from an S3 folder",
         input_schema = input_schema::<CreateFromS3Params>(),
-        output_schema = schema_for_output::<RunView>(),
+        output_schema = output_schema::<RunView>(),
         annotations(
             title = "Create a package from an S3 folder",
             read_only_hint = false,
@@ -612,9 +660,12 @@ impl S3QuiltServer {
     )]
     async fn package_create_from_s3(
         &self,
-        Args(p): Args<CreateFromS3Params>,
+        Args(mut p): Args<CreateFromS3Params>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
+        if let Err(e) = split_source(&mut p) {
+            return failure(e);
+        }
         let registry = match p.target_registry.as_deref() {
             Some(r) if !r.is_empty() => r.to_string(),
             _ => match self.registry_bucket("target_registry", None) {
@@ -634,7 +685,7 @@ impl S3QuiltServer {
     #[tool(
         title = "Create a package from listed S3 objects",
         input_schema = input_schema::<CreateParams>(),
-        output_schema = schema_for_output::<RunView>(),
+        output_schema = output_schema::<RunView>(),
         annotations(
             title = "Create a package from listed S3 objects",
             read_only_hint = false,
@@ -664,7 +715,7 @@ impl S3QuiltServer {
     #[tool(
         title = "Package creation status",
         input_schema = input_schema::<StatusParams>(),
-        output_schema = schema_for_output::<RunView>(),
+        output_schema = output_schema::<RunView>(),
         annotations(
             title = "Package creation status",
             read_only_hint = true,
@@ -688,7 +739,7 @@ impl S3QuiltServer {
     #[tool(
         title = "List S3 objects",
         input_schema = input_schema::<ListParams>(),
-        output_schema = schema_for_output::<ObjectsPage>(),
+        output_schema = output_schema::<ObjectsPage>(),
         annotations(
             title = "List S3 objects",
             read_only_hint = true,
@@ -708,7 +759,7 @@ impl S3QuiltServer {
     #[tool(
         title = "S3 object metadata",
         input_schema = input_schema::<InfoParams>(),
-        output_schema = schema_for_output::<ObjectDetails>(),
+        output_schema = output_schema::<ObjectDetails>(),
         annotations(
             title = "S3 object metadata",
             read_only_hint = true,
@@ -728,7 +779,7 @@ impl S3QuiltServer {
     #[tool(
         title = "List packages",
         input_schema = input_schema::<PackagesParams>(),
-        output_schema = schema_for_output::<PackagesView>(),
+        output_schema = output_schema::<PackagesView>(),
         annotations(
             title = "List packages",
             read_only_hint = true,
@@ -749,7 +800,7 @@ impl S3QuiltServer {
     #[tool(
         title = "Unfinished runs",
         input_schema = input_schema::<RunsParams>(),
-        output_schema = schema_for_output::<RunsView>(),
+        output_schema = output_schema::<RunsView>(),
         annotations(
             title = "Unfinished runs",
             read_only_hint = false,
@@ -767,7 +818,7 @@ impl S3QuiltServer {
     #[tool(
         title = "Browse a package",
         input_schema = input_schema::<BrowseParams>(),
-        output_schema = schema_for_output::<PackageContents>(),
+        output_schema = output_schema::<PackageContents>(),
         annotations(
             title = "Browse a package",
             read_only_hint = true,
@@ -858,6 +909,68 @@ mod tests {
             "object_metadata": "listing"
         }));
         assert_eq!(explicit.object_metadata, Some(ObjectMetadataParam::Listing));
+    }
+
+    #[test]
+    fn input_schemas_are_plain_and_output_schemas_have_no_integer_formats() {
+        let schema = serde_json::Value::Object((*input_schema::<CreateFromS3Params>()).clone());
+        let properties = &schema["properties"];
+        assert_eq!(properties["metadata"]["type"], json!("object"), "{schema}");
+        assert_eq!(properties["target_registry"]["type"], json!("string"));
+        assert_eq!(properties["wait_seconds"]["type"], json!("integer"));
+        let text = schema.to_string();
+        for needle in ["\"null\"", "\"format\"", "anyOf"] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+        let hash_type = &properties["hash_type"];
+        assert!(
+            hash_type.get("$ref").is_some() || hash_type.get("enum").is_some(),
+            "{hash_type}"
+        );
+        let output = serde_json::Value::Object((*output_schema::<ObjectDetails>()).clone());
+        assert!(!output.to_string().contains("uint"), "{output}");
+        assert_eq!(
+            output["properties"]["size"]["type"],
+            json!("integer"),
+            "{output}"
+        );
+    }
+
+    #[test]
+    fn uris_in_bucket_and_key_arguments() {
+        assert_eq!(key_in_bucket("b", "x/y.csv".into()).unwrap(), "x/y.csv");
+        assert_eq!(
+            key_in_bucket("b", "s3://b/x/y.csv".into()).unwrap(),
+            "x/y.csv"
+        );
+        let other = key_in_bucket("b", "s3://c/x".into()).unwrap_err().0;
+        assert!(
+            other.starts_with("key: ") && other.contains("another bucket"),
+            "{other}"
+        );
+        let mut p: CreateFromS3Params =
+            params(json!({"source_bucket": "s3://src/data/", "package_name": "team/pkg"}));
+        split_source(&mut p).unwrap();
+        assert_eq!(
+            (p.source_bucket.as_str(), p.source_prefix.as_str()),
+            ("src", "data/")
+        );
+        let mut plain: CreateFromS3Params =
+            params(json!({"source_bucket": "s3://src/", "package_name": "team/pkg"}));
+        split_source(&mut plain).unwrap();
+        assert_eq!(plain.source_bucket, "s3://src/");
+        let mut both: CreateFromS3Params = params(json!({
+            "source_bucket": "s3://src/data/", "source_prefix": "x/", "package_name": "team/pkg"
+        }));
+        let refused = split_source(&mut both).unwrap_err().0;
+        assert!(refused.starts_with("source_bucket: ") && refused.contains("source_prefix"));
+        assert!(
+            page_size("max_keys", 0)
+                .unwrap_err()
+                .0
+                .contains("max_keys: 0 is out of range; give 1 to 1000")
+        );
+        assert!(page_size("max_entries", 1001).is_err() && page_size("max_keys", 1000).is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! field's doc comment is its description, and `example` attributes give examples.
 //!
 //! Inputs reject unknown fields (a misspelt `preserve_structre` is an error, not a silently
-//! ignored option). Outputs mirror core types (the plan summary, the package result, object
+//! ignored option), and take `null` for any argument as "not given": agents send
+//! `"include_patterns": null` for what they leave out. Outputs mirror core types (the plan summary, the package result, object
 //! metadata) in JSON-Schema-describable form.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use rmcp::ErrorData;
 use rmcp::handler::server::common::{FromContextPart, schema_for_input};
 use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::tool::schema_for_output;
 use rmcp::model::JsonObject;
 use s3quilt_core::engine::{Phase, ProgressSnapshot};
 use s3quilt_core::quilt::HashType;
@@ -30,12 +32,15 @@ pub const MAX_PAGE: u32 = 1000;
 
 /// Tool arguments of type `T`. Unlike rmcp's `Parameters`, a value of the wrong type is
 /// reported with the argument's name (`wait_seconds: invalid type: string "x", expected u32`);
-/// rmcp turns the error into a tool error, as the protocol asks for argument errors.
+/// rmcp turns the error into a tool error, as the protocol asks for argument errors. An
+/// argument given as `null` is taken as not given, so it gets its default.
 pub struct Args<T>(pub T);
 
 impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Args<T> {
     fn from_context_part(context: &mut ToolCallContext<'_, S>) -> Result<Self, ErrorData> {
-        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        let mut arguments = context.arguments.take().unwrap_or_default();
+        arguments.retain(|_, value| !value.is_null());
+        let arguments = serde_json::Value::Object(arguments);
         serde_path_to_error::deserialize(arguments)
             .map(Args)
             .map_err(|e| {
@@ -57,9 +62,80 @@ impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> 
     }
 }
 
-/// The input schema of a tool taking [`Args<T>`].
+/// The input schema of a tool taking [`Args<T>`], made plain for clients that handle only
+/// simple schemas (MCP Inspector cannot fill in a `type: ["object", "null"]` argument): an
+/// optional argument has its value's type without `null` (null is accepted all the same, see
+/// [`Args`]), and integers carry no `uint32`/`uint64` formats (the range says what is allowed).
 pub fn input_schema<T: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
-    schema_for_input::<T>().unwrap_or_else(|e| panic!("input schema of a tool: {e}"))
+    let schema = schema_for_input::<T>().unwrap_or_else(|e| panic!("input schema of a tool: {e}"));
+    plain(&schema, true)
+}
+
+/// The output schema of a tool returning `T`, its integers without `uint64` formats (which
+/// validators warn about). Results may hold nulls, so their types keep `null`.
+pub fn output_schema<T: JsonSchema + 'static>() -> std::sync::Arc<JsonObject> {
+    plain(&schema_for_output::<T>(), false)
+}
+
+fn plain(schema: &JsonObject, drop_null: bool) -> std::sync::Arc<JsonObject> {
+    let mut schema = serde_json::Value::Object(schema.clone());
+    make_plain(&mut schema, drop_null);
+    let serde_json::Value::Object(schema) = schema else {
+        unreachable!("a schema object stays an object")
+    };
+    std::sync::Arc::new(schema)
+}
+
+/// Removes integer formats everywhere in `schema` and, with `drop_null`, the `null`
+/// alternative of optional values (`type: [T, "null"]` and `anyOf: [S, {type: null}]`).
+fn make_plain(schema: &mut serde_json::Value, drop_null: bool) {
+    use serde_json::Value;
+    match schema {
+        Value::Object(object) => {
+            if drop_null {
+                if let Some(Value::Array(types)) = object.get_mut("type") {
+                    types.retain(|t| t != "null");
+                    if let [only] = types.as_slice() {
+                        let only = only.clone();
+                        object.insert("type".into(), only);
+                    }
+                }
+                if let Some(Value::Array(alternatives)) = object.get("anyOf") {
+                    let not_null: Vec<&Value> = alternatives
+                        .iter()
+                        .filter(|a| a.get("type") != Some(&Value::from("null")))
+                        .collect();
+                    if let [Value::Object(only)] = not_null.as_slice() {
+                        let only = only.clone();
+                        object.remove("anyOf");
+                        for (key, value) in only {
+                            object.entry(key).or_insert(value);
+                        }
+                    }
+                }
+                if object.get("default") == Some(&Value::Null) {
+                    object.remove("default");
+                }
+            }
+            if object.get("type") == Some(&Value::from("integer"))
+                || object
+                    .get("type")
+                    .and_then(Value::as_array)
+                    .is_some_and(|types| types.contains(&Value::from("integer")))
+            {
+                object.remove("format");
+            }
+            for value in object.values_mut() {
+                make_plain(value, drop_null);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                make_plain(item, drop_null);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn default_wait() -> u32 {
@@ -127,7 +203,8 @@ impl From<ObjectMetadataParam> for ObjectMetadata {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFromS3Params {
-    /// Bucket holding the objects: a bucket name or `s3://bucket`.
+    /// Bucket holding the objects: a bucket name or `s3://bucket`. `s3://bucket/folder/` is
+    /// taken as that bucket with `source_prefix` `folder/` (when `source_prefix` is not given).
     #[schemars(example = &"my-data-bucket")]
     pub source_bucket: String,
     /// Folder inside the source bucket to package; empty packages the whole bucket. Always a
@@ -307,7 +384,8 @@ pub struct InfoParams {
     /// Bucket name or `s3://bucket`.
     #[schemars(example = &"my-data-bucket")]
     pub bucket: String,
-    /// The full key, exactly as listed (any characters).
+    /// The full key, exactly as listed (any characters), or the object's URI
+    /// `s3://bucket/key` in the same bucket.
     #[schemars(example = &"ml-models/model.pt")]
     pub key: String,
     /// A specific version (versioned buckets); default the current one.
