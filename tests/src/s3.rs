@@ -219,3 +219,10 @@ pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Vec<u8> {
         .into_bytes()
         .to_vec()
 }
+
+/// The first line (the header) of the manifest `s3://registry/.quilt/packages/<top_hash>`.
+pub async fn manifest_header(client: &Client, registry: &str, top_hash: &str) -> String {
+    let manifest = get_bytes(client, registry, &format!(".quilt/packages/{top_hash}")).await;
+    let text = String::from_utf8(manifest).expect("a manifest is UTF-8");
+    text.lines().next().unwrap_or_default().to_string()
+}

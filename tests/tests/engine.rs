@@ -14,8 +14,8 @@ use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_core::transaction::abort_run;
 use s3quilt_tests::{
-    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions, moto,
-    run_oracle, seed,
+    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions,
+    manifest_header, moto, run_oracle, seed,
 };
 use serde_json::{Value, json};
 
@@ -138,23 +138,7 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
     let package = created(outcome);
     // The package metadata keeps the key order it was given in (quilt3 writes insertion
     // order; only the top hash sorts keys).
-    let manifest = client
-        .get_object()
-        .bucket(&registry)
-        .key(format!(".quilt/packages/{}", package.top_hash))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
-    let header = std::str::from_utf8(&manifest)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap();
+    let header = manifest_header(&client, &registry, &package.top_hash).await;
     assert!(
         header.contains(
             r#""user_meta": {"project": "s3quilt", "ratio": 0.5, "nested": {"n": [1, 2]}}"#
