@@ -449,6 +449,86 @@ async fn bad_input_is_refused_before_anything_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_beside_a_folder_and_overlong_destinations_are_refused_at_plan_time() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    // 1,016 bytes below the prefix: the source key (`data/` + it) fits S3's limit, the copy's
+    // key (`team/long/` + it) does not.
+    let long = format!("{}/{}.bin", "d".repeat(500), "e".repeat(511));
+    assert_eq!(long.len(), 1016);
+    seed(
+        &client,
+        &source,
+        &[
+            // As s3fs and goofys write a folder: an empty object named like it.
+            SeedObject::new("data/exports/images", Vec::new()),
+            SeedObject::new("data/exports/images/cat.png", b"cat".to_vec()),
+            SeedObject::new("data/exports/images/dog.png", b"dog".to_vec()),
+            SeedObject::new("data/exports/table", b"t".to_vec()),
+            SeedObject::new(format!("data/{long}"), b"long".to_vec()),
+        ],
+    )
+    .await;
+    let before = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    let request = PackageRequest::new(&source, "data", "team/long", &registry);
+    let err = run(store(server).await, &request).await.unwrap_err();
+    let EngineError::Plan(PlanError::Problems(problems)) = &err else {
+        panic!("expected plan problems, got {err}");
+    };
+    assert_eq!(
+        problems.file_beside_folder,
+        [(
+            "data/exports/images".to_string(),
+            "data/exports/images/cat.png".to_string()
+        )]
+    );
+    assert_eq!(
+        problems.destination_too_long,
+        [(format!("data/{long}"), 1026)]
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(r#"1 object has the name of a folder in the package"#)
+            && message.contains(r#""data/exports/images" beside "data/exports/images/cat.png""#)
+            && message.contains("exclude_patterns"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1 destination key would be longer than S3's 1024-byte key limit")
+            && message.contains("(1026 bytes)"),
+        "{message}"
+    );
+    let after = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    assert_eq!(before, after, "nothing was copied or staged");
+
+    // Without the clash and the long key, the rest packages and quilt3 opens it.
+    let mut fixed = request.clone();
+    fixed.exclude_patterns = vec!["exports/images".into(), "d".repeat(500)];
+    let package = created(run(store(server).await, &fixed).await.unwrap());
+    let browsed = browse(server, &registry, "team/long");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["exports/table"]);
+    // Referenced in place, the long key has no destination to outgrow.
+    let mut in_place = request.clone();
+    in_place.copy = false;
+    in_place.exclude_patterns = vec!["exports/images".into()];
+    let package = created(run(store(server).await, &in_place).await.unwrap());
+    let browsed = browse(server, &registry, "team/long");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), [long.as_str(), "exports/table"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unversioned_target_refuses_to_overwrite_unless_asked() {
     let server = moto();
     let client = server.client().await;
