@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use s3quilt_core::copy::{CopyOptions, ShardMode, copy_shard, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
 use s3quilt_core::finalize::{FinalizeError, finalize};
@@ -15,9 +17,10 @@ use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_core::transaction::abort_run;
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions,
-    manifest_header, moto, run_oracle, seed,
+    manifest_header, moto, run_oracle, seed, upload_sha256_parts,
 };
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
 
@@ -328,6 +331,44 @@ async fn copy_false_references_objects_in_place() {
         keys.iter()
             .all(|k| k.starts_with(".quilt/") || k.starts_with(".s3quilt/results/")),
         "nothing copied: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_false_never_takes_a_composite_checksum_for_a_whole_object_one() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    // Two parts, 6 MiB in all: one Quilt chunk, whose hash is SHA-256 of the object's SHA-256.
+    // moto's HEAD reports the parts' composite SHA-256 without `-2` and without a type.
+    let parts = [vec![1u8; 5 * MIB], vec![2u8; MIB]];
+    upload_sha256_parts(&client, &source, "data/two-parts.bin", &parts, None).await;
+    let head = client
+        .head_object()
+        .bucket(&source)
+        .key("data/two-parts.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().ends_with("-2\""),
+        "the ETag says multipart: {:?}",
+        head.e_tag()
+    );
+    let mut request = PackageRequest::new(&source, "data", "team/composite", &registry);
+    request.copy = false;
+    let package = created(run(store(server).await, &request).await.unwrap());
+    // `browse` asserts quilt3 finds every entry's hash valid (it reads the bytes).
+    let browsed = browse(server, &registry, "team/composite");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    let whole = parts.concat();
+    assert_eq!(
+        browsed["entries"][0]["hash"]["value"].as_str().unwrap(),
+        B64.encode(Sha256::digest(Sha256::digest(&whole))),
+        "SHA-256 of the one chunk's SHA-256"
     );
 }
 
