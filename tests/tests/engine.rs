@@ -16,8 +16,8 @@ use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_core::transaction::abort_run;
 use s3quilt_tests::{
-    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions,
-    manifest_header, moto, run_oracle, seed, upload_sha256_parts,
+    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, get_bytes,
+    list_all_versions, manifest_header, moto, run_oracle, seed, server_tests, upload_sha256_parts,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -370,6 +370,51 @@ async fn copy_false_never_takes_a_composite_checksum_for_a_whole_object_one() {
         B64.encode(Sha256::digest(Sha256::digest(&whole))),
         "SHA-256 of the one chunk's SHA-256"
     );
+}
+
+/// Keys with characters XML 1.0 cannot carry (listed with `encoding-type=url`) are packaged,
+/// and an excluded one does not stop the run.
+async fn keys_xml_cannot_carry_are_packaged(server: &'static S3Server) {
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let odd = [
+        "data/\u{1b}[31mERROR\u{1b}[0m.log",
+        "data/ctl\u{1}/a+b c%2B.txt",
+        "data/non-character \u{ffff}.txt",
+    ];
+    let mut objects: Vec<SeedObject> = odd
+        .iter()
+        .map(|k| SeedObject::new(*k, k.as_bytes().to_vec()))
+        .collect();
+    objects.push(SeedObject::new("data/plain.txt", b"plain".to_vec()));
+    objects.push(SeedObject::new("data/skip/\u{1}.tmp", b"excluded".to_vec()));
+    seed(&client, &source, &objects).await;
+    let mut request = PackageRequest::new(&source, "data", "team/odd-keys", &registry);
+    request.exclude_patterns = vec!["skip/".into()];
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/odd-keys");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    let mut keys = logical_keys(&browsed);
+    keys.sort();
+    let mut expected: Vec<String> = odd
+        .iter()
+        .map(|k| k.strip_prefix("data/").unwrap().to_string())
+        .chain(["plain.txt".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    // Each copy holds its own source's bytes under the same name.
+    for key in odd {
+        let copy = format!("team/odd-keys/{}", key.strip_prefix("data/").unwrap());
+        assert_eq!(get_bytes(&client, &registry, &copy).await, key.as_bytes());
+    }
+}
+
+server_tests! {
+    keys_xml_cannot_carry_are_packaged => [moto, localstack];
 }
 
 #[tokio::test(flavor = "multi_thread")]
