@@ -44,6 +44,14 @@ fn sample() -> Vec<SeedObject> {
     ]
 }
 
+/// A client of `server` and two fresh versioned buckets (source, registry).
+async fn client_and_two_buckets(server: &S3Server) -> (aws_sdk_s3::Client, String, String) {
+    let client = server.client().await;
+    let source = create_bucket(&client, true).await;
+    let registry = create_bucket(&client, true).await;
+    (client, source, registry)
+}
+
 async fn store(server: &S3Server) -> Arc<dyn ObjectStore> {
     S3Store::shared(server.client().await)
 }
@@ -337,11 +345,7 @@ async fn copy_false_references_objects_in_place() {
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_false_never_takes_a_composite_checksum_for_a_whole_object_one() {
     let server = moto();
-    let client = server.client().await;
-    let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
-    );
+    let (client, source, registry) = client_and_two_buckets(server).await;
     // Two parts, 6 MiB in all: one Quilt chunk, whose hash is SHA-256 of the object's SHA-256.
     // moto's HEAD reports the parts' composite SHA-256 without `-2` and without a type.
     let parts = [vec![1u8; 5 * MIB], vec![2u8; MIB]];
@@ -375,11 +379,7 @@ async fn copy_false_never_takes_a_composite_checksum_for_a_whole_object_one() {
 /// Keys with characters XML 1.0 cannot carry (listed with `encoding-type=url`) are packaged,
 /// and an excluded one does not stop the run.
 async fn keys_xml_cannot_carry_are_packaged(server: &'static S3Server) {
-    let client = server.client().await;
-    let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
-    );
+    let (client, source, registry) = client_and_two_buckets(server).await;
     let odd = [
         "data/\u{1b}[31mERROR\u{1b}[0m.log",
         "data/ctl\u{1}/a+b c%2B.txt",
@@ -415,6 +415,32 @@ async fn keys_xml_cannot_carry_are_packaged(server: &'static S3Server) {
 
 server_tests! {
     keys_xml_cannot_carry_are_packaged => [moto, localstack];
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_ending_in_a_slash_that_holds_data_is_skipped_with_a_warning() {
+    let server = moto();
+    let (client, source, registry) = client_and_two_buckets(server).await;
+    seed(
+        &client,
+        &source,
+        &[
+            SeedObject::new("data/notes/", b"written by a tool, not a folder".to_vec()),
+            SeedObject::new("data/empty-folder/", Vec::new()),
+            SeedObject::new("data/a.txt", b"a".to_vec()),
+        ],
+    )
+    .await;
+    let request = PackageRequest::new(&source, "data", "team/slash", &registry);
+    let RunOutcome::Created { plan, package } = run(store(server).await, &request).await.unwrap()
+    else {
+        panic!("expected a package")
+    };
+    assert_eq!(plan.folder_markers, 2);
+    assert_eq!(plan.non_empty_folder_markers, ["data/notes/"]);
+    let browsed = browse(server, &registry, "team/slash");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["a.txt"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -537,11 +563,7 @@ async fn bad_input_is_refused_before_anything_is_written() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_beside_a_folder_and_overlong_destinations_are_refused_at_plan_time() {
     let server = moto();
-    let client = server.client().await;
-    let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
-    );
+    let (client, source, registry) = client_and_two_buckets(server).await;
     // 1,016 bytes below the prefix: the source key (`data/` + it) fits S3's limit, the copy's
     // key (`team/long/` + it) does not.
     let long = format!("{}/{}.bin", "d".repeat(500), "e".repeat(511));

@@ -242,6 +242,10 @@ pub struct PlanSummary {
     pub listed: u64,
     /// Folder markers skipped.
     pub folder_markers: u64,
+    /// Keys ending in `/` that hold data (at most [`PlanOptions::max_reported`]): skipped like
+    /// every folder marker, because a logical key cannot end in `/` (quilt3 skips them too,
+    /// with a warning), and listed so that no data is left out without a word.
+    pub non_empty_folder_markers: Vec<String>,
     /// Not matched by include patterns.
     pub not_included: u64,
     /// Removed by exclude patterns.
@@ -461,12 +465,23 @@ async fn plan_valid(
     let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
     let mut problems = PlanProblems::default();
     let mut selected: Vec<PlannedObject> = Vec::new();
+    let mut non_empty_folder_markers = Vec::new();
     let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[])
         .map_err(RequestError::from)?;
     for object in &listed {
         let relative = &object.key[valid.source_prefix.len()..];
         if relative.is_empty() || relative.ends_with('/') {
             folder_markers += 1;
+            if object.size > 0 {
+                tracing::warn!(
+                    key = object.key,
+                    size = object.size,
+                    "skipping a key ending in '/' that holds data: a logical key cannot end in '/'"
+                );
+                if non_empty_folder_markers.len() < options.max_reported {
+                    non_empty_folder_markers.push(object.key.clone());
+                }
+            }
             continue;
         }
         if !valid.selector.is_selected(relative) {
@@ -571,6 +586,7 @@ async fn plan_valid(
         shards: 0,
         listed: listed.len() as u64,
         folder_markers,
+        non_empty_folder_markers,
         not_included,
         excluded,
         sample_logical_keys: selected
