@@ -1,10 +1,12 @@
 //! JSON exactly as Python's `json` module reads and writes it, because the manifest bytes and
 //! the top hash are defined by quilt3's Python output.
 //!
-//! `serde_json::Value` cannot serve here: it loses integers beyond 64 bits (Python keeps them
-//! exact), formats floats differently from Python's `repr`, and cannot keep both insertion order
-//! (manifest lines) and sorted order (top hash) without a global feature flag that changes every
-//! other crate's JSON. So the format owns a small value type, a strict parser and two writers:
+//! `serde_json::Value` cannot serve here: it formats floats differently from Python's `repr` and
+//! writes one key order only, where a manifest needs insertion order (its lines) and sorted order
+//! (the top hash). So the format owns a small value type, a strict parser and two writers. Values
+//! that arrive as `serde_json` (request metadata: CLI, MCP, Lambda events) keep each number's
+//! literal text (the workspace enables `serde_json/arbitrary_precision`; see `Cargo.toml`), and
+//! [`Json::from_serde`] reads that text as Python's `json.loads` would:
 //!
 //! * [`Json::to_manifest_string`]: `json.dumps(v, ensure_ascii=False)` — separators `", "`/`": "`,
 //!   keys in insertion order, non-ASCII written as-is;
