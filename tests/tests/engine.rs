@@ -414,7 +414,7 @@ async fn keys_xml_cannot_carry_are_packaged(server: &'static S3Server) {
 }
 
 server_tests! {
-    keys_xml_cannot_carry_are_packaged => [moto, localstack];
+    keys_xml_cannot_carry_are_packaged => [moto, localstack, seaweedfs];
 }
 
 #[tokio::test(flavor = "multi_thread")]
