@@ -3,10 +3,13 @@
 
 Subcommands (each prints exactly one JSON line, the last line of stdout):
 
-  browse --registry s3://BUCKET --name NS/NAME [--top-hash HASH]
+  browse --registry s3://BUCKET --name NS/NAME [--top-hash HASH] [--set-meta JSON]
       Loads a package with quilt3.Package.browse and reports its top hash, message,
       package metadata and every entry in walk order, with each entry's object fetched
-      and its hash verified by quilt3's own PackageEntry._verify_hash.
+      and its hash verified by quilt3's own PackageEntry._verify_hash. With --set-meta,
+      also reports "top_hash_with_meta": the top hash quilt3 computes once the package
+      metadata is replaced by json.loads(JSON), i.e. what the package's hash should be had
+      the user handed quilt3 that text.
 
   push --registry s3://BUCKET --name NS/NAME --spec FILE [--message TEXT] [--meta JSON]
        [--no-workflow] [--copy-all] [--dest S3URL]
@@ -101,6 +104,9 @@ def cmd_browse(args):
     out.update(header_dict(pkg))
     out["entries"] = [entry_dict(lk, e, verify=True) for lk, e in pkg.walk()]
     out["all_hashes_valid"] = all(e["hash_valid"] for e in out["entries"])
+    if args.set_meta is not None:
+        pkg.set_meta(json.loads(args.set_meta))
+        out["top_hash_with_meta"] = pkg.top_hash
     emit(out)
 
 
@@ -155,6 +161,7 @@ def main(argv=None):
     p.add_argument("--registry", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--top-hash", default=None)
+    p.add_argument("--set-meta", default=None, help="package metadata as a JSON text")
     p.set_defaults(func=cmd_browse)
 
     p = sub.add_parser("push")

@@ -32,7 +32,10 @@ pub use faults::{FaultRule, InstrumentedStore};
 pub use oracle::{OracleOutput, run_oracle, run_oracle_output};
 pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};
 pub use proxy::{Fault, FaultProxy, ProxyRequest, ProxyRule, Select, classify};
-pub use s3::{SeedObject, create_bucket, get_bytes, list_all_versions, seed};
+pub use s3::{
+    SeedObject, create_bucket, get_bytes, list_all_versions, manifest_header, seed,
+    upload_sha256_parts,
+};
 #[doc(hidden)]
 pub use server::selected_server;
 pub use server::{

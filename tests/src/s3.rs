@@ -7,7 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, ChecksumAlgorithm, VersioningConfiguration};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
+    VersioningConfiguration,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
 
 /// Creates a bucket with a unique lowercase name (`t-<counter>-<random>`), with versioning
 /// enabled if asked, and returns its name.
@@ -218,4 +224,67 @@ pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("GetObject s3://{bucket}/{key}: reading the body: {e}"))
         .into_bytes()
         .to_vec()
+}
+
+/// The first line (the header) of the manifest `s3://registry/.quilt/packages/<top_hash>`.
+pub async fn manifest_header(client: &Client, registry: &str, top_hash: &str) -> String {
+    let manifest = get_bytes(client, registry, &format!(".quilt/packages/{top_hash}")).await;
+    let text = String::from_utf8(manifest).expect("a manifest is UTF-8");
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Uploads `parts` as one multipart upload of `s3://bucket/key` with SHA-256 part checksums
+/// (optionally tagged) and completes it.
+pub async fn upload_sha256_parts(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    parts: &[Vec<u8>],
+    tagging: Option<&str>,
+) {
+    let upload = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .set_tagging(tagging.map(str::to_string))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateMultipartUpload: {}", DisplayErrorContext(&e)));
+    let id = upload.upload_id().unwrap().to_string();
+    let mut completed = Vec::new();
+    for (i, body) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let out = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("UploadPart {n}: {}", DisplayErrorContext(&e)));
+        completed.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_sha256(B64.encode(Sha256::digest(body)))
+                .build(),
+        );
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CompleteMultipartUpload: {}", DisplayErrorContext(&e)));
 }

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use s3quilt_core::engine::{EngineOptions, Progress, RunOutcome, run_local};
 use s3quilt_core::quilt::checksum::{HashType, ObjectHasher};
 use s3quilt_core::quilt::{
     Json, JsonObject, LogicalKey, Manifest, ManifestEntry, PackageHeader, PackageName, PhysicalKey,
 };
 use s3quilt_core::registry::Registry;
+use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::{ObjectStore, S3Store, unix_now};
-use s3quilt_tests::{SeedObject, create_bucket, moto, run_oracle, seed};
+use s3quilt_tests::{S3Server, SeedObject, create_bucket, manifest_header, moto, run_oracle, seed};
 use serde_json::{Value, json};
 
 /// Objects covering the traps: nesting, space + unicode, empty, larger than one chunk.
@@ -56,13 +58,33 @@ fn entry_user_meta() -> JsonObject {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn quilt3_reads_what_we_write() {
+/// moto, a client, a store and two fresh versioned buckets (source, registry).
+async fn moto_with_two_buckets() -> (
+    &'static S3Server,
+    aws_sdk_s3::Client,
+    Arc<dyn ObjectStore>,
+    String,
+    String,
+) {
     let server = moto();
     let client = server.client().await;
     let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
     let source = create_bucket(&client, true).await;
     let registry_bucket = create_bucket(&client, true).await;
+    (server, client, store, source, registry_bucket)
+}
+
+/// quilt3's `browse` of `registry`'s `name` (see `tests/py/quilt_oracle.py`), `extra` appended.
+fn browse(server: &S3Server, registry: &str, name: &str, extra: &[&str]) -> Value {
+    let registry = format!("s3://{registry}");
+    let mut args = vec!["browse", "--registry", &registry, "--name", name];
+    args.extend_from_slice(extra);
+    run_oracle(server, &args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quilt3_reads_what_we_write() {
+    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
     let objects = dataset();
     let versions = seed(&client, &source, &objects).await;
 
@@ -106,16 +128,7 @@ async fn quilt3_reads_what_we_write() {
     assert_eq!(written.len(), 3, "manifest, timestamped pointer, latest");
     assert_eq!(registry.latest(&name).await.unwrap(), top_hash);
 
-    let browsed = run_oracle(
-        server,
-        &[
-            "browse",
-            "--registry",
-            &format!("s3://{registry_bucket}"),
-            "--name",
-            name.as_str(),
-        ],
-    );
+    let browsed = browse(server, &registry_bucket, name.as_str(), &[]);
     assert_eq!(
         browsed["top_hash"].as_str().unwrap(),
         top_hash,
@@ -151,11 +164,7 @@ async fn quilt3_reads_what_we_write() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn we_read_what_quilt3_pushes() {
-    let server = moto();
-    let client = server.client().await;
-    let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
-    let source = create_bucket(&client, true).await;
-    let registry_bucket = create_bucket(&client, true).await;
+    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
     // quilt3's own push cannot copy objects of 8 MiB or more on moto (no part checksums).
     let objects: Vec<SeedObject> = dataset()
         .into_iter()
@@ -251,4 +260,76 @@ async fn we_read_what_quilt3_pushes() {
     )
     .await;
     assert_eq!(manifest.to_jsonl().unwrap().as_bytes(), stored.as_slice());
+}
+
+/// Package metadata numbers as text, the way a user hands them over: what Python's `json`
+/// would print for 300 random floats (shortest round-trip digits; a float parser that is not
+/// correctly rounded gets some of them wrong by one ulp), integers beyond 64 bits, `-0` (an
+/// int for Python), an integer 10^20 and floats of every notation.
+fn numbers_metadata_text() -> String {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let floats: Vec<String> = (0..300)
+        .map(|_| {
+            // xorshift64*, then the top 53 bits as a float in [0, 1), as Python's random().
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+            // Rust's `Display` writes the shortest digits that round-trip, as Python's repr.
+            format!("{}", bits as f64 / (1u64 << 53) as f64)
+        })
+        .collect();
+    format!(
+        r#"{{"ratio": 0.42451918914251396, "huge": 123456789012345678901234567890, "negative_zero": -0, "float_negative_zero": -0.0, "int_1e20": 100000000000000000000, "float_1e20": 1e20, "upper_e": 1E5, "trailing_zero": 1.50, "seventeen_digits": 12345678901234567890.0, "small": 1e-7, "floats": [{}]}}"#,
+        floats.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn package_metadata_numbers_hash_as_quilt3_reads_them() {
+    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
+    seed(
+        &client,
+        &source,
+        &[SeedObject::new("data/a.txt", b"a".to_vec())],
+    )
+    .await;
+    let text = numbers_metadata_text();
+    let mut request = PackageRequest::new(
+        &source,
+        "data",
+        "team/numbers",
+        &format!("s3://{registry_bucket}"),
+    );
+    // As `--meta` and every request document reach the request: through serde_json.
+    request.metadata = Some(serde_json::from_str(&text).unwrap());
+    let outcome = run_local(store, &request, &EngineOptions::default(), Progress::new())
+        .await
+        .unwrap();
+    let RunOutcome::Created { package, .. } = outcome else {
+        panic!("expected a package, got {outcome:?}");
+    };
+
+    // quilt3 replaces the package metadata with `json.loads(text)` and hashes: the same top
+    // hash means every number was kept as Python keeps it.
+    let browsed = browse(
+        server,
+        &registry_bucket,
+        "team/numbers",
+        &["--set-meta", &text],
+    );
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(
+        browsed["top_hash_with_meta"].as_str().unwrap(),
+        package.top_hash,
+        "quilt3's top hash for the same metadata text"
+    );
+    // The manifest's header has the numbers as Python's json.dumps writes them.
+    let header = manifest_header(&client, &registry_bucket, &package.top_hash).await;
+    assert!(
+        header.contains(
+            r#""ratio": 0.42451918914251396, "huge": 123456789012345678901234567890, "negative_zero": 0, "float_negative_zero": -0.0, "int_1e20": 100000000000000000000, "float_1e20": 1e+20, "upper_e": 100000.0, "trailing_zero": 1.5, "seventeen_digits": 1.2345678901234567e+19, "small": 1e-07, "floats": ["#
+        ),
+        "{header}"
+    );
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use s3quilt_core::copy::{CopyOptions, ShardMode, copy_shard, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
 use s3quilt_core::finalize::{FinalizeError, finalize};
@@ -14,10 +16,11 @@ use s3quilt_core::request::{ObjectMetadata, PackageRequest};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_core::transaction::abort_run;
 use s3quilt_tests::{
-    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, list_all_versions, moto,
-    run_oracle, seed,
+    FaultRule, InstrumentedStore, S3Server, SeedObject, create_bucket, get_bytes,
+    list_all_versions, manifest_header, moto, run_oracle, seed, server_tests, upload_sha256_parts,
 };
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const MIB: usize = 1024 * 1024;
 
@@ -39,6 +42,14 @@ fn sample() -> Vec<SeedObject> {
         SeedObject::new("data/folder/", Vec::new()),
         SeedObject::new("elsewhere/not-selected.csv", b"no".to_vec()),
     ]
+}
+
+/// A client of `server` and two fresh versioned buckets (source, registry).
+async fn client_and_two_buckets(server: &S3Server) -> (aws_sdk_s3::Client, String, String) {
+    let client = server.client().await;
+    let source = create_bucket(&client, true).await;
+    let registry = create_bucket(&client, true).await;
+    (client, source, registry)
 }
 
 async fn store(server: &S3Server) -> Arc<dyn ObjectStore> {
@@ -138,23 +149,7 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
     let package = created(outcome);
     // The package metadata keeps the key order it was given in (quilt3 writes insertion
     // order; only the top hash sorts keys).
-    let manifest = client
-        .get_object()
-        .bucket(&registry)
-        .key(format!(".quilt/packages/{}", package.top_hash))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
-    let header = std::str::from_utf8(&manifest)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap();
+    let header = manifest_header(&client, &registry, &package.top_hash).await;
     assert!(
         header.contains(
             r#""user_meta": {"project": "s3quilt", "ratio": 0.5, "nested": {"n": [1, 2]}}"#
@@ -348,6 +343,107 @@ async fn copy_false_references_objects_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn copy_false_never_takes_a_composite_checksum_for_a_whole_object_one() {
+    let server = moto();
+    let (client, source, registry) = client_and_two_buckets(server).await;
+    // Two parts, 6 MiB in all: one Quilt chunk, whose hash is SHA-256 of the object's SHA-256.
+    // moto's HEAD reports the parts' composite SHA-256 without `-2` and without a type.
+    let parts = [vec![1u8; 5 * MIB], vec![2u8; MIB]];
+    upload_sha256_parts(&client, &source, "data/two-parts.bin", &parts, None).await;
+    let head = client
+        .head_object()
+        .bucket(&source)
+        .key("data/two-parts.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().ends_with("-2\""),
+        "the ETag says multipart: {:?}",
+        head.e_tag()
+    );
+    let mut request = PackageRequest::new(&source, "data", "team/composite", &registry);
+    request.copy = false;
+    let package = created(run(store(server).await, &request).await.unwrap());
+    // `browse` asserts quilt3 finds every entry's hash valid (it reads the bytes).
+    let browsed = browse(server, &registry, "team/composite");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    let whole = parts.concat();
+    assert_eq!(
+        browsed["entries"][0]["hash"]["value"].as_str().unwrap(),
+        B64.encode(Sha256::digest(Sha256::digest(&whole))),
+        "SHA-256 of the one chunk's SHA-256"
+    );
+}
+
+/// Keys with characters XML 1.0 cannot carry (listed with `encoding-type=url`) are packaged,
+/// and an excluded one does not stop the run.
+async fn keys_xml_cannot_carry_are_packaged(server: &'static S3Server) {
+    let (client, source, registry) = client_and_two_buckets(server).await;
+    let odd = [
+        "data/\u{1b}[31mERROR\u{1b}[0m.log",
+        "data/ctl\u{1}/a+b c%2B.txt",
+        "data/non-character \u{ffff}.txt",
+    ];
+    let mut objects: Vec<SeedObject> = odd
+        .iter()
+        .map(|k| SeedObject::new(*k, k.as_bytes().to_vec()))
+        .collect();
+    objects.push(SeedObject::new("data/plain.txt", b"plain".to_vec()));
+    objects.push(SeedObject::new("data/skip/\u{1}.tmp", b"excluded".to_vec()));
+    seed(&client, &source, &objects).await;
+    let mut request = PackageRequest::new(&source, "data", "team/odd-keys", &registry);
+    request.exclude_patterns = vec!["skip/".into()];
+    let package = created(run(store(server).await, &request).await.unwrap());
+    let browsed = browse(server, &registry, "team/odd-keys");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    let mut keys = logical_keys(&browsed);
+    keys.sort();
+    let mut expected: Vec<String> = odd
+        .iter()
+        .map(|k| k.strip_prefix("data/").unwrap().to_string())
+        .chain(["plain.txt".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    // Each copy holds its own source's bytes under the same name.
+    for key in odd {
+        let copy = format!("team/odd-keys/{}", key.strip_prefix("data/").unwrap());
+        assert_eq!(get_bytes(&client, &registry, &copy).await, key.as_bytes());
+    }
+}
+
+server_tests! {
+    keys_xml_cannot_carry_are_packaged => [moto, localstack, seaweedfs];
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_ending_in_a_slash_that_holds_data_is_skipped_with_a_warning() {
+    let server = moto();
+    let (client, source, registry) = client_and_two_buckets(server).await;
+    seed(
+        &client,
+        &source,
+        &[
+            SeedObject::new("data/notes/", b"written by a tool, not a folder".to_vec()),
+            SeedObject::new("data/empty-folder/", Vec::new()),
+            SeedObject::new("data/a.txt", b"a".to_vec()),
+        ],
+    )
+    .await;
+    let request = PackageRequest::new(&source, "data", "team/slash", &registry);
+    let RunOutcome::Created { plan, package } = run(store(server).await, &request).await.unwrap()
+    else {
+        panic!("expected a package")
+    };
+    assert_eq!(plan.folder_markers, 2);
+    assert_eq!(plan.non_empty_folder_markers, ["data/notes/"]);
+    let browsed = browse(server, &registry, "team/slash");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["a.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_writes_nothing() {
     let server = moto();
     let client = server.client().await;
@@ -462,6 +558,82 @@ async fn bad_input_is_refused_before_anything_is_written() {
         list_all_versions(&client, &registry).await,
     );
     assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_beside_a_folder_and_overlong_destinations_are_refused_at_plan_time() {
+    let server = moto();
+    let (client, source, registry) = client_and_two_buckets(server).await;
+    // 1,016 bytes below the prefix: the source key (`data/` + it) fits S3's limit, the copy's
+    // key (`team/long/` + it) does not.
+    let long = format!("{}/{}.bin", "d".repeat(500), "e".repeat(511));
+    assert_eq!(long.len(), 1016);
+    seed(
+        &client,
+        &source,
+        &[
+            // As s3fs and goofys write a folder: an empty object named like it.
+            SeedObject::new("data/exports/images", Vec::new()),
+            SeedObject::new("data/exports/images/cat.png", b"cat".to_vec()),
+            SeedObject::new("data/exports/images/dog.png", b"dog".to_vec()),
+            SeedObject::new("data/exports/table", b"t".to_vec()),
+            SeedObject::new(format!("data/{long}"), b"long".to_vec()),
+        ],
+    )
+    .await;
+    let before = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    let request = PackageRequest::new(&source, "data", "team/long", &registry);
+    let err = run(store(server).await, &request).await.unwrap_err();
+    let EngineError::Plan(PlanError::Problems(problems)) = &err else {
+        panic!("expected plan problems, got {err}");
+    };
+    assert_eq!(
+        problems.file_beside_folder,
+        [(
+            "data/exports/images".to_string(),
+            "data/exports/images/cat.png".to_string()
+        )]
+    );
+    assert_eq!(
+        problems.destination_too_long,
+        [(format!("data/{long}"), 1026)]
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(r#"1 object has the name of a folder in the package"#)
+            && message.contains(r#""data/exports/images" beside "data/exports/images/cat.png""#)
+            && message.contains("exclude_patterns"),
+        "{message}"
+    );
+    assert!(
+        message.contains("1 destination key would be longer than S3's 1024-byte key limit")
+            && message.contains("(1026 bytes)"),
+        "{message}"
+    );
+    let after = (
+        list_all_versions(&client, &source).await,
+        list_all_versions(&client, &registry).await,
+    );
+    assert_eq!(before, after, "nothing was copied or staged");
+
+    // Without the clash and the long key, the rest packages and quilt3 opens it.
+    let mut fixed = request.clone();
+    fixed.exclude_patterns = vec!["exports/images".into(), "d".repeat(500)];
+    let package = created(run(store(server).await, &fixed).await.unwrap());
+    let browsed = browse(server, &registry, "team/long");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), ["exports/table"]);
+    // Referenced in place, the long key has no destination to outgrow.
+    let mut in_place = request.clone();
+    in_place.copy = false;
+    in_place.exclude_patterns = vec!["exports/images".into()];
+    let package = created(run(store(server).await, &in_place).await.unwrap());
+    let browsed = browse(server, &registry, "team/long");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(logical_keys(&browsed), [long.as_str(), "exports/table"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

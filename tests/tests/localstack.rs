@@ -12,14 +12,13 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ChecksumType,
-    CompletedMultipartUpload, CompletedPart, TaggingDirective,
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ChecksumType, TaggingDirective,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use s3quilt_tests::{
     S3Server, SeedObject, ServerKind, create_bucket, get_bytes, localstack, moto, seaweedfs, seed,
-    server_tests,
+    server_tests, upload_sha256_parts,
 };
 use sha2::{Digest, Sha256};
 
@@ -210,51 +209,7 @@ async fn upload_two_parts(
     let bucket = create_bucket(client, false).await;
     let key = "mpu".to_string();
     let parts = [vec![1u8; 5 * MIB], vec![2u8; 1024]];
-    let upload = client
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .checksum_algorithm(ChecksumAlgorithm::Sha256)
-        .set_tagging(tagging.map(str::to_string))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("CreateMultipartUpload: {}", DisplayErrorContext(&e)));
-    let id = upload.upload_id().unwrap().to_string();
-    let mut completed = Vec::new();
-    for (i, body) in parts.iter().enumerate() {
-        let n = i as i32 + 1;
-        let out = client
-            .upload_part()
-            .bucket(&bucket)
-            .key(&key)
-            .upload_id(&id)
-            .part_number(n)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .body(ByteStream::from(body.clone()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("UploadPart {n}: {}", DisplayErrorContext(&e)));
-        completed.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .checksum_sha256(b64(&sha256(body)))
-                .build(),
-        );
-    }
-    client
-        .complete_multipart_upload()
-        .bucket(&bucket)
-        .key(&key)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(completed))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("CompleteMultipartUpload: {}", DisplayErrorContext(&e)));
+    upload_sha256_parts(client, &bucket, &key, &parts, tagging).await;
     (bucket, key, parts.iter().map(|p| sha256(p)).collect())
 }
 

@@ -302,13 +302,23 @@ fn entry_meta(plan: &RunPlan, object: &PlannedObject, info: &ObjectInfo) -> Stri
     Json::Object(meta).to_manifest_string()
 }
 
-/// A stored checksum is the full-object digest only when S3 says so (or the object is not
-/// multipart); a composite is a different number and is never used as one.
+/// A stored checksum is the full-object digest only when that is proven: S3 says
+/// `FULL_OBJECT`, or says nothing and the object was not a multipart upload at all (no parts
+/// count, and no `-N` in the ETag). A composite is a different number and is never used as
+/// one; some servers (moto) report a composite without its `-N` suffix or its type, and only
+/// the ETag's `-N` then tells that the object was uploaded in parts.
 fn full_object_checksum(info: &ObjectInfo) -> bool {
     match info.checksum_type.as_deref() {
         Some(t) => t == "FULL_OBJECT",
-        None => info.parts_count.is_none(),
+        None => info.parts_count.is_none() && !info.etag.as_deref().is_some_and(multipart_etag),
     }
+}
+
+/// Whether an ETag is a multipart upload's (`"<hex>-<parts>"`).
+fn multipart_etag(etag: &str) -> bool {
+    etag.trim_matches('"')
+        .rsplit_once('-')
+        .is_some_and(|(_, parts)| !parts.is_empty() && parts.bytes().all(|b| b.is_ascii_digit()))
 }
 
 struct ObjectCopier<'a> {
@@ -1274,4 +1284,36 @@ pub async fn copy_shard_from_staging(
     )
     .await
     .map_err(|failure| failure.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_proven_full_object_checksum_is_trusted() {
+        let info = |checksum_type: Option<&str>, parts_count: Option<u32>, etag: &str| ObjectInfo {
+            checksum_type: checksum_type.map(str::to_string),
+            parts_count,
+            etag: Some(etag.to_string()),
+            ..Default::default()
+        };
+        let single = "\"9a0364b9e99bb480dd25e1f0284c8555\"";
+        let multipart = "\"c1a27e8ab27a8dfa6e7c4f3f0b3d1a27-2\"";
+        let cases = [
+            (info(Some("FULL_OBJECT"), Some(2), multipart), true),
+            (info(Some("COMPOSITE"), None, single), false),
+            (info(None, None, single), true),
+            (info(None, Some(2), single), false),
+            // moto: a composite without `-N` and without a type; the ETag tells.
+            (info(None, None, multipart), false),
+            (
+                info(None, None, "\"c1a27e8ab27a8dfa6e7c4f3f0b3d1a27-\""),
+                true,
+            ),
+        ];
+        for (object, trusted) in cases {
+            assert_eq!(full_object_checksum(&object), trusted, "{object:?}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! plan document to staging. Nothing outside staging is written; a dry run writes nothing.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -58,6 +59,13 @@ pub struct PlanProblems {
     pub collisions: Vec<(String, Vec<String>)>,
     /// Source keys that are not valid logical keys, with why.
     pub invalid_keys: Vec<(String, String)>,
+    /// Objects whose logical key is also a folder of the package (`a` beside `a/b`): the
+    /// object's source key and one source key inside the folder. quilt3 cannot open such a
+    /// package (its `set_dir` refuses the same prefix), as s3fs and goofys folder objects make.
+    pub file_beside_folder: Vec<(String, String)>,
+    /// Source keys whose copy's key (`namespace/name/` + logical key) would pass S3's
+    /// 1,024-byte key limit, with that length.
+    pub destination_too_long: Vec<(String, usize)>,
     /// Objects in archive storage that are not restored (key, storage class).
     pub archived: Vec<(String, String)>,
     /// Destination keys that already exist on an unversioned target.
@@ -71,6 +79,8 @@ impl PlanProblems {
     fn is_empty(&self) -> bool {
         self.collisions.is_empty()
             && self.invalid_keys.is_empty()
+            && self.file_beside_folder.is_empty()
+            && self.destination_too_long.is_empty()
             && self.archived.is_empty()
             && self.existing_in_target.is_empty()
     }
@@ -105,6 +115,20 @@ impl std::fmt::Display for PlanProblems {
                 "{} cannot be logical keys (exclude them): {}",
                 plural(self.invalid_keys.len(), "key", "keys"),
                 list_some(&self.invalid_keys, max, |(k, why)| format!("{k:?}: {why}"))
+            ));
+        }
+        if !self.file_beside_folder.is_empty() {
+            parts.push(format!(
+                "{} the name of a folder in the package, and quilt3 cannot open a package holding both (exclude one of them with `exclude_patterns` (CLI: `--exclude`); a pattern naming the object also covers the folder, so to keep the folder delete the object (s3fs and goofys write empty ones as folders) or package the folder from a prefix below it): {}",
+                plural(self.file_beside_folder.len(), "object has", "objects have"),
+                list_some(&self.file_beside_folder, max, |(file, inside)| format!("{file:?} beside {inside:?}"))
+            ));
+        }
+        if !self.destination_too_long.is_empty() {
+            parts.push(format!(
+                "{} longer than S3's {MAX_KEY_BYTES}-byte key limit once the package folder is put before it (shorten the package name, flatten, reference in place with `copy: false`, or exclude them): {}",
+                plural(self.destination_too_long.len(), "destination key would be", "destination keys would be"),
+                list_some(&self.destination_too_long, max, |(key, len)| format!("{key:?} ({len} bytes)"))
             ));
         }
         if !self.archived.is_empty() {
@@ -222,6 +246,10 @@ pub struct PlanSummary {
     pub listed: u64,
     /// Folder markers skipped.
     pub folder_markers: u64,
+    /// Keys ending in `/` that hold data (at most [`PlanOptions::max_reported`]): skipped like
+    /// every folder marker, because a logical key cannot end in `/` (quilt3 skips them too,
+    /// with a warning), and listed so that no data is left out without a word.
+    pub non_empty_folder_markers: Vec<String>,
     /// Not matched by include patterns.
     pub not_included: u64,
     /// Removed by exclude patterns.
@@ -251,6 +279,31 @@ pub struct Plan {
 }
 
 const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
+/// S3's longest object key, in UTF-8 bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Selected objects whose logical key is also a folder of the package: each with the first
+/// object inside that folder (in key order).
+fn files_beside_folders(selected: &[PlannedObject]) -> Vec<(String, String)> {
+    let by_logical: BTreeMap<&str, &str> = selected
+        .iter()
+        .map(|o| (o.logical_key.as_str(), o.key.as_str()))
+        .collect();
+    let mut found = Vec::new();
+    for (&logical, &key) in &by_logical {
+        // Keys inside `logical/` sort right after `logical/` itself.
+        let folder = format!("{logical}/");
+        if let Some((_, &inside)) = by_logical
+            .range::<str, _>((Bound::Included(folder.as_str()), Bound::Unbounded))
+            .next()
+            .filter(|(other, _)| other.starts_with(&folder))
+        {
+            found.push((key.to_string(), inside.to_string()));
+        }
+    }
+    found
+}
 
 /// Lists everything under `prefix`, fanning out over common prefixes two levels deep so large
 /// trees are not one serial pagination. Returns the objects (sorted by key) and the pages used.
@@ -416,12 +469,23 @@ async fn plan_valid(
     let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
     let mut problems = PlanProblems::default();
     let mut selected: Vec<PlannedObject> = Vec::new();
+    let mut non_empty_folder_markers = Vec::new();
     let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[])
         .map_err(RequestError::from)?;
     for object in &listed {
         let relative = &object.key[valid.source_prefix.len()..];
         if relative.is_empty() || relative.ends_with('/') {
             folder_markers += 1;
+            if object.size > 0 {
+                tracing::warn!(
+                    key = object.key,
+                    size = object.size,
+                    "skipping a key ending in '/' that holds data: a logical key cannot end in '/'"
+                );
+                if non_empty_folder_markers.len() < options.max_reported {
+                    non_empty_folder_markers.push(object.key.clone());
+                }
+            }
             continue;
         }
         if !valid.selector.is_selected(relative) {
@@ -476,6 +540,16 @@ async fn plan_valid(
         })
         .collect();
 
+    problems.file_beside_folder = files_beside_folders(&selected);
+    if valid.copy {
+        problems.destination_too_long = selected
+            .iter()
+            .map(|o| (o, package_prefix.len() + o.logical_key.as_str().len()))
+            .filter(|(_, len)| *len > MAX_KEY_BYTES)
+            .map(|(o, len)| (o.key.clone(), len))
+            .collect();
+    }
+
     // Archived objects: readable only once restored.
     let archived: Vec<(String, String)> = futures::stream::iter(
         selected
@@ -516,6 +590,7 @@ async fn plan_valid(
         shards: 0,
         listed: listed.len() as u64,
         folder_markers,
+        non_empty_folder_markers,
         not_included,
         excluded,
         sample_logical_keys: selected

@@ -358,7 +358,12 @@ impl PackageRequest {
                         ),
                     ));
                 }
-                let json = Json::from_serde(value);
+                let json = Json::from_serde(value).map_err(|e| {
+                    invalid(
+                        "metadata",
+                        format!("{e}; write numbers a double can hold, or strings"),
+                    )
+                })?;
                 let size = json.to_manifest_string().len();
                 if size > MAX_METADATA_BYTES {
                     return Err(invalid(
@@ -371,11 +376,16 @@ impl PackageRequest {
                 json.as_object().cloned()
             }
             Some(other) => {
+                let type_name = match other {
+                    serde_json::Value::Bool(_) => "boolean",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::String(_) => "string",
+                    _ => "array",
+                };
                 return Err(invalid(
                     "metadata",
                     format!(
-                        "must be a JSON object such as {{\"project\": \"x\"}}, not a {}",
-                        Json::from_serde(other).type_name()
+                        "must be a JSON object such as {{\"project\": \"x\"}}, not a {type_name}"
                     ),
                 ));
             }

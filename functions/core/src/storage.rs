@@ -14,7 +14,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload,
-    CompletedPart, MetadataDirective, TaggingDirective,
+    CompletedPart, EncodingType, MetadataDirective, TaggingDirective,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -689,6 +689,47 @@ fn sdk_checksum(c: WriteChecksum) -> ChecksumAlgorithm {
     }
 }
 
+/// How a listing's keys, prefixes and markers are written: percent-encoded when the answer says
+/// `EncodingType=url` (asked on every listing), as they are otherwise. A server that ignores the
+/// request answers without the element, and its names are taken as they are: decoding a plain
+/// key would change any `%` or `+` in it.
+struct ListedNames<'a> {
+    url_encoded: bool,
+    operation: &'static str,
+    bucket: &'a str,
+}
+
+impl<'a> ListedNames<'a> {
+    fn new(encoding: Option<&EncodingType>, operation: &'static str, bucket: &'a str) -> Self {
+        ListedNames {
+            url_encoded: encoding == Some(&EncodingType::Url),
+            operation,
+            bucket,
+        }
+    }
+
+    /// The name as stored. S3 may write a space as `+` (form encoding) and always writes a `+`
+    /// as `%2B`, so `+` is a space, as botocore's `unquote_plus` of listings has it.
+    fn decode(&self, name: &str) -> Result<String, StoreError> {
+        if !self.url_encoded {
+            return Ok(name.to_string());
+        }
+        let plus_as_space = name.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus_as_space)
+            .decode_utf8()
+            .map(|decoded| decoded.into_owned())
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Permanent,
+                    self.operation,
+                    self.bucket,
+                    name,
+                    format!("a url-encoded name in the listing is not UTF-8 once decoded: {e}"),
+                )
+            })
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list_page(
@@ -699,6 +740,8 @@ impl ObjectStore for S3Store {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError> {
+        // Keys may hold characters XML 1.0 cannot carry (`\x01`, ESC, U+FFFF); with
+        // `encoding-type=url` S3 percent-encodes keys and prefixes, and the answer says so.
         let out = self
             .client
             .list_objects_v2()
@@ -707,28 +750,34 @@ impl ObjectStore for S3Store {
             .set_delimiter(delimiter.map(str::to_string))
             .set_continuation_token(token)
             .set_max_keys(max_keys)
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(|e| classify("ListObjectsV2", bucket, prefix, e))?;
+        let names = ListedNames::new(out.encoding_type(), "ListObjectsV2", bucket);
         Ok(ListPage {
             objects: out
                 .contents()
                 .iter()
-                .map(|o| ListedObject {
-                    key: o.key().unwrap_or_default().to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().map(str::to_string),
-                    storage_class: o
-                        .storage_class()
-                        .map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
-                    last_modified: timestamp(o.last_modified()),
+                .map(|o| {
+                    Ok(ListedObject {
+                        key: names.decode(o.key().unwrap_or_default())?,
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().map(str::to_string),
+                        storage_class: o
+                            .storage_class()
+                            .map_or("STANDARD".to_string(), |c| c.as_str().to_string()),
+                        last_modified: timestamp(o.last_modified()),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, StoreError>>()?,
             common_prefixes: out
                 .common_prefixes()
                 .iter()
-                .filter_map(|p| p.prefix().map(str::to_string))
-                .collect(),
+                .filter_map(|p| p.prefix())
+                .map(|p| names.decode(p))
+                .collect::<Result<_, StoreError>>()?,
+            // The continuation token is opaque, never encoded.
             next_token: if out.is_truncated() == Some(true) {
                 out.next_continuation_token().map(str::to_string)
             } else {
@@ -1161,20 +1210,22 @@ impl ObjectStore for S3Store {
                 .prefix(prefix)
                 .set_key_marker(key_marker.take())
                 .set_version_id_marker(version_marker.take())
+                .encoding_type(EncodingType::Url)
                 .send()
                 .await
                 .map_err(|e| classify("ListObjectVersions", bucket, prefix, e))?;
+            let names = ListedNames::new(page.encoding_type(), "ListObjectVersions", bucket);
             let version = |v: Option<&str>| v.filter(|v| *v != "null").map(str::to_string);
             for v in page.versions() {
                 out.push(ObjectVersion {
-                    key: v.key().unwrap_or_default().to_string(),
+                    key: names.decode(v.key().unwrap_or_default())?,
                     version_id: version(v.version_id()),
                     is_delete_marker: false,
                 });
             }
             for m in page.delete_markers() {
                 out.push(ObjectVersion {
-                    key: m.key().unwrap_or_default().to_string(),
+                    key: names.decode(m.key().unwrap_or_default())?,
                     version_id: version(m.version_id()),
                     is_delete_marker: true,
                 });
@@ -1182,7 +1233,11 @@ impl ObjectStore for S3Store {
             if page.is_truncated() != Some(true) {
                 return Ok(out);
             }
-            key_marker = page.next_key_marker().map(str::to_string);
+            // The key marker comes back encoded like the keys; it goes out as a plain key.
+            key_marker = page
+                .next_key_marker()
+                .map(|k| names.decode(k))
+                .transpose()?;
             version_marker = page.next_version_id_marker().map(str::to_string);
             if key_marker.is_none() {
                 return Ok(out);
@@ -1729,6 +1784,62 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2, "{seen:?}");
         assert!(seen[1].contains("continuation-token=tok%202"), "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn url_encoded_listings_are_decoded_and_plain_ones_kept() {
+        let (endpoint, seen) = stub(|_, target| {
+            let body = if target.contains("list-type=2") && target.contains("prefix=enc") {
+                format!(
+                    "<ListBucketResult {NS}><EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>\
+                     <Contents><Key>enc/%1B%5B31mERROR%1B%5B0m.log</Key><Size>1</Size></Contents>\
+                     <Contents><Key>enc/a+b%2Bc%25%01%EF%BF%BF</Key><Size>1</Size></Contents>\
+                     <CommonPrefixes><Prefix>enc/%01dir/</Prefix></CommonPrefixes></ListBucketResult>"
+                )
+            } else if target.contains("list-type=2") {
+                // A server that ignores encoding-type: names as stored.
+                format!(
+                    "<ListBucketResult {NS}><IsTruncated>false</IsTruncated><Contents><Key>plain/a+b%2B</Key><Size>1</Size></Contents></ListBucketResult>"
+                )
+            } else if target.contains("key-marker=enc%2F%01") {
+                format!(
+                    "<ListVersionsResult {NS}><EncodingType>url</EncodingType><IsTruncated>false</IsTruncated><Version><Key>enc/%02</Key><VersionId>v2</VersionId></Version></ListVersionsResult>"
+                )
+            } else {
+                format!(
+                    "<ListVersionsResult {NS}><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated><NextKeyMarker>enc/%01</NextKeyMarker><NextVersionIdMarker>v1</NextVersionIdMarker>\
+                     <Version><Key>enc/%01</Key><VersionId>v1</VersionId></Version></ListVersionsResult>"
+                )
+            };
+            Reply::new(200, body)
+        });
+        let s = store(&endpoint).await;
+        let page = s
+            .list_page("bkt", "enc/", Some("/"), None, None)
+            .await
+            .unwrap();
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["enc/\x1b[31mERROR\x1b[0m.log", "enc/a b+c%\x01\u{ffff}"]
+        );
+        assert_eq!(page.common_prefixes, ["enc/\x01dir/"]);
+        let plain = s
+            .list_page("bkt", "plain/", None, None, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.objects[0].key, "plain/a+b%2B",
+            "not encoded, not decoded"
+        );
+        let versions = s.list_versions("bkt", "enc/").await.unwrap();
+        let keys: Vec<&str> = versions.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["enc/\x01", "enc/\x02"]);
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|t| t.contains("encoding-type=url")),
+            "every listing asks for url encoding: {seen:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

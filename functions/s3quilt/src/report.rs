@@ -129,6 +129,7 @@ pub fn outcome_text(outcome: &RunOutcome) -> String {
             } else {
                 out += "  objects referenced in place (not copied)\n";
             }
+            out += &skipped_data_text(plan);
             out += &format!("  browse:    {}\n", package.browse);
             out
         }
@@ -154,6 +155,7 @@ fn plan_text(plan: &PlanSummary) -> String {
         "  listed:    {} ({} folder markers skipped, {} not matched by --include, {} removed by --exclude)\n",
         plan.listed, plan.folder_markers, plan.not_included, plan.excluded
     );
+    out += &skipped_data_text(plan);
     out += &format!("  shards:    {}\n", plan.shards);
     out += &format!(
         "  estimated S3 requests: {}\n",
@@ -164,6 +166,16 @@ fn plan_text(plan: &PlanSummary) -> String {
         out += &format!("    {key}\n");
     }
     out
+}
+
+/// A warning line per key ending in `/` that holds data (skipped, as quilt3 skips them).
+fn skipped_data_text(plan: &PlanSummary) -> String {
+    plan.non_empty_folder_markers
+        .iter()
+        .map(|key| {
+            format!("  warning:   {key:?} ends in '/' but holds data; skipped (a logical key cannot end in '/')\n")
+        })
+        .collect()
 }
 
 fn estimate_text(e: &RequestEstimate) -> String {
@@ -194,6 +206,7 @@ mod tests {
             shards: 1,
             listed: 4,
             folder_markers: 1,
+            non_empty_folder_markers: vec!["data/notes/".into()],
             not_included: 1,
             excluded: 0,
             sample_logical_keys: vec!["a.csv".into(), "b/c.json".into()],
@@ -220,6 +233,7 @@ mod tests {
             "shards:    1",
             "    b/c.json",
             "12 (1 list, 2 head, 2 copy",
+            "warning:   \"data/notes/\" ends in '/' but holds data; skipped",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }

@@ -1,10 +1,12 @@
 //! JSON exactly as Python's `json` module reads and writes it, because the manifest bytes and
 //! the top hash are defined by quilt3's Python output.
 //!
-//! `serde_json::Value` cannot serve here: it loses integers beyond 64 bits (Python keeps them
-//! exact), formats floats differently from Python's `repr`, and cannot keep both insertion order
-//! (manifest lines) and sorted order (top hash) without a global feature flag that changes every
-//! other crate's JSON. So the format owns a small value type, a strict parser and two writers:
+//! `serde_json::Value` cannot serve here: it formats floats differently from Python's `repr` and
+//! writes one key order only, where a manifest needs insertion order (its lines) and sorted order
+//! (the top hash). So the format owns a small value type, a strict parser and two writers. Values
+//! that arrive as `serde_json` (request metadata: CLI, MCP, Lambda events) keep each number's
+//! literal text (the workspace enables `serde_json/arbitrary_precision`; see `Cargo.toml`), and
+//! [`Json::from_serde`] reads that text as Python's `json.loads` would:
 //!
 //! * [`Json::to_manifest_string`]: `json.dumps(v, ensure_ascii=False)` — separators `", "`/`": "`,
 //!   keys in insertion order, non-ASCII written as-is;
@@ -201,50 +203,42 @@ impl Json {
         out
     }
 
-    /// Converts from `serde_json` (for values built by callers: CLI flags, MCP arguments).
-    /// Fails on non-finite floats, which `serde_json` cannot hold anyway.
-    pub fn from_serde(value: &serde_json::Value) -> Json {
-        match value {
+    /// Converts from `serde_json` (for values built by callers: CLI flags, MCP arguments,
+    /// Lambda events). Each number is read from its literal text, which the workspace's
+    /// `serde_json/arbitrary_precision` keeps, so the value is what Python's `json.loads` would
+    /// make of the user's text: integers of any size stay exact (`-0` is the int 0), floats are
+    /// the nearest double, printed back in `repr` form. Fails on a number beyond a double's range
+    /// (`1e400`), which quilt3 cannot write.
+    pub fn from_serde(value: &serde_json::Value) -> Result<Json, JsonError> {
+        Ok(match value {
             serde_json::Value::Null => Json::Null,
             serde_json::Value::Bool(b) => Json::Bool(*b),
-            serde_json::Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Json::int(i)
-                } else if let Some(u) = n.as_u64() {
-                    Json::int(u)
-                } else {
-                    // serde_json only holds finite floats.
-                    Json::Float(n.as_f64().unwrap_or(0.0))
-                }
-            }
+            serde_json::Value::Number(n) => Json::parse(&n.to_string())?,
             serde_json::Value::String(s) => Json::String(s.clone()),
-            serde_json::Value::Array(a) => Json::Array(a.iter().map(Json::from_serde).collect()),
+            serde_json::Value::Array(a) => {
+                Json::Array(a.iter().map(Json::from_serde).collect::<Result<_, _>>()?)
+            }
             serde_json::Value::Object(o) => Json::Object(
                 o.iter()
-                    .map(|(k, v)| (k.clone(), Json::from_serde(v)))
-                    .collect(),
+                    .map(|(k, v)| Ok((k.clone(), Json::from_serde(v)?)))
+                    .collect::<Result<_, JsonError>>()?,
             ),
-        }
+        })
     }
 
-    /// Converts to `serde_json` for display (tool output, `--json`); integers beyond 64 bits
-    /// become floats there, so never hash or write manifests from the result.
+    /// Converts to `serde_json` (tool output, `--json`, request documents). Numbers keep the
+    /// text Python would print (`serde_json/arbitrary_precision` holds it), so nothing is lost.
     pub fn to_serde(&self) -> serde_json::Value {
+        let number = |text: &str| {
+            text.parse::<serde_json::Number>()
+                .map(serde_json::Value::Number)
+                .expect("Python's number text is a JSON number")
+        };
         match self {
             Json::Null => serde_json::Value::Null,
             Json::Bool(b) => serde_json::Value::Bool(*b),
-            Json::Int(s) => s
-                .parse::<i64>()
-                .map(serde_json::Value::from)
-                .or_else(|_| s.parse::<u64>().map(serde_json::Value::from))
-                .unwrap_or_else(|_| {
-                    serde_json::Number::from_f64(s.parse::<f64>().unwrap_or(0.0))
-                        .map(serde_json::Value::Number)
-                        .unwrap_or(serde_json::Value::Null)
-                }),
-            Json::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Json::Int(digits) => number(digits),
+            Json::Float(f) => number(&python_float_repr(*f)),
             Json::String(s) => serde_json::Value::String(s.clone()),
             Json::Array(a) => serde_json::Value::Array(a.iter().map(Json::to_serde).collect()),
             Json::Object(o) => serde_json::Value::Object(
@@ -810,7 +804,7 @@ mod tests {
             "z": [null, true, false, -5, 18446744073709551615u64, 1.5, "é"],
             "a": {"nested": {}}
         });
-        let json = Json::from_serde(&value);
+        let json = Json::from_serde(&value).unwrap();
         // Keys keep the order they were given in (serde_json's `preserve_order`), as quilt3
         // writes user metadata; u64 beyond i64 stays exact.
         assert_eq!(
@@ -818,11 +812,42 @@ mod tests {
             r#"{"z": [null, true, false, -5, 18446744073709551615, 1.5, "é"], "a": {"nested": {}}}"#
         );
         assert_eq!(json.to_serde(), value);
-        // Integers beyond 64 bits become floats for display only.
-        let big = Json::parse("[-1180591620717411303424, 1180591620717411303424]").unwrap();
-        assert_eq!(
-            big.to_serde(),
-            serde_json::json!([-1.1805916207174113e21, 1.1805916207174113e21])
+        // Integers beyond 64 bits stay exact in serde_json too (`arbitrary_precision`).
+        let text = "[-1180591620717411303424, 1180591620717411303424, 1e+16, 0.1]";
+        let big = Json::parse(text).unwrap();
+        assert_eq!(big.to_serde().to_string(), text.replace(", ", ","));
+    }
+
+    #[test]
+    fn serde_numbers_read_as_python_reads_their_text() {
+        // Each literal, parsed by serde_json, converted and written back, against
+        // `json.dumps(json.loads(literal))` from Python 3.11.
+        let cases = [
+            ("0.42451918914251396", "0.42451918914251396"),
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567890",
+            ),
+            ("-0", "0"),
+            ("-0.0", "-0.0"),
+            ("100000000000000000000", "100000000000000000000"),
+            ("1e20", "1e+20"),
+            ("1E5", "100000.0"),
+            ("1.50", "1.5"),
+            ("12345678901234567890.0", "1.2345678901234567e+19"),
+            ("1e-7", "1e-07"),
+            ("-5", "-5"),
+        ];
+        for (literal, python) in cases {
+            let value: serde_json::Value = serde_json::from_str(literal).unwrap();
+            let json = Json::from_serde(&value).unwrap();
+            assert_eq!(json.to_manifest_string(), python, "{literal}");
+            assert_eq!(json.to_hash_string(), python, "{literal}");
+        }
+        let beyond: serde_json::Value = serde_json::from_str(r#"{"x": [1e400]}"#).unwrap();
+        assert!(
+            matches!(Json::from_serde(&beyond), Err(JsonError::NonFinite(_))),
+            "beyond a double"
         );
     }
 

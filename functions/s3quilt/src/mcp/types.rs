@@ -597,6 +597,9 @@ pub struct PlanView {
     pub listed: u64,
     /// Folder markers skipped.
     pub folder_markers: u64,
+    /// Keys ending in `/` that hold data: skipped (a logical key cannot end in `/`), listed as
+    /// a warning.
+    pub non_empty_folder_markers: Vec<String>,
     /// Objects not matched by `include_patterns`.
     pub not_included: u64,
     /// Objects removed by `exclude_patterns`.
