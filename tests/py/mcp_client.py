@@ -420,6 +420,10 @@ async def scenario_sfn(config):
         # Validation happens before any execution starts.
         await s.error("package_create_from_s3", dict(request, source_bucket="Bad_Bucket"),
                       "source_bucket")
+        await s.error("package_create_from_s3", dict(request, max_concurrency=0), "max_concurrency")
+        await s.error("package_create_from_s3", dict(request, idempotency_key=""), "idempotency_key")
+        # A key makes a retried call (a host that lost the answer) return the same execution.
+        request = dict(request, idempotency_key="mcp-retry-1", max_concurrency=3)
         notes = []
 
         async def on_progress(progress, total, message):
@@ -440,6 +444,9 @@ async def scenario_sfn(config):
         check(notes, "progress notifications in Step Functions mode")
         again = await s.ok("package_create_status", {"run_id": view["run_id"]})
         check(again["package"] == view["package"], "status by execution ARN", again)
+        retried = await s.ok("package_create_from_s3", dict(request, wait_seconds=5))
+        check(retried["run_id"] == view["run_id"] and retried["status"] == "succeeded",
+              "a retried call with the same idempotency_key returns the same execution", retried)
         await s.error("package_create_status", {"run_id": view["run_id"] + "-nope"}, "execution")
         s.check_no_secrets()
         return {"package": view["package"], "polls": polls, "progress": notes}

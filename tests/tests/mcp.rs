@@ -456,6 +456,15 @@ async fn step_functions_mode_runs_executions() {
         .collect();
     assert_eq!(keys.len(), 5, "{keys:?}");
     assert!(keys.contains(&"dir 3/part-3.csv"), "{keys:?}");
+    // The retried call (same idempotency_key) started nothing.
+    let executions = stack
+        .sfn_client()
+        .list_executions()
+        .state_machine_arn(&machine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(executions.executions().len(), 1, "{executions:?}");
 }
 
 #[test]

@@ -66,6 +66,48 @@ pub struct Runs {
     local: Mutex<HashMap<String, Arc<LocalRun>>>,
     /// When this server started each execution (and whether it was a dry run).
     executions: Mutex<HashMap<String, (Instant, bool)>>,
+    /// Local runs by the idempotency key they were started with, with their request.
+    by_key: Mutex<HashMap<String, (serde_json::Value, Arc<LocalRun>)>>,
+}
+
+/// How a caller starts a run, beside the request.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// A retried call with this key returns the run the first one started.
+    pub idempotency_key: Option<String>,
+    /// Step Functions: shards copied at once.
+    pub max_concurrency: Option<u32>,
+}
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+impl StartOptions {
+    /// Checks the arguments, naming the one that is wrong.
+    pub fn new(
+        idempotency_key: Option<String>,
+        max_concurrency: Option<u32>,
+    ) -> Result<Self, ToolError> {
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(ToolError(format!(
+                "idempotency_key: {} characters; give 1 to {MAX_IDEMPOTENCY_KEY}",
+                key.chars().count()
+            )));
+        }
+        let input = ExecutionInput {
+            request: PackageRequest::new("", "", "", ""),
+            max_concurrency,
+        };
+        input
+            .effective_max_concurrency()
+            .map_err(|e| ToolError(e.message))?;
+        Ok(StartOptions {
+            idempotency_key,
+            max_concurrency,
+        })
+    }
 }
 
 /// Sends `notifications/progress` for one request, when its client gave a progress token.
@@ -276,20 +318,34 @@ impl Runs {
             sfn,
             local: Mutex::new(HashMap::new()),
             executions: Mutex::new(HashMap::new()),
+            by_key: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts a run of `request` (already validated) in the background.
-    pub async fn start(&self, request: PackageRequest) -> Result<RunRef, ToolError> {
+    pub async fn start(
+        &self,
+        request: PackageRequest,
+        options: StartOptions,
+    ) -> Result<RunRef, ToolError> {
         match &self.sfn {
             Some(sfn) => {
-                // A fresh token per call: every create call is a new run, even of the same request.
-                let token = format!("mcp-{:016x}", rand::random::<u64>());
+                // The execution name is made from the token and the input: with the caller's
+                // key a retried call finds the execution the first one started; without one,
+                // every call is a new run, even of the same request.
+                let token = match &options.idempotency_key {
+                    Some(key) => format!("mcp-key-{key}"),
+                    None => format!("mcp-{:016x}", rand::random::<u64>()),
+                };
                 let dry_run = request.dry_run;
+                let input = ExecutionInput {
+                    request,
+                    max_concurrency: options.max_concurrency,
+                };
                 let started = start_execution(
                     &sfn.client,
                     &sfn.state_machine_arn,
-                    &ExecutionInput::new(request),
+                    &input,
                     &token,
                 )
                 .await
@@ -305,6 +361,20 @@ impl Runs {
                 Ok(RunRef::Execution(started.execution_arn))
             }
             None => {
+                let asked = serde_json::to_value(&request).unwrap_or_default();
+                if let Some(key) = &options.idempotency_key
+                    && let Some((earlier, run)) =
+                        self.by_key.lock().expect("runs lock").get(key).cloned()
+                {
+                    return if earlier == asked {
+                        Ok(RunRef::Local(run))
+                    } else {
+                        Err(ToolError(format!(
+                            "idempotency_key: {key:?} already started run {} with other arguments; use a new key for a new request",
+                            run.id
+                        )))
+                    };
+                }
                 let id = format!("local-{}", s3quilt_core::staging::new_run_id());
                 let progress = Progress::new();
                 let (tx, rx) = watch::channel(None);
@@ -319,6 +389,12 @@ impl Runs {
                     .lock()
                     .expect("runs lock")
                     .insert(id.clone(), run.clone());
+                if let Some(key) = options.idempotency_key {
+                    self.by_key
+                        .lock()
+                        .expect("runs lock")
+                        .insert(key, (asked, run.clone()));
+                }
                 let (store, options) = (self.store.clone(), self.engine.clone());
                 // Driven by a blocking-pool thread: rustc cannot prove `run_local`'s future
                 // `Send` (higher-ranked lifetimes in its stream closures), which `spawn` needs.

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::ToolError;
 use super::explicit;
-use super::runs::{Notifier, RunRef, Runs, human_bytes, progress_text};
+use super::runs::{Notifier, RunRef, Runs, StartOptions, human_bytes, progress_text};
 use super::types::{
     Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
     MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
@@ -255,13 +255,14 @@ impl S3QuiltServer {
     async fn create(
         &self,
         request: PackageRequest,
+        start: StartOptions,
         wait_seconds: u32,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         if let Err(e) = request.validate() {
             return failure(ToolError(format!("invalid request: {e}")));
         }
-        let run = match self.state.runs.start(request).await {
+        let run = match self.state.runs.start(request, start).await {
             Ok(run) => run,
             Err(e) => return failure(e),
         };
@@ -674,7 +675,11 @@ impl S3QuiltServer {
             },
         };
         let wait_seconds = p.wait_seconds;
-        self.create(from_s3_request(p, &registry), wait_seconds, ctx)
+        let start = match StartOptions::new(p.idempotency_key.clone(), p.max_concurrency) {
+            Ok(start) => start,
+            Err(e) => return failure(e),
+        };
+        self.create(from_s3_request(p, &registry), start, wait_seconds, ctx)
             .await
     }
 
@@ -704,7 +709,10 @@ impl S3QuiltServer {
             Err(e) => return failure(e),
         };
         match explicit::request_for(self.state.store.as_ref(), &p, registry).await {
-            Ok(request) => self.create(request, p.wait_seconds, ctx).await,
+            Ok(request) => {
+                self.create(request, StartOptions::default(), p.wait_seconds, ctx)
+                    .await
+            }
             Err(e) => failure(e),
         }
     }

@@ -275,6 +275,18 @@ pub struct CreateFromS3Params {
     #[serde(default = "default_wait")]
     #[schemars(range(max = 50), example = 20)]
     pub wait_seconds: u32,
+    /// Names this request so a retried call starts nothing new: a call with the same key
+    /// returns the run the first one started (on Step Functions the execution name is made
+    /// from it and the request, so this holds across server restarts too). 1-128 characters.
+    /// Without it every call starts a new run.
+    #[serde(default)]
+    #[schemars(example = &"nightly-2026-12-02")]
+    pub idempotency_key: Option<String>,
+    /// Step Functions engine only: shards copied at once (default 10; at most 200, higher is
+    /// lowered). The local engine ignores it.
+    #[serde(default)]
+    #[schemars(range(min = 1), example = 32)]
+    pub max_concurrency: Option<u32>,
 }
 
 /// One source of `package_create`.
