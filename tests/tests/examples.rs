@@ -444,10 +444,14 @@ fn planner_event(input: &Value) -> Value {
     let parameters = &read_json(&path)["States"]["Plan"]["Parameters"];
     assert_eq!(
         parameters,
-        &json!({"input.$": "$", "execution_name.$": "$$.Execution.Name"}),
+        &json!({"input.$": "$", "execution_name.$": "$$.Execution.Name", "execution_arn.$": "$$.Execution.Id"}),
         "the Plan state passes the execution input as `input`; update planner_event if it changed"
     );
-    json!({"input": input, "execution_name": "examples-test"})
+    json!({
+        "input": input,
+        "execution_name": "examples-test",
+        "execution_arn": "arn:aws:states:us-east-1:123456789012:execution:examples:examples-test"
+    })
 }
 
 /// The request inside an execution input, either form.

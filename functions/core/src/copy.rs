@@ -144,8 +144,19 @@ pub struct CopyOptions {
 }
 
 /// How long before its deadline a copier stops starting objects: time for the copies in
-/// flight to finish and for the attempt's failure record to be written.
+/// flight to finish and for the attempt's failure record to be written (a quarter of the time
+/// left instead, for a process given less than four times this).
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+
+/// When a process whose `deadline` this is should stop starting work: [`DEADLINE_MARGIN`]
+/// before it, or a quarter of the time left for a process given less than four margins (a
+/// short timeout), so work is never refused before it starts.
+pub fn stop_before(deadline: SystemTime) -> SystemTime {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    deadline - DEADLINE_MARGIN.min(left / 4)
+}
 
 /// How often a resumable shard reads the run's outcome while it copies: a rollback decided
 /// meanwhile stops it within this (plus the copies in flight), and the rollback waits for it.
@@ -1028,14 +1039,11 @@ impl Fence {
             options.deadline,
             reason.clone(),
         );
+        let stop_at = deadline.map(stop_before);
         let watcher = tokio::spawn(async move {
             let outcome_key = staging.outcome_key();
             loop {
-                let left = deadline.map(|d| {
-                    d.duration_since(SystemTime::now())
-                        .unwrap_or_default()
-                        .saturating_sub(DEADLINE_MARGIN)
-                });
+                let left = stop_at.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
                 if left == Some(Duration::ZERO) {
                     flag.store(Fence::DEADLINE, Ordering::Release);
                     stop.store(true, Ordering::Release);
@@ -1289,6 +1297,22 @@ pub async fn copy_shard_from_staging(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copiers_stop_a_margin_before_their_deadline_or_a_quarter_of_a_short_one() {
+        let now = SystemTime::now();
+        let lambda = now + Duration::from_secs(900);
+        let stop = stop_before(lambda);
+        assert_eq!(lambda.duration_since(stop).unwrap(), DEADLINE_MARGIN);
+        let short = now + Duration::from_secs(20);
+        let margin = short.duration_since(stop_before(short)).unwrap();
+        assert!(
+            margin <= Duration::from_secs(5) && margin > Duration::from_secs(4),
+            "{margin:?}"
+        );
+        let past = now - Duration::from_secs(1);
+        assert_eq!(stop_before(past), past);
+    }
 
     #[test]
     fn only_a_proven_full_object_checksum_is_trusted() {

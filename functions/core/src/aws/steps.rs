@@ -11,7 +11,7 @@ use super::events::{
     PlannerEvent, PlannerOutput, QUOTED_NOT_DELETED, RollbackEvent, RollbackOutput, RunRef,
     parse_value,
 };
-use crate::copy::{CopyOptions, DEADLINE_MARGIN, copy_shard_from_staging};
+use crate::copy::{CopyOptions, copy_shard_from_staging, stop_before};
 use crate::finalize::{PackageResult, finalize};
 use crate::plan::{PlanOptions, plan};
 use crate::request::parse_bucket;
@@ -192,7 +192,7 @@ pub async fn plan_step(
 }
 
 /// Copy one shard (idempotent: a shard whose fragment exists is not copied again). No object
-/// is started within [`DEADLINE_MARGIN`] of `deadline` (the Lambda's): the attempt closes
+/// is started within [`crate::copy::DEADLINE_MARGIN`] of `deadline` (the Lambda's): the attempt closes
 /// and fails as transient, and the state machine's retry copies the rest.
 pub async fn copy_step(
     store: Arc<dyn ObjectStore>,
@@ -503,11 +503,9 @@ async fn roll_back_settled(
                 });
             }
             Ok(AbortProgress::Waiting { wait, .. }) => {
-                let time_left = deadline.map(|d| {
-                    d.duration_since(SystemTime::now())
-                        .unwrap_or_default()
-                        .saturating_sub(DEADLINE_MARGIN)
-                });
+                let stop_at = deadline.map(stop_before);
+                let time_left =
+                    stop_at.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
                 if time_left.is_some_and(|left| left < wait) {
                     return Err(StepError::new(
                         ErrorType::Transient,
