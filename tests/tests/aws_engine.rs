@@ -776,7 +776,8 @@ async fn an_execution_stopped_mid_copy_is_cleaned_up_by_the_janitor() {
         "source": "aws.states",
         "detail-type": "Step Functions Execution Status Change",
         "detail": {"executionArn": started.execution_arn, "status": "ABORTED",
-                   "stateMachineArn": machine, "name": started.name}
+                   "stateMachineArn": machine, "name": started.name,
+                   "input": serde_json::to_string(&input).unwrap()}
     });
     let (status, body) = tokio::task::block_in_place(|| {
         stack.invoke("rollback", &event.to_string(), Duration::from_secs(120))

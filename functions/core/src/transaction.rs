@@ -638,22 +638,20 @@ async fn find_owned(
     owned
 }
 
-/// Before a new attempt of `shard` (a copier the state machine retried): on a target that
-/// keeps versions, removes the object versions earlier attempts of the shard wrote. The new
+/// Before a new attempt of `shard` (a copier the state machine retried): removes the object
+/// versions earlier attempts of the shard wrote wherever S3 gave them a version id. The new
 /// attempt writes versions of its own, so theirs would stay behind, tagged but in no
-/// manifest, after the run publishes. (On a target without versions an earlier copy is the
-/// key's only object, and the new attempt claims it by its tag.) Earlier attempts are known
-/// from their failure records; one that never closed (its copier died) has its shard's keys
-/// searched for this run's tag. Returns how many versions were removed.
+/// manifest, after the run publishes. (An object without a version id is the key's only
+/// object, and the new attempt claims it by its tag.) S3's answers decide, not the plan's view
+/// of the bucket, which may be inferred. Earlier attempts are known from their failure
+/// records; one that never closed (its copier died) has its shard's keys searched for this
+/// run's tag. Returns how many versions were removed.
 pub async fn clear_earlier_attempts(
     store: &dyn ObjectStore,
     staging: &Staging,
     plan: &RunPlan,
     shard: &Shard,
 ) -> Result<usize, StagingError> {
-    if !plan.target_versioned() {
-        return Ok(0);
-    }
     let attempts_prefix = staging.attempts_prefix();
     let failures_prefix = staging.failures_prefix();
     let of_shard = format!("{:06}-", shard.shard);

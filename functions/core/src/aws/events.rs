@@ -272,6 +272,9 @@ pub struct ExecutionStatusDetail {
     pub execution_arn: String,
     /// `RUNNING`, `SUCCEEDED`, `FAILED`, `TIMED_OUT` or `ABORTED`.
     pub status: String,
+    /// The execution's input (JSON text), when EventBridge included it.
+    #[serde(default)]
+    pub input: Option<String>,
 }
 
 /// What the janitor did with one run of an execution that ended.

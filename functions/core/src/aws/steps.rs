@@ -144,11 +144,24 @@ impl StepConfig {
     }
 }
 
-/// A Lambda invocation's deadline (milliseconds since the epoch, `Context::deadline`); `0`
-/// (no deadline known) is none.
+/// A Lambda invocation's deadline (milliseconds since the epoch, `Context::deadline`). `0`,
+/// and a deadline less than [`MIN_DEADLINE_LEFT`] away when the invocation starts, are none:
+/// Lambda gives at least the function's timeout, and local emulators send such values.
 pub fn lambda_deadline(epoch_ms: u64) -> Option<SystemTime> {
-    (epoch_ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(epoch_ms))
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(epoch_ms);
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tracing::debug!(
+        epoch_ms,
+        left_ms = left.as_millis() as u64,
+        "invocation deadline"
+    );
+    (epoch_ms > 0 && left >= MIN_DEADLINE_LEFT).then_some(deadline)
 }
+
+/// The least time left a deadline must give to be believed (see [`lambda_deadline`]).
+pub const MIN_DEADLINE_LEFT: Duration = Duration::from_secs(10);
 
 /// Plan: validate the request, list and select, write shards, the shard index and the plan.
 pub async fn plan_step(
@@ -417,12 +430,7 @@ pub async fn janitor_step(
     if !matches!(detail.status.as_str(), "FAILED" | "TIMED_OUT" | "ABORTED") {
         return Ok(output);
     }
-    if config.allowed_registry_buckets.is_empty() {
-        return Err(StepError::invalid(
-            "the janitor needs S3QUILT_REGISTRY_BUCKETS (the registries whose runs it cleans up)",
-        ));
-    }
-    for registry in &config.allowed_registry_buckets {
+    for registry in &janitor_registries(config, detail.input.as_deref())? {
         let runs = list_runs(store.clone(), registry)
             .await
             .map_err(|e| StepError::from(StagingError::from(e)))?;
@@ -450,6 +458,28 @@ pub async fn janitor_step(
         }
     }
     Ok(output)
+}
+
+/// The registries whose staging the janitor searches: the one the execution's input names
+/// (when EventBridge included the input; it must be one this deployment may use), else every
+/// registry the deployment may use.
+fn janitor_registries(config: &StepConfig, input: Option<&str>) -> Result<Vec<String>, StepError> {
+    let named = input
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|value| ExecutionInput::parse(value).ok())
+        .and_then(|input| parse_bucket("target_registry", &input.request.target_registry).ok());
+    let allowed = &config.allowed_registry_buckets;
+    match named {
+        Some(registry) if allowed.is_empty() || allowed.contains(&registry) => Ok(vec![registry]),
+        Some(registry) => Err(StepError::invalid(format!(
+            "the execution's registry {registry:?} is not one this deployment may use ({})",
+            allowed.join(", ")
+        ))),
+        None if allowed.is_empty() => Err(StepError::invalid(
+            "the janitor needs the execution's input in the event or S3QUILT_REGISTRY_BUCKETS (the registries whose runs it cleans up)",
+        )),
+        None => Ok(allowed.clone()),
+    }
 }
 
 /// Finishes a committed run for the janitor.
@@ -581,6 +611,57 @@ async fn failed_shards(store: Arc<dyn ObjectStore>, bucket: &str, run_id: &str) 
 mod tests {
     use super::*;
     use crate::request::PackageRequest;
+
+    #[test]
+    fn the_janitor_searches_the_registry_the_execution_named_if_allowed() {
+        let input = |registry: &str| {
+            serde_json::to_string(&ExecutionInput::new(PackageRequest::new(
+                "src-a", "", "a/b", registry,
+            )))
+            .unwrap()
+        };
+        let open = StepConfig::default();
+        assert_eq!(
+            janitor_registries(&open, Some(&input("s3://reg-1"))).unwrap(),
+            ["reg-1"]
+        );
+        let e = janitor_registries(&open, None).unwrap_err();
+        assert!(
+            e.message.contains("S3QUILT_REGISTRY_BUCKETS"),
+            "{}",
+            e.message
+        );
+        let deployed = StepConfig {
+            allowed_registry_buckets: vec!["reg-1".into(), "reg-2".into()],
+            ..StepConfig::default()
+        };
+        assert_eq!(
+            janitor_registries(&deployed, Some(&input("reg-2"))).unwrap(),
+            ["reg-2"]
+        );
+        let e = janitor_registries(&deployed, Some(&input("reg-3"))).unwrap_err();
+        assert!(e.message.contains("reg-3"), "{}", e.message);
+        // No input (or one that is not a request): every registry the deployment may use.
+        assert_eq!(
+            janitor_registries(&deployed, Some("not json")).unwrap(),
+            ["reg-1", "reg-2"]
+        );
+    }
+
+    #[test]
+    fn deadlines_too_close_to_believe_are_none() {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(lambda_deadline(0), None);
+        assert_eq!(lambda_deadline(now_ms + 2_000), None);
+        let real = lambda_deadline(now_ms + 900_000).expect("a Lambda deadline");
+        assert_eq!(
+            real,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms + 900_000)
+        );
+    }
 
     #[test]
     fn config_from_vars() {
