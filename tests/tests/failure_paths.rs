@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use s3quilt_core::aws::{ErrorType, StepError, rollback_step};
+use s3quilt_core::aws::{
+    ErrorType, RollbackFunctionOutput, StepConfig, StepError, rollback_function, rollback_step,
+};
 use s3quilt_core::copy::{CopyError, CopyOptions, copy_shard_from_staging};
 use s3quilt_core::engine::{EngineError, EngineOptions, Phase, Progress, RunOutcome, run_local};
 use s3quilt_core::finalize::{FinalizeError, finalize};
@@ -31,13 +33,14 @@ use s3quilt_core::storage::{
     Versioning, WriteChecksum, WriteResult,
 };
 use s3quilt_core::transaction::{
-    AbortProgress, TransactionError, abort_fenced, abort_run, new_attempt_id, open_attempt,
-    resume_run,
+    AbortProgress, TransactionError, abort_fenced, abort_run, clear_earlier_attempts,
+    new_attempt_id, open_attempt, resume_run,
 };
 use s3quilt_tests::{
     FaultRule, InstrumentedStore, SeedObject, create_bucket, get_bytes, list_all_versions, moto,
     seed,
 };
+use serde_json::json;
 
 const MIB: usize = 1024 * 1024;
 const PACKAGE: &str = "team/pkg";
@@ -1225,4 +1228,199 @@ async fn a_fenced_abort_waits_for_open_attempts_and_stops_late_copiers() {
     assert_eq!(report.deleted, 2, "{report:?}");
     assert!(report.not_deleted.is_empty(), "{report:?}");
     assert!(list_all_versions(&client, &registry).await.is_empty());
+}
+
+/// The janitor (the rollback Lambda given an EventBridge status change) rolls back the run of
+/// an execution that ended without its own rollback, finds it by the execution ARN in its plan,
+/// and leaves runs of other executions alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_janitor_rolls_back_the_runs_of_an_ended_execution() {
+    let client = moto().client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = ["a", "b", "c"]
+        .iter()
+        .map(|k| SeedObject::new(format!("d/{k}.txt"), format!("body {k}")))
+        .collect();
+    seed(&client, &source, &objects).await;
+    let store = S3Store::shared(client.clone());
+    let arn = "arn:aws:states:us-east-1:123456789012:execution:pkg:stopped-1";
+    let options = PlanOptions {
+        execution: Some(arn.to_string()),
+        ..PlanOptions::default()
+    };
+    let request = PackageRequest::new(&source, "d", "team/pkg", &registry);
+    let run = plan(store.clone(), &request, &options)
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    copy_shard_from_staging(
+        store.clone(),
+        &registry,
+        &run.run_id,
+        0,
+        &CopyOptions::new(4),
+    )
+    .await
+    .unwrap();
+    let config = StepConfig::default();
+    let event = |status: &str, execution: &str| {
+        json!({
+            "source": "aws.states",
+            "detail-type": "Step Functions Execution Status Change",
+            "detail": {"executionArn": execution, "status": status,
+                       "input": json!({"request": request}).to_string()}
+        })
+    };
+    // Still running, or another execution: nothing is touched.
+    for (status, execution) in [("RUNNING", arn), ("ABORTED", "arn:other")] {
+        let RollbackFunctionOutput::Janitor(out) =
+            rollback_function(store.clone(), &config, event(status, execution), None)
+                .await
+                .unwrap()
+        else {
+            panic!("not a janitor answer")
+        };
+        assert!(out.runs.is_empty(), "{out:?}");
+    }
+    assert_eq!(
+        list_all_versions(&client, &registry)
+            .await
+            .iter()
+            .filter(|(k, _, _)| k.starts_with("team/pkg/"))
+            .count(),
+        3
+    );
+    let RollbackFunctionOutput::Janitor(out) =
+        rollback_function(store.clone(), &config, event("ABORTED", arn), None)
+            .await
+            .unwrap()
+    else {
+        panic!("not a janitor answer")
+    };
+    assert_eq!(out.runs.len(), 1, "{out:?}");
+    assert_eq!(out.runs[0].run_id, run.run_id);
+    assert_eq!(out.runs[0].action, "rolled_back", "{out:?}");
+    assert_eq!(out.runs[0].deleted, 3);
+    assert!(list_all_versions(&client, &registry).await.is_empty());
+
+    // A malformed event is refused, naming it.
+    let e = rollback_function(
+        store.clone(),
+        &config,
+        json!({"detail-type": "x", "detail": {}}),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error_type, ErrorType::InvalidRequest, "{}", e.message);
+}
+
+/// The janitor never touches a package its execution published before it ended (a finalizer
+/// that published, then timed out): the run is gone from staging, its version stands.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_janitor_leaves_a_published_run_alone() {
+    let (client, registry, store, run) = run_with_shard_0_copied(2, 10).await;
+    let staging = Staging::new(store.clone(), &registry, &run.run_id);
+    let mut plan_doc: RunPlan = staging.require(&staging.plan_key()).await.unwrap();
+    let arn = "arn:aws:states:us-east-1:123456789012:execution:pkg:died-1";
+    plan_doc.execution = Some(arn.to_string());
+    staging.put(&staging.plan_key(), &plan_doc).await.unwrap();
+    finalize(store.clone(), &registry, &run.run_id)
+        .await
+        .unwrap();
+    // Published: its staging is gone, so the janitor finds no run and deletes nothing.
+    let config = StepConfig {
+        allowed_registry_buckets: vec![registry.clone()],
+        ..StepConfig::default()
+    };
+    let event = json!({
+        "detail-type": "Step Functions Execution Status Change",
+        "detail": {"executionArn": arn, "status": "TIMED_OUT"}
+    });
+    let RollbackFunctionOutput::Janitor(out) =
+        rollback_function(store.clone(), &config, event, None)
+            .await
+            .unwrap()
+    else {
+        panic!("not a janitor answer")
+    };
+    assert!(out.runs.is_empty(), "{out:?}");
+    let name: PackageName = "team/pkg".parse().unwrap();
+    Registry::new(store.clone(), &registry)
+        .latest_manifest(&name)
+        .await
+        .expect("the package stands");
+    assert!(
+        list_all_versions(&client, &registry)
+            .await
+            .iter()
+            .any(|(k, _, _)| k.starts_with("team/pkg/")),
+        "its copies stand"
+    );
+}
+
+/// A new attempt of a shard whose earlier copier died mid-shard first removes the version that
+/// copier wrote (found by the run's tag), so the run publishes no orphan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_attempt_removes_what_a_dead_attempt_of_its_shard_wrote() {
+    let (client, registry, store, run) = run_with_shard_0_copied(4, 2).await;
+    let staging = Staging::new(store.clone(), &registry, &run.run_id);
+    let shard: Shard = staging.require(&staging.shard_key(1)).await.unwrap();
+    // Nothing earlier: nothing to remove.
+    assert_eq!(
+        clear_earlier_attempts(store.as_ref(), &staging, &run, &shard)
+            .await
+            .unwrap(),
+        0
+    );
+    let attempt = new_attempt_id();
+    open_attempt(&staging, &shard, &attempt, false)
+        .await
+        .unwrap();
+    let first = Shard {
+        shard: 1,
+        objects: shard.objects[..1].to_vec(),
+    };
+    let dead = tokio::task::spawn_blocking({
+        let (store, run, first, attempt) =
+            (store.clone(), run.clone(), first.clone(), attempt.clone());
+        move || {
+            tokio::runtime::Handle::current().block_on(async move {
+                s3quilt_core::copy::copy_objects(
+                    store.as_ref(),
+                    &run,
+                    &first,
+                    &CopyOptions::new(2),
+                    &|_| {},
+                    &attempt,
+                )
+                .await
+                .unwrap()
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.created.len(), 1);
+    let key = dead.created[0].key.clone();
+    let versions_at = |client: aws_sdk_s3::Client, registry: String, key: String| async move {
+        list_all_versions(&client, &registry)
+            .await
+            .into_iter()
+            .filter(|(k, _, _)| *k == key)
+            .count()
+    };
+    assert_eq!(
+        versions_at(client.clone(), registry.clone(), key.clone()).await,
+        1
+    );
+    let removed = clear_earlier_attempts(store.as_ref(), &staging, &run, &shard)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(versions_at(client.clone(), registry.clone(), key).await, 0);
 }
