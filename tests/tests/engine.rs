@@ -70,7 +70,9 @@ async fn run(
 fn created(outcome: RunOutcome) -> s3quilt_core::finalize::PackageResult {
     match outcome {
         RunOutcome::Created { package, .. } => package,
-        RunOutcome::Planned(p) => panic!("expected a package, got a plan {p:?}"),
+        RunOutcome::Planned(p) | RunOutcome::UpToDate(p) => {
+            panic!("expected a package, got a plan {p:?}")
+        }
     }
 }
 

@@ -420,7 +420,7 @@ impl ObjectCopier<'_> {
 
     /// The ownership record of a write's answer.
     fn created(&self, object: &PlannedObject, written: &WriteResult) -> WrittenObject {
-        WrittenObject::from_write(self.plan.destination_key(&object.logical_key), written)
+        WrittenObject::from_write(self.plan.destination_of(object), written)
     }
 
     fn write_checksum(&self) -> WriteChecksum {
@@ -494,7 +494,7 @@ impl ObjectCopier<'_> {
         &self,
         object: &PlannedObject,
     ) -> Result<(WriteResult, Option<String>), FailedObject> {
-        let dst_key = self.plan.destination_key(&object.logical_key);
+        let dst_key = self.plan.destination_of(object);
         let request = CopyRequest {
             src_bucket: &self.plan.source_bucket,
             src_key: &object.key,
@@ -647,7 +647,7 @@ impl ObjectCopier<'_> {
         object: &PlannedObject,
         info: ObjectInfo,
     ) -> Result<CopiedObject, FailedObject> {
-        let dst_key = self.plan.destination_key(&object.logical_key);
+        let dst_key = self.plan.destination_of(object);
         let target = &self.plan.target_bucket;
         let create_in_doubt = AtomicBool::new(false);
         let created = self
@@ -891,7 +891,7 @@ impl ObjectCopier<'_> {
         written: WriteResult,
         hash: Option<String>,
     ) -> Result<CopiedObject, FailedObject> {
-        let dst_key = self.plan.destination_key(&object.logical_key);
+        let dst_key = self.plan.destination_of(object);
         let created = self.created(object, &written);
         // Only a real version id pins anything: on a suspended target every write is the
         // `null` version, which the next write replaces.

@@ -172,6 +172,9 @@ impl Default for EngineOptions {
 pub enum RunOutcome {
     /// A dry run: what would be packaged.
     Planned(PlanSummary),
+    /// An incremental run that found nothing changed since its base version: no version was
+    /// written and nothing was copied; the base (`plan.incremental.base`) is the package.
+    UpToDate(PlanSummary),
     /// A new package version.
     Created {
         /// The plan that was carried out.
@@ -321,16 +324,18 @@ pub async fn run_local(
             return Err(e.into());
         }
     };
-    progress
-        .objects_total
-        .store(planned.summary.objects, Ordering::Relaxed);
-    progress
-        .bytes_total
-        .store(planned.summary.bytes, Ordering::Relaxed);
-    let (summary, shards) = (planned.summary, planned.shards);
+    // Progress counts what is copied (an incremental run reuses the rest untouched).
+    let (copy_objects, copy_bytes) = planned.summary.to_copy();
+    progress.objects_total.store(copy_objects, Ordering::Relaxed);
+    progress.bytes_total.store(copy_bytes, Ordering::Relaxed);
+    let (summary, shards, reused) = (planned.summary, planned.shards, planned.reused);
     let Some(run) = planned.run else {
         progress.set_phase(Phase::Succeeded);
-        return Ok(RunOutcome::Planned(summary));
+        return Ok(if summary.dry_run {
+            RunOutcome::Planned(summary)
+        } else {
+            RunOutcome::UpToDate(summary)
+        });
     };
 
     progress.set_phase(Phase::Copying);
@@ -368,7 +373,7 @@ pub async fn run_local(
             .iter_mut()
             .flat_map(|f| std::mem::take(&mut f.created)),
     );
-    match finalize_fragments(store.clone(), &run, fragments).await {
+    match finalize_fragments(store.clone(), &run, fragments, reused).await {
         Ok(package) => {
             progress.set_phase(Phase::Succeeded);
             Ok(RunOutcome::Created {

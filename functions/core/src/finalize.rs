@@ -11,9 +11,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::quilt::checksum::QuiltHash;
-use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError, PackageHeader};
+use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError};
 use crate::registry::{Registry, RegistryError};
-use crate::staging::{ManifestFragment, RunPlan, Staging, StagingError, parse_meta};
+use crate::staging::{
+    FragmentEntry, ManifestFragment, RunPlan, Staging, StagingError, parse_meta,
+};
 use crate::storage::{ObjectStore, unix_now};
 use crate::transaction::{self, Outcome, TransactionError};
 
@@ -205,7 +207,24 @@ pub async fn finalize(
     .buffered(16)
     .try_collect()
     .await?;
-    publish_fragments(store, &plan, fragments, true).await
+    let reused = read_reused(&staging, &plan).await?;
+    publish_fragments(store, &plan, fragments, reused, true).await
+}
+
+/// The staged documents of entries an incremental run reuses from its base.
+async fn read_reused(
+    staging: &Staging,
+    plan: &RunPlan,
+) -> Result<Vec<ManifestFragment>, FinalizeError> {
+    let documents = plan.base.as_ref().map_or(0, |b| b.reused_documents);
+    Ok(futures::stream::iter((0..documents).map(|d| async move {
+        staging
+            .require::<ManifestFragment>(&staging.reused_key(d))
+            .await
+    }))
+    .buffered(16)
+    .try_collect()
+    .await?)
 }
 
 /// Merges the fragments of every shard of `plan` (any order) into the manifest, commits the
@@ -217,8 +236,15 @@ pub async fn finalize_fragments(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
     fragments: Vec<ManifestFragment>,
+    reused: Vec<FragmentEntry>,
 ) -> Result<PackageResult, FinalizeError> {
-    publish_fragments(store, plan, fragments, false).await
+    let reused = vec![ManifestFragment {
+        shard: 0,
+        entries: reused,
+        created: Vec::new(),
+        attempt: String::new(),
+    }];
+    publish_fragments(store, plan, fragments, reused, false).await
 }
 
 /// [`finalize_fragments`], keeping a result record (`.s3quilt/results/<run id>.json`) when
@@ -228,9 +254,10 @@ async fn publish_fragments(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
     fragments: Vec<ManifestFragment>,
+    reused: Vec<ManifestFragment>,
     keep_result: bool,
 ) -> Result<PackageResult, FinalizeError> {
-    let (manifest, bytes) = build_manifest(plan, fragments)?;
+    let (manifest, bytes) = build_manifest(plan, fragments, reused)?;
     let top_hash = manifest.top_hash();
     let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
     // The commit point. A run committed before (a resumed or retried finalize) keeps the
@@ -310,10 +337,11 @@ async fn finish_published(
     })
 }
 
-/// The manifest of `plan` from its fragments, and its bytes.
+/// The manifest of `plan` from its fragments and the entries reused from its base, and its bytes.
 fn build_manifest(
     plan: &RunPlan,
     mut fragments: Vec<ManifestFragment>,
+    reused: Vec<ManifestFragment>,
 ) -> Result<(Manifest, u64), FinalizeError> {
     let run_id = plan.run_id.as_str();
     fragments.sort_by_key(|f| f.shard);
@@ -321,7 +349,7 @@ fn build_manifest(
     let mut entries = Vec::with_capacity(plan.objects as usize);
     // Each fragment is freed as soon as its entries are built: the fragments and the manifest
     // are never both whole in memory.
-    for fragment in fragments {
+    for fragment in fragments.into_iter().chain(reused) {
         entries.extend(fragment_entries(&fragment)?);
     }
     if entries.len() as u64 != plan.objects {
@@ -339,7 +367,7 @@ fn build_manifest(
             shard: 0,
             reason: e.to_string(),
         })?;
-    let header = PackageHeader::new(valid.message.as_deref(), valid.user_meta);
+    let header = valid.header();
     // Sorting into walk order is n log n; the manifest is the only thing held in memory.
     Ok((Manifest::new(header, entries)?, bytes))
 }

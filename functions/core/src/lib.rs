@@ -13,6 +13,7 @@ pub mod quilt;
 pub mod registry;
 pub mod request;
 pub mod retry;
+pub mod reuse;
 pub mod select;
 pub mod staging;
 pub mod storage;

@@ -1,6 +1,8 @@
-//! Step 1, plan: validate the request, list the source, select and map keys, refuse what
-//! cannot be packaged (with the list of offenders), prove access, and write the shards and the
-//! plan document to staging. Nothing outside staging is written; a dry run writes nothing.
+//! Step 1, plan: validate the request, list the source (and read the base version of an
+//! incremental run, see [`crate::reuse`]), select and map keys, refuse what cannot be packaged
+//! (with the list of offenders), prove access, and write the shards, the reused entries and
+//! the plan document to staging. Nothing outside staging is written; a dry run, and a run that
+//! finds nothing changed since its base, write nothing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
@@ -10,11 +12,16 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
-use crate::registry::WrittenObject;
-use crate::request::{ObjectMetadata, PackageRequest, RequestError, ValidRequest};
+use crate::quilt::manifest::{Manifest, ManifestEntry};
+use crate::registry::{Registry, RegistryError, WrittenObject};
+use crate::request::{BaseChoice, ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
+use crate::reuse::{IncrementalSummary, ReuseRules, Split};
 use crate::select::logical_key;
-use crate::staging::{PlannedObject, RunPlan, Shard, ShardRef, Staging, new_run_id};
+use crate::staging::{
+    BaseRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, ShardRef, Staging,
+    new_run_id, run_scoped_key,
+};
 use crate::storage::{
     ListedObject, ObjectStore, PutOptions, StoreError, StoreErrorKind, Versioning, list_all,
     unix_now,
@@ -201,10 +208,25 @@ pub enum PlanError {
         /// Removed by excludes.
         excluded: u64,
     },
+    /// The base version of an incremental run cannot be read.
+    #[error(
+        "base: cannot read the base version of {package} in s3://{registry}: {source} (give another `base`, or `incremental: false` for a full run)"
+    )]
+    Base {
+        /// Package.
+        package: String,
+        /// Registry bucket.
+        registry: String,
+        /// The failure.
+        source: RegistryError,
+    },
     /// Any other S3 failure.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Most entries in one staged document of reused entries.
+pub const REUSED_DOCUMENT_ENTRIES: usize = 10_000;
 
 /// How many S3 requests a run will make (an estimate shown before it starts).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -221,6 +243,8 @@ pub struct RequestEstimate {
     pub multipart_control: u64,
     /// Staging and registry writes.
     pub put: u64,
+    /// Reads of the base version (its manifest) by an incremental run.
+    pub get: u64,
 }
 
 /// What a plan found (returned for dry runs and before a run starts).
@@ -262,6 +286,23 @@ pub struct PlanSummary {
     pub copy: bool,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// An incremental run: what it reuses of its base version, and what it copies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalSummary>,
+}
+
+impl PlanSummary {
+    /// Objects and bytes the run copies (or hashes in place): all of them, less those an
+    /// incremental run reuses.
+    pub fn to_copy(&self) -> (u64, u64) {
+        let reused = self.incremental.as_ref().map(|i| i.reused).unwrap_or_default();
+        (self.objects - reused.objects, self.bytes - reused.bytes)
+    }
+
+    /// Whether an incremental run found nothing changed (and so wrote nothing).
+    pub fn up_to_date(&self) -> bool {
+        self.incremental.as_ref().is_some_and(|i| i.up_to_date)
+    }
 }
 
 /// A finished plan: the summary, and for real runs the plan document and shards (already in
@@ -276,6 +317,9 @@ pub struct Plan {
     pub shards: Vec<Shard>,
     /// The staging documents this plan wrote (removed again by finalize or rollback).
     pub staged: Vec<WrittenObject>,
+    /// Entries an incremental run reuses from its base (also staged): part of the package, in
+    /// no shard.
+    pub reused: Vec<FragmentEntry>,
 }
 
 const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
@@ -451,9 +495,10 @@ async fn plan_valid(
         valid.package_name.namespace(),
         valid.package_name.name()
     );
-    // The target's versioning (it decides rollback and overwrite rules) is asked while the
-    // source is listed: neither depends on the other, and each is a round trip or more.
-    let (listed, target_versioned) = tokio::join!(
+    // The target's versioning (it decides rollback and overwrite rules) and the base version
+    // are read while the source is listed: none depends on another, each is a round trip or more.
+    let registry = Registry::new(store.clone(), &valid.registry_bucket);
+    let (listed, target_versioned, base) = tokio::join!(
         list_source(
             store.as_ref(),
             &valid.source_bucket,
@@ -462,8 +507,10 @@ async fn plan_valid(
             &retry,
         ),
         target_versioning(store.as_ref(), &valid, &package_prefix, &retry),
+        read_base(&registry, &valid),
     );
     let (listed, list_pages) = listed.map_err(source_error)?;
+    let base = base?;
 
     // Select and map.
     let (mut folder_markers, mut not_included, mut excluded) = (0u64, 0u64, 0u64);
@@ -504,6 +551,7 @@ async fn plan_valid(
                 storage_class: object.storage_class.clone(),
                 last_modified: object.last_modified.clone(),
                 logical_key: lk,
+                destination: None,
             }),
             Err(e) => problems
                 .invalid_keys
@@ -541,40 +589,6 @@ async fn plan_valid(
         .collect();
 
     problems.file_beside_folder = files_beside_folders(&selected);
-    if valid.copy {
-        problems.destination_too_long = selected
-            .iter()
-            .map(|o| (o, package_prefix.len() + o.logical_key.as_str().len()))
-            .filter(|(_, len)| *len > MAX_KEY_BYTES)
-            .map(|(o, len)| (o.key.clone(), len))
-            .collect();
-    }
-
-    // Archived objects: readable only once restored.
-    let archived: Vec<(String, String)> = futures::stream::iter(
-        selected
-            .iter()
-            .filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str()))
-            .map(|o| {
-                let (store, retry, bucket) = (store.as_ref(), &retry, &valid.source_bucket);
-                async move {
-                    let info = retry.run(|_| store.head(bucket, &o.key, None)).await?;
-                    let restored = info
-                        .restore
-                        .as_deref()
-                        .is_some_and(|r| r.contains("ongoing-request=\"false\""));
-                    Ok::<_, StoreError>(
-                        (!restored).then(|| (o.key.clone(), o.storage_class.clone())),
-                    )
-                }
-            }),
-    )
-    .buffered(options.list_concurrency.max(1))
-    .try_filter_map(|found| async move { Ok(found) })
-    .try_collect()
-    .await
-    .map_err(source_error)?;
-    problems.archived = archived;
 
     selected.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
     let objects = selected.len() as u64;
@@ -601,14 +615,72 @@ async fn plan_valid(
         estimated_requests: RequestEstimate::default(),
         copy: valid.copy,
         dry_run: valid.dry_run,
+        incremental: None,
     };
+    drop(listed);
+
+    // An incremental run copies only what is new or changed since its base.
+    let mut split = match &base {
+        Some((base_hash, manifest)) => crate::reuse::split(
+            manifest,
+            base_hash,
+            selected,
+            &ReuseRules {
+                source_bucket: &valid.source_bucket,
+                copy: valid.copy,
+                target_bucket: &valid.target_bucket,
+                package_prefix: &package_prefix,
+                hash_type: valid.hash_type,
+            },
+        ),
+        None => Split {
+            to_copy: selected,
+            ..Split::default()
+        },
+    };
+    let base_hash = base.map(|(hash, _)| hash);
+    if base_hash.is_some() && valid.original.verify_base {
+        verify_reused(store.as_ref(), &mut split, options, &retry).await?;
+    }
+    let Split {
+        reused,
+        mut to_copy,
+        summary: mut incremental,
+    } = split;
+    let reused: Vec<FragmentEntry> = reused.into_iter().map(|(_, entry)| entry).collect();
+
+    // Archived objects: readable only once restored (reused ones are not read).
+    let archived: Vec<(String, String)> = futures::stream::iter(
+        to_copy
+            .iter()
+            .filter(|o| ARCHIVE_CLASSES.contains(&o.storage_class.as_str()))
+            .map(|o| {
+                let (store, retry, bucket) = (store.as_ref(), &retry, &valid.source_bucket);
+                async move {
+                    let info = retry.run(|_| store.head(bucket, &o.key, None)).await?;
+                    let restored = info
+                        .restore
+                        .as_deref()
+                        .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+                    Ok::<_, StoreError>(
+                        (!restored).then(|| (o.key.clone(), o.storage_class.clone())),
+                    )
+                }
+            }),
+    )
+    .buffered(options.list_concurrency.max(1))
+    .try_filter_map(|found| async move { Ok(found) })
+    .try_collect()
+    .await
+    .map_err(source_error)?;
+    problems.archived = archived;
 
     // Read access (listing does not prove GetObject permission; one HEAD does) and the keys
-    // already in an unversioned target are asked at the same time.
+    // already in a target that keeps no versions are asked at the same time.
     let target_versioning = target_versioned?;
     let target_versioned = target_versioning.keeps_versions();
     let read_access = async {
-        match selected.first() {
+        match to_copy.first() {
             Some(first) => retry
                 .run(|_| store.head(&valid.source_bucket, &first.key, None))
                 .await
@@ -617,8 +689,15 @@ async fn plan_valid(
             None => Ok(()),
         }
     };
+    // An incremental run never writes over a key on such a target (an earlier version may
+    // reference it), `overwrite_existing` or not: a taken key gets a key of the run's own.
+    let incremental_run = base_hash.is_some();
     let existing = async {
-        if !(valid.copy && !target_versioned && !valid.overwrite_existing) {
+        if !(valid.copy
+            && !target_versioned
+            && !to_copy.is_empty()
+            && (incremental_run || !valid.overwrite_existing))
+        {
             return Ok(HashSet::new());
         }
         list_all(
@@ -640,11 +719,32 @@ async fn plan_valid(
         })
     };
     let ((), existing) = futures::try_join!(read_access, existing)?;
-    problems.existing_in_target = selected
-        .iter()
-        .map(|o| format!("{package_prefix}{}", o.logical_key))
-        .filter(|k| existing.contains(k))
-        .collect();
+    let run_id = new_run_id();
+    for object in &mut to_copy {
+        let default = format!("{package_prefix}{}", object.logical_key);
+        if existing.contains(&default) {
+            if incremental_run {
+                object.destination =
+                    Some(run_scoped_key(&package_prefix, &run_id, &object.logical_key));
+            } else {
+                problems.existing_in_target.push(default);
+            }
+        }
+    }
+    if valid.copy {
+        problems.destination_too_long = to_copy
+            .iter()
+            .map(|o| {
+                let length = o
+                    .destination
+                    .as_ref()
+                    .map_or(package_prefix.len() + o.logical_key.as_str().len(), String::len);
+                (o, length)
+            })
+            .filter(|(_, len)| *len > MAX_KEY_BYTES)
+            .map(|(o, len)| (o.key.clone(), len))
+            .collect();
+    }
     if !problems.existing_in_target.is_empty() {
         // Say which unfinished runs of this package may own them (a listing of staging).
         if let Ok(runs) = crate::transaction::list_runs(store.clone(), &valid.registry_bucket).await
@@ -671,8 +771,19 @@ async fn plan_valid(
         return Err(PlanError::Problems(problems));
     }
 
-    let shards = make_shards(selected, options.shard_max_objects, options.shard_max_bytes);
+    // Nothing to copy and nothing removed: the new version is the base again if its header
+    // (message, metadata) is the same, which the top hash tells.
+    if let Some(base_hash) = &base_hash {
+        incremental.up_to_date = to_copy.is_empty()
+            && incremental.removed.objects == 0
+            && unchanged_top_hash(&valid, &reused).as_deref() == Some(base_hash.as_str());
+        summary.incremental = Some(incremental);
+    }
+    to_copy.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
+    let shards = make_shards(to_copy, options.shard_max_objects, options.shard_max_bytes);
     summary.shards = shards.len() as u32;
+    let reused_documents = reused.len().div_ceil(REUSED_DOCUMENT_ENTRIES);
+    let up_to_date = summary.up_to_date() && !valid.original.publish_unchanged;
     summary.estimated_requests = estimate(
         shards.iter().flat_map(|s| &s.objects),
         list_pages,
@@ -680,19 +791,26 @@ async fn plan_valid(
         &valid,
         options.stage_shards,
     );
-    if valid.dry_run {
+    summary.estimated_requests.get = u64::from(base_hash.is_some());
+    summary.estimated_requests.put = if up_to_date {
+        0
+    } else {
+        summary.estimated_requests.put + reused_documents as u64
+    };
+    if valid.dry_run || up_to_date {
         return Ok(Plan {
             summary,
             run: None,
             shards: Vec::new(),
             staged: Vec::new(),
+            reused: Vec::new(),
         });
     }
 
     // Write staging: shards, then the index, then the plan document (its presence means the
     // staging area is complete). The first write proves write access to the registry; the
-    // probe of a separate target bucket is written at the same time as the shards.
-    let run_id = new_run_id();
+    // probe of a separate target bucket is written at the same time as the shards. Reused
+    // entries are staged whatever the engine (a committed run is finished from staging).
     let staging = Staging::new(store.clone(), &valid.registry_bucket, &run_id);
     let target_error = |bucket: &str| {
         let bucket = bucket.to_string();
@@ -757,8 +875,31 @@ async fn plan_valid(
             );
             Ok(written)
         };
-        let (probe, shard_documents) = tokio::join!(probe, shard_documents);
-        // Both are recorded before either error is returned, so the cleanup below sees them.
+        let reused_written = async {
+            futures::stream::iter(reused.chunks(REUSED_DOCUMENT_ENTRIES.max(1)).enumerate().map(
+                |(document, entries)| {
+                    let staging = &staging;
+                    let fragment = ManifestFragment {
+                        shard: document as u32,
+                        entries: entries.to_vec(),
+                        created: Vec::new(),
+                        attempt: String::new(),
+                    };
+                    async move {
+                        staging
+                            .put(&staging.reused_key(document as u32), &fragment)
+                            .await
+                    }
+                },
+            ))
+            .buffer_unordered(options.list_concurrency.max(1))
+            .try_collect::<Vec<WrittenObject>>()
+            .await
+            .map_err(target_error(&valid.registry_bucket))
+        };
+        let (probe, shard_documents, reused_written) =
+            tokio::join!(probe, shard_documents, reused_written);
+        // All are recorded before any error is returned, so the cleanup below sees them.
         let probe_failed = match probe {
             Ok(written) => {
                 probes.extend(written);
@@ -766,7 +907,17 @@ async fn plan_valid(
             }
             Err(e) => Some(e),
         };
+        let reused_failed = match reused_written {
+            Ok(written) => {
+                staged.extend(written);
+                None
+            }
+            Err(e) => Some(e),
+        };
         staged.extend(shard_documents?);
+        if let Some(e) = reused_failed {
+            return Err(e);
+        }
         if let Some(e) = probe_failed {
             return Err(e);
         }
@@ -788,6 +939,12 @@ async fn plan_valid(
             started_at,
             probes: probes.clone(),
             execution: options.execution.clone(),
+            base: base_hash.as_ref().map(|top_hash| BaseRecord {
+                top_hash: top_hash.clone(),
+                reused_objects: reused.len() as u64,
+                reused_bytes: reused.iter().map(|e| e.size).sum(),
+                reused_documents: reused_documents as u32,
+            }),
         };
         staged.push(
             staging
@@ -826,7 +983,97 @@ async fn plan_valid(
         run: Some(run),
         shards,
         staged,
+        reused,
     })
+}
+
+/// The base version of an incremental run: `None` for a full run, and for the first version
+/// of a package whose base would be its `latest`.
+async fn read_base(
+    registry: &Registry,
+    valid: &ValidRequest,
+) -> Result<Option<(String, Manifest)>, PlanError> {
+    let base_error = |source| PlanError::Base {
+        package: valid.package_name.to_string(),
+        registry: valid.registry_bucket.clone(),
+        source,
+    };
+    let top_hash = match &valid.base {
+        None => return Ok(None),
+        Some(BaseChoice::TopHash(hash)) => hash.clone(),
+        Some(BaseChoice::Latest) => match registry.latest(&valid.package_name).await {
+            Ok(hash) => hash,
+            Err(RegistryError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(base_error(e)),
+        },
+    };
+    let manifest = registry.manifest(&top_hash).await.map_err(base_error)?;
+    Ok(Some((top_hash, manifest)))
+}
+
+/// The top hash of a version made of `reused` alone under this request's header.
+fn unchanged_top_hash(valid: &ValidRequest, reused: &[FragmentEntry]) -> Option<String> {
+    let entries = reused
+        .iter()
+        .map(|e| {
+            let meta = crate::staging::parse_meta(&e.meta)?;
+            let hash = crate::quilt::checksum::QuiltHash {
+                kind: e.hash_type,
+                value: e.hash_value.clone(),
+            };
+            Some(ManifestEntry::new(
+                e.logical_key.clone(),
+                e.physical_key.clone(),
+                e.size,
+                &hash,
+                meta,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Manifest::new(valid.header(), entries)
+        .ok()
+        .map(|m| m.top_hash())
+}
+
+/// With `verify_base`: one HEAD per reused entry's object (its version, when pinned); those
+/// gone are copied again from the source instead.
+async fn verify_reused(
+    store: &dyn ObjectStore,
+    split: &mut Split,
+    options: &PlanOptions,
+    retry: &RetryPolicy,
+) -> Result<(), PlanError> {
+    let gone: Vec<usize> = futures::stream::iter(split.reused.iter().enumerate().map(
+        |(index, (_, entry))| async move {
+            let Ok(physical) = entry
+                .physical_key
+                .parse::<crate::quilt::physical_key::PhysicalKey>()
+            else {
+                return Ok(Some(index));
+            };
+            match retry
+                .run(|_| {
+                    store.head(
+                        &physical.bucket,
+                        &physical.key,
+                        physical.version_id.as_deref(),
+                    )
+                })
+                .await
+            {
+                Ok(_) => Ok(None),
+                Err(e) if e.kind == StoreErrorKind::NotFound => Ok(Some(index)),
+                Err(e) => Err(PlanError::Store(e)),
+            }
+        },
+    ))
+    .buffer_unordered(options.list_concurrency.max(1) * 4)
+    .try_filter_map(|gone| async move { Ok(gone) })
+    .try_collect()
+    .await?;
+    split.summary.verified = Some(split.reused.len() as u64);
+    split.copy_again(&gone, options.max_reported);
+    Ok(())
 }
 
 /// The target bucket's versioning. Unversioned (the stricter case: existing keys are refused)

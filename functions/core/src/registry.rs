@@ -123,7 +123,8 @@ pub struct Registry {
     retry: RetryPolicy,
 }
 
-fn is_top_hash(s: &str) -> bool {
+/// Whether `s` is a top hash: 64 lowercase hex digits.
+pub fn is_top_hash(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -100,6 +100,22 @@ pub struct PackageRequest {
     /// What each entry's `meta.s3` records (see [`ObjectMetadata`]); default `full`.
     #[serde(default, skip_serializing_if = "ObjectMetadata::is_full")]
     pub object_metadata: ObjectMetadata,
+    /// Start from a base version (default `true`): objects unchanged since the base keep its
+    /// entries with no request at all; only new and changed objects are copied and hashed.
+    /// `false` packages everything again (`--full`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub incremental: bool,
+    /// The base version's top hash (default: the package's `latest`, when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Check that every reused entry's object still exists (one HEAD each); an entry whose
+    /// object is gone is copied again from the source. Off by default: the base is trusted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verify_base: bool,
+    /// Publish a new version even when nothing changed since the base (a new timestamped
+    /// pointer to the same top hash). By default an unchanged package is left as it is.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub publish_unchanged: bool,
 }
 
 /// How much of each source object's S3 metadata an entry records.
@@ -127,6 +143,14 @@ fn default_true() -> bool {
     true
 }
 
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 impl PackageRequest {
     /// A request with defaults for everything but the four required fields.
     pub fn new(
@@ -151,6 +175,10 @@ impl PackageRequest {
             hash_type: None,
             overwrite_existing: false,
             object_metadata: ObjectMetadata::Full,
+            incremental: true,
+            base: None,
+            verify_base: false,
+            publish_unchanged: false,
         }
     }
 }
@@ -299,8 +327,26 @@ pub struct ValidRequest {
     pub hash_type: HashType,
     /// Allow replacing existing keys on an unversioned target.
     pub overwrite_existing: bool,
+    /// Which version an incremental run starts from (`None`: a full run).
+    pub base: Option<BaseChoice>,
     /// The request as given, for the plan document.
     pub original: PackageRequest,
+}
+
+/// The base version of an incremental run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseChoice {
+    /// The package's `latest`, when the package exists (else the run is a first version).
+    Latest,
+    /// This top hash, which must exist.
+    TopHash(String),
+}
+
+impl ValidRequest {
+    /// The manifest header a version of this request gets (line 1 of the manifest).
+    pub fn header(&self) -> PackageHeader {
+        PackageHeader::new(self.message.as_deref(), self.user_meta.clone())
+    }
 }
 
 impl PackageRequest {
@@ -429,6 +475,31 @@ impl PackageRequest {
             self.copy.then_some(target_bucket.as_str()),
             &package_name,
         )?;
+        let base = match (&self.base, self.incremental) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "base",
+                    "is a base version for an incremental run; it cannot be given with `incremental: false`",
+                ));
+            }
+            (Some(hash), true) if crate::registry::is_top_hash(hash) => {
+                Some(BaseChoice::TopHash(hash.clone()))
+            }
+            (Some(hash), true) => {
+                return Err(invalid(
+                    "base",
+                    format!("{hash:?} is not a top hash: give the 64 lowercase hex digits of a version of the package"),
+                ));
+            }
+            (None, true) => Some(BaseChoice::Latest),
+            (None, false) => None,
+        };
+        if self.verify_base && !self.incremental {
+            return Err(invalid(
+                "verify_base",
+                "checks the entries an incremental run reuses; it cannot be given with `incremental: false`",
+            ));
+        }
         Ok(ValidRequest {
             source_bucket,
             source_prefix: prefix,
@@ -443,6 +514,7 @@ impl PackageRequest {
             dry_run: self.dry_run,
             hash_type,
             overwrite_existing: self.overwrite_existing,
+            base,
             original: self.clone(),
         })
     }

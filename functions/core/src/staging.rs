@@ -79,6 +79,12 @@ pub struct PlannedObject {
     pub last_modified: Option<String>,
     /// Its path in the package.
     pub logical_key: LogicalKey,
+    /// Where its copy goes, when not `namespace/name/logical_key`: an incremental run on a
+    /// target that keeps no versions never writes over a key an earlier version references,
+    /// so a changed object whose key is taken gets a key of its own run
+    /// (see [`run_scoped_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// A shard: a bounded list of objects for one copier invocation.
@@ -144,6 +150,24 @@ pub struct RunPlan {
     /// The Step Functions execution (ARN) that made the run, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<String>,
+    /// The version an incremental run started from, and what it reuses of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRecord>,
+}
+
+/// What an incremental run takes from its base version: the reused entries are staged in
+/// `reused_documents` documents ([`Staging::reused_key`]) and are part of `objects`/`bytes`,
+/// but in no shard; the run never writes, and so never rolls back, anything they point at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRecord {
+    /// The base version's top hash.
+    pub top_hash: String,
+    /// Entries reused from it.
+    pub reused_objects: u64,
+    /// Their bytes.
+    pub reused_bytes: u64,
+    /// Staged documents holding them.
+    pub reused_documents: u32,
 }
 
 impl RunPlan {
@@ -162,7 +186,7 @@ impl RunPlan {
         )
     }
 
-    /// Where a copy of `logical_key` goes: `namespace/name/logical_key`.
+    /// Where a copy of `logical_key` goes by default: `namespace/name/logical_key`.
     pub fn destination_key(&self, logical_key: &LogicalKey) -> String {
         format!(
             "{}/{}/{}",
@@ -171,6 +195,26 @@ impl RunPlan {
             logical_key
         )
     }
+
+    /// Where the copy of `object` goes: its planned destination, else the default.
+    pub fn destination_of(&self, object: &PlannedObject) -> String {
+        object
+            .destination
+            .clone()
+            .unwrap_or_else(|| self.destination_key(&object.logical_key))
+    }
+
+    /// Entries in the shards (the package's entries less those reused from the base).
+    pub fn copied_objects(&self) -> u64 {
+        self.objects - self.base.as_ref().map_or(0, |b| b.reused_objects)
+    }
+}
+
+/// The key of `logical_key`'s copy when written by run `run_id` because the default key is
+/// taken: `namespace/name/.s3quilt/<run id>/logical_key` (inside the package's folder, so the
+/// run's clean-up rules hold; a run id is new, so no earlier run wrote there).
+pub fn run_scoped_key(package_prefix: &str, run_id: &str, logical_key: &LogicalKey) -> String {
+    format!("{package_prefix}.s3quilt/{run_id}/{logical_key}")
 }
 
 /// One entry of a fragment: the manifest line's parts, plus rollback facts.
@@ -294,6 +338,12 @@ impl Staging {
     /// Key of a shard.
     pub fn shard_key(&self, shard: u32) -> String {
         format!("{}shards/{shard:06}.json", self.prefix())
+    }
+
+    /// Key of a document of entries reused from the base version (a [`ManifestFragment`]
+    /// with nothing created).
+    pub fn reused_key(&self, document: u32) -> String {
+        format!("{}reused/{document:06}.json", self.prefix())
     }
 
     /// Key of a shard's fragment.

@@ -577,7 +577,7 @@ async fn read_journal(
             Ok(Some(doc)) => unclosed_keys.extend(
                 doc.objects
                     .iter()
-                    .map(|o| plan.destination_key(&o.logical_key)),
+                    .map(|o| plan.destination_of(o)),
             ),
             // The shard document is written with the attempt marker, before any copy of the
             // attempt is sent: without it, the attempt sent nothing.
@@ -684,7 +684,7 @@ pub async fn clear_earlier_attempts(
         search = shard
             .objects
             .iter()
-            .map(|o| plan.destination_key(&o.logical_key))
+            .map(|o| plan.destination_of(o))
             .collect();
     }
     let retry = RetryPolicy::default();

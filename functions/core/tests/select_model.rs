@@ -180,6 +180,7 @@ proptest! {
             storage_class: "STANDARD".into(),
             last_modified: None,
             logical_key: format!("k{i:04}").parse().unwrap(),
+            destination: None,
         }).collect();
         let shards = make_shards(objects.clone(), max_objects, max_bytes);
         let flat: Vec<&PlannedObject> = shards.iter().flat_map(|s| &s.objects).collect();

@@ -153,7 +153,7 @@ impl From<ObjectMetadataArg> for ObjectMetadata {
 }
 
 /// The flags that set request fields: `--request` takes the whole request instead.
-const REQUEST_FIELD_ARGS: [&str; 13] = [
+const REQUEST_FIELD_ARGS: [&str; 17] = [
     "source",
     "package",
     "registry",
@@ -167,6 +167,10 @@ const REQUEST_FIELD_ARGS: [&str; 13] = [
     "hash_type",
     "overwrite_existing",
     "object_metadata",
+    "full",
+    "base",
+    "verify_base",
+    "publish_unchanged",
 ];
 
 fn default_concurrency() -> u16 {
@@ -219,6 +223,21 @@ pub struct PackageArgs {
     /// object (one instead of two).
     #[arg(long, value_enum, value_name = "WHAT")]
     pub object_metadata: Option<ObjectMetadataArg>,
+    /// Package everything again. By default a run starts from the package's latest version:
+    /// objects unchanged since it keep their entries without a request, only new and changed
+    /// objects are copied, and nothing changed means no new version.
+    #[arg(long, conflicts_with_all = ["base", "verify_base"])]
+    pub full: bool,
+    /// Start from this version (a top hash) instead of the package's latest.
+    #[arg(long, value_name = "TOP_HASH")]
+    pub base: Option<String>,
+    /// Check (one HEAD each) that the objects of reused entries still exist; those gone are
+    /// copied again from the source.
+    #[arg(long)]
+    pub verify_base: bool,
+    /// Write a new version even when nothing changed since the base.
+    #[arg(long)]
+    pub publish_unchanged: bool,
     /// Take the whole request from a JSON file (`-`: stdin) instead of the arguments above: the
     /// Step Functions execution input, as a schedule starts it (the bare request, or
     /// {"request": {...}, "max_concurrency": N}, whose max_concurrency is the Map's and not used
@@ -440,6 +459,10 @@ impl PackageArgs {
         request.hash_type = self.hash_type.map(HashType::from);
         request.overwrite_existing = self.overwrite_existing;
         request.object_metadata = self.object_metadata.map(Into::into).unwrap_or_default();
+        request.incremental = !self.full;
+        request.base = self.base.clone();
+        request.verify_base = self.verify_base;
+        request.publish_unchanged = self.publish_unchanged;
         Ok(request)
     }
 
@@ -477,6 +500,10 @@ pub fn flag_for_field(field: &str) -> Option<&'static str> {
         "hash_type" => "--hash-type",
         "overwrite_existing" => "--overwrite-existing",
         "object_metadata" => "--object-metadata",
+        "incremental" => "--full",
+        "base" => "--base",
+        "verify_base" => "--verify-base",
+        "publish_unchanged" => "--publish-unchanged",
         _ => return None,
     })
 }
@@ -569,6 +596,10 @@ mod tests {
             "--overwrite-existing",
             "--object-metadata",
             "listing",
+            "--base",
+            &"ab".repeat(32),
+            "--verify-base",
+            "--publish-unchanged",
             "--concurrency",
             "8",
             "--endpoint-url",
@@ -591,6 +622,9 @@ mod tests {
         expected.hash_type = Some(HashType::Crc64Nvme);
         expected.overwrite_existing = true;
         expected.object_metadata = ObjectMetadata::Listing;
+        expected.base = Some("ab".repeat(32));
+        expected.verify_base = true;
+        expected.publish_unchanged = true;
         assert_eq!(request, expected);
         assert_eq!(args.engine_options().concurrency, 8);
         assert!(args.json);
@@ -896,6 +930,10 @@ mod tests {
             &["--hash-type", "CRC64NVME"],
             &["--overwrite-existing"],
             &["--object-metadata", "listing"],
+            &["--full"],
+            &["--base", "h"],
+            &["--verify-base"],
+            &["--publish-unchanged"],
         ] {
             let mut args = vec!["plan", "--request", "r.json"];
             args.extend_from_slice(flag);
@@ -906,6 +944,18 @@ mod tests {
             "no package"
         );
         assert!(refused(&["plan"]), "neither arguments nor --request");
+    }
+
+    #[test]
+    fn full_turns_incremental_off_and_excludes_a_base() {
+        let args = package_args(&["create", "s3://src", "a/b", "--registry", "r"]);
+        assert!(args.to_request(false).unwrap().incremental);
+        let args = package_args(&["create", "s3://src", "a/b", "--registry", "r", "--full"]);
+        assert!(!args.to_request(false).unwrap().incremental);
+        let refused = Cli::try_parse_from([
+            "s3quilt", "create", "s3://src", "a/b", "--registry", "r", "--full", "--base", "h",
+        ]);
+        assert!(refused.is_err());
     }
 
     #[test]

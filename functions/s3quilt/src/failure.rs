@@ -126,6 +126,21 @@ pub fn classify_engine(err: &EngineError) -> Failure {
                 Failure::new(EXIT_ACCESS, "access_denied", message)
             }
             PlanError::Store(_) => Failure::new(EXIT_OTHER, "storage", message),
+            PlanError::Base { source, .. } => match source {
+                s3quilt_core::registry::RegistryError::Store(e)
+                    if e.kind == StoreErrorKind::AccessDenied =>
+                {
+                    Failure::new(EXIT_ACCESS, "base_access", message)
+                }
+                s3quilt_core::registry::RegistryError::Store(_) => {
+                    Failure::new(EXIT_OTHER, "storage", message)
+                }
+                _ => Failure::new(
+                    EXIT_BAD_INPUT,
+                    "invalid_base",
+                    format!("{message} (set by --base)"),
+                ),
+            },
         },
         EngineError::Copy { rollback, .. } => Failure {
             rollback: Some(rollback.clone()),

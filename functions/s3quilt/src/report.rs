@@ -111,6 +111,19 @@ pub fn print_outcome(outcome: &RunOutcome, json: bool) -> anyhow::Result<()> {
 pub fn outcome_text(outcome: &RunOutcome) -> String {
     match outcome {
         RunOutcome::Planned(plan) => plan_text(plan),
+        RunOutcome::UpToDate(plan) => {
+            let base = plan.incremental.as_ref().map_or("", |i| i.base.as_str());
+            let mut out = format!(
+                "Up to date: {} has not changed since its version {base}; no version was written\n",
+                plan.package_name
+            );
+            out += &format!("  registry:  {}\n", plan.registry);
+            out += &format!("  source:    {}\n", plan.source);
+            out += &format!("  objects:   {} ({})\n", plan.objects, bytes(plan.bytes));
+            out += "  (--publish-unchanged writes a new version anyway; --full packages everything again)\n";
+            out += &skipped_data_text(plan);
+            out
+        }
         RunOutcome::Created { plan, package } => {
             let mut out = format!("Created {}\n", package.package_name);
             out += &format!("  top hash:  {}\n", package.top_hash);
@@ -129,6 +142,7 @@ pub fn outcome_text(outcome: &RunOutcome) -> String {
             } else {
                 out += "  objects referenced in place (not copied)\n";
             }
+            out += &incremental_text(plan);
             out += &skipped_data_text(plan);
             out += &format!("  browse:    {}\n", package.browse);
             out
@@ -155,6 +169,7 @@ fn plan_text(plan: &PlanSummary) -> String {
         "  listed:    {} ({} folder markers skipped, {} not matched by --include, {} removed by --exclude)\n",
         plan.listed, plan.folder_markers, plan.not_included, plan.excluded
     );
+    out += &incremental_text(plan);
     out += &skipped_data_text(plan);
     out += &format!("  shards:    {}\n", plan.shards);
     out += &format!(
@@ -164,6 +179,37 @@ fn plan_text(plan: &PlanSummary) -> String {
     out += &format!("  first {} logical keys:\n", plan.sample_logical_keys.len());
     for key in &plan.sample_logical_keys {
         out += &format!("    {key}\n");
+    }
+    out
+}
+
+/// What an incremental run reuses of its base and what it copies (nothing for a full run).
+fn incremental_text(plan: &PlanSummary) -> String {
+    let Some(i) = &plan.incremental else {
+        return String::new();
+    };
+    let tally = |t: &s3quilt_core::reuse::Tally| format!("{} ({})", t.objects, HumanBytes(t.bytes));
+    let mut out = format!("  base:      {}\n", i.base);
+    out += &format!(
+        "  reused:    {} unchanged; copied: {} changed, {} new; removed: {}\n",
+        tally(&i.reused),
+        tally(&i.changed),
+        tally(&i.added),
+        tally(&i.removed)
+    );
+    if let Some(verified) = i.verified {
+        out += &format!(
+            "  verified:  {verified} reused entries, {} of them gone (copied again)\n",
+            i.missing.len()
+        );
+        for key in &i.missing {
+            out += &format!("    gone: {key}\n");
+        }
+    }
+    if i.up_to_date && !plan.dry_run {
+        out += "  nothing changed: a new version was published as asked (--publish-unchanged)\n";
+    } else if i.up_to_date {
+        out += "  nothing changed: no version would be written\n";
     }
     out
 }
@@ -179,10 +225,16 @@ fn skipped_data_text(plan: &PlanSummary) -> String {
 }
 
 fn estimate_text(e: &RequestEstimate) -> String {
-    let total = e.list + e.head + e.copy_object + e.upload_part_copy + e.multipart_control + e.put;
+    let total = e.list
+        + e.head
+        + e.copy_object
+        + e.upload_part_copy
+        + e.multipart_control
+        + e.put
+        + e.get;
     format!(
-        "{total} ({} list, {} head, {} copy, {} upload-part-copy, {} multipart create/complete, {} put)",
-        e.list, e.head, e.copy_object, e.upload_part_copy, e.multipart_control, e.put
+        "{total} ({} list, {} head, {} copy, {} upload-part-copy, {} multipart create/complete, {} put, {} get)",
+        e.list, e.head, e.copy_object, e.upload_part_copy, e.multipart_control, e.put, e.get
     )
 }
 
@@ -217,10 +269,39 @@ mod tests {
                 upload_part_copy: 0,
                 multipart_control: 0,
                 put: 7,
+                get: 0,
             },
             copy: true,
             dry_run: true,
+            incremental: None,
         }
+    }
+
+    #[test]
+    fn incremental_runs_say_what_they_reuse_and_an_unchanged_one_says_so() {
+        let mut plan = summary();
+        plan.incremental = Some(s3quilt_core::reuse::IncrementalSummary {
+            base: "ab".repeat(32),
+            reused: s3quilt_core::reuse::Tally {
+                objects: 1,
+                bytes: 2048,
+            },
+            added: s3quilt_core::reuse::Tally {
+                objects: 1,
+                bytes: 10,
+            },
+            ..Default::default()
+        });
+        let text = outcome_text(&RunOutcome::Planned(plan.clone()));
+        assert!(text.contains(&format!("base:      {}", "ab".repeat(32))), "{text}");
+        assert!(
+            text.contains("reused:    1 (2.00 KiB) unchanged; copied: 0 (0 B) changed, 1 (10 B) new; removed: 0 (0 B)"),
+            "{text}"
+        );
+        plan.dry_run = false;
+        plan.incremental.as_mut().unwrap().up_to_date = true;
+        let text = outcome_text(&RunOutcome::UpToDate(plan));
+        assert!(text.starts_with("Up to date: team/pkg has not changed since its version abab"), "{text}");
     }
 
     #[test]

@@ -176,6 +176,11 @@ impl From<PlanError> for StepError {
             }
             PlanError::Problems(_) => ErrorType::SelectionRejected,
             PlanError::EmptySelection { .. } => ErrorType::EmptySelection,
+            PlanError::Base { source, .. } => match source {
+                RegistryError::Store(s) => store_type(s, ErrorType::InvalidRequest),
+                // A named base that is not there, or not a manifest: the request must change.
+                _ => ErrorType::InvalidRequest,
+            },
             PlanError::Store(source) => store_type(source, ErrorType::InvalidRequest),
         };
         StepError::new(error_type, e.to_string())

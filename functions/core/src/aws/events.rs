@@ -112,6 +112,10 @@ pub struct PlannerEvent {
 pub struct PlannerOutput {
     /// A dry run planned only: the state machine ends after the plan.
     pub dry_run: bool,
+    /// An incremental run found nothing changed since its base: the state machine ends after
+    /// the plan, and no version is written.
+    #[serde(default)]
+    pub up_to_date: bool,
     /// The run (absent for a dry run).
     pub run_id: Option<String>,
     /// Registry bucket holding the run's staging area.
@@ -301,12 +305,13 @@ pub struct JanitorOutput {
     pub runs: Vec<JanitorRun>,
 }
 
-/// The execution's output: `{"status": "created", "plan": …, "package": …}` or, for a dry
-/// run, `{"status": "planned", "plan": …}` (`plan` is the [`PlanSummary`], `package` the
+/// The execution's output: `{"status": "created", "plan": …, "package": …}`, for a dry
+/// run `{"status": "planned", "plan": …}`, for an incremental run that found nothing changed
+/// `{"status": "up_to_date", "plan": …}` (`plan` is the [`PlanSummary`], `package` the
 /// [`crate::finalize::PackageResult`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionOutput {
-    /// `created` or `planned`.
+    /// `created`, `planned` or `up_to_date`.
     pub status: String,
     /// The plan summary.
     pub plan: serde_json::Value,

@@ -192,7 +192,8 @@ pub async fn plan_step(
         "planned"
     );
     Ok(PlannerOutput {
-        dry_run: planned.run.is_none(),
+        dry_run: planned.run.is_none() && planned.summary.dry_run,
+        up_to_date: planned.run.is_none() && !planned.summary.dry_run,
         run_id,
         registry_bucket,
         shard_index_key,

@@ -258,6 +258,10 @@ pub async fn request_for(
     request.metadata = params.metadata.clone().map(serde_json::Value::Object);
     request.overwrite_existing = params.overwrite_existing;
     request.object_metadata = params.object_metadata.map(Into::into).unwrap_or_default();
+    request.incremental = params.incremental;
+    request.base = params.base.clone();
+    request.verify_base = params.verify_base;
+    request.publish_unchanged = params.publish_unchanged;
     request.dry_run = params.dry_run;
     Ok(request)
 }

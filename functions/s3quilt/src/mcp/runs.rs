@@ -222,9 +222,18 @@ fn next_step(view: &RunView) -> String {
             "Browse it with package_browse (package_name {:?}, registry {:?}, top_hash {:?}), or in Python: {}",
             p.package_name, p.registry, p.top_hash, p.browse
         ),
-        (RunStatus::Succeeded, None) => {
-            "Nothing was written. Call again without dry_run to create the package.".into()
-        }
+        (RunStatus::Succeeded, None) => match view
+            .plan
+            .as_ref()
+            .and_then(|p| p.incremental.as_ref())
+            .filter(|i| i.up_to_date && !view.dry_run)
+        {
+            Some(i) => format!(
+                "Nothing changed since version {} (the package's base): no version was written. Pass publish_unchanged: true to write one anyway, or incremental: false to package everything again.",
+                i.base
+            ),
+            None => "Nothing was written. Call again without dry_run to create the package.".into(),
+        },
         // The engine's message lists what rollback could not remove.
         (RunStatus::Failed, _) if view.error.as_deref().is_some_and(|e| e.contains("NOT removed")) => {
             "Rollback could not remove some objects (listed above): delete them by hand, fix the cause and start a new run.".into()
@@ -241,7 +250,7 @@ impl LocalRun {
         let progress: RunProgress = self.progress.snapshot().into();
         let (status, plan, package, error) = match outcome.as_deref() {
             None => (RunStatus::Running, None, None, None),
-            Some(Ok(RunOutcome::Planned(plan))) => {
+            Some(Ok(RunOutcome::Planned(plan) | RunOutcome::UpToDate(plan))) => {
                 (RunStatus::Succeeded, convert(plan), None, None)
             }
             Some(Ok(RunOutcome::Created { plan, package })) => {

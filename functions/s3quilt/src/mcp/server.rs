@@ -154,6 +154,10 @@ fn from_s3_request(p: CreateFromS3Params, registry: &str) -> PackageRequest {
     request.hash_type = p.hash_type.map(Into::into);
     request.overwrite_existing = p.overwrite_existing;
     request.object_metadata = p.object_metadata.map(Into::into).unwrap_or_default();
+    request.incremental = p.incremental;
+    request.base = p.base.clone();
+    request.verify_base = p.verify_base;
+    request.publish_unchanged = p.publish_unchanged;
     request.dry_run = p.dry_run;
     request
 }

@@ -265,6 +265,22 @@ pub struct CreateFromS3Params {
     #[serde(default)]
     #[schemars(example = &"listing")]
     pub object_metadata: Option<ObjectMetadataParam>,
+    /// Start from the package's `latest` version (default `true`): objects unchanged since it
+    /// keep their entries with no S3 request, only new and changed objects are copied, and a
+    /// run that finds nothing changed writes no version (status says `up_to_date`). `false`
+    /// packages everything again.
+    #[serde(default = "yes")]
+    pub incremental: bool,
+    /// Start from this version (a top hash) instead of `latest`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Check (one HEAD each) that the objects of reused entries still exist; those gone are
+    /// copied again from the source.
+    #[serde(default)]
+    pub verify_base: bool,
+    /// Write a new version even when nothing changed since the base.
+    #[serde(default)]
+    pub publish_unchanged: bool,
     /// Plan only: list and select, report counts, bytes and the first logical keys exactly as
     /// a real run would write them; write nothing.
     #[serde(default)]
@@ -341,6 +357,22 @@ pub struct CreateParams {
     #[serde(default)]
     #[schemars(example = &"listing")]
     pub object_metadata: Option<ObjectMetadataParam>,
+    /// Start from the package's `latest` version (default `true`): objects unchanged since it
+    /// keep their entries with no S3 request, only new and changed objects are copied, and a
+    /// run that finds nothing changed writes no version (status says `up_to_date`). `false`
+    /// packages everything again.
+    #[serde(default = "yes")]
+    pub incremental: bool,
+    /// Start from this version (a top hash) instead of `latest`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Check (one HEAD each) that the objects of reused entries still exist; those gone are
+    /// copied again from the source.
+    #[serde(default)]
+    pub verify_base: bool,
+    /// Write a new version even when nothing changed since the base.
+    #[serde(default)]
+    pub publish_unchanged: bool,
     /// Plan only; write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -622,6 +654,40 @@ pub struct PlanView {
     pub copy: bool,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// An incremental run: what it reused of its base version and what it copied.
+    pub incremental: Option<IncrementalView>,
+}
+
+/// Objects and their bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct TallyView {
+    /// Objects.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// What an incremental run found against its base version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct IncrementalView {
+    /// The base version's top hash.
+    pub base: String,
+    /// Unchanged objects: their entries were kept, with no S3 request.
+    pub reused: TallyView,
+    /// Objects whose source changed since the base: copied.
+    pub changed: TallyView,
+    /// Objects new since the base: copied.
+    pub added: TallyView,
+    /// Base entries no longer selected: not in the new version.
+    pub removed: TallyView,
+    /// Nothing changed: no version was written; the base is the package.
+    pub up_to_date: bool,
+    /// With `verify_base`: reused entries checked.
+    pub verified: Option<u64>,
+    /// With `verify_base`: reused entries whose object was gone (copied again).
+    pub missing: Vec<String>,
 }
 
 /// The package version a run wrote.
