@@ -412,6 +412,30 @@ async def scenario_failing(config):
         return {"error": run["error"], "run_id": run["run_id"]}
 
 
+async def scenario_incremental(config):
+    """Two runs of one package: the second finds nothing changed and writes no version; a dry
+    run says what it would reuse; `incremental: false` plans everything again."""
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        request = {"source_bucket": config["source_bucket"], "source_prefix": config["source_prefix"],
+                   "package_name": "team/inc", "target_registry": config["registry"],
+                   "wait_seconds": 50}
+        first = await s.ok("package_create_from_s3", request)
+        check(first["status"] == "succeeded" and first["package"], "the first run creates", first)
+        check(first["plan"]["incremental"] is None, "a first version has no base", first)
+        second = await s.ok("package_create_from_s3", request)
+        inc = second["plan"]["incremental"]
+        check(second["status"] == "succeeded" and second["package"] is None,
+              "an unchanged package gets no version", second)
+        check(inc["up_to_date"] and inc["base"] == first["package"]["top_hash"], "up to date", second)
+        check(inc["reused"]["objects"] == first["plan"]["objects"], "everything reused", second)
+        check("Nothing changed" in second["next_step"], "the next step says so", second)
+        dry = await s.ok("package_create_from_s3", dict(request, dry_run=True, incremental=False))
+        check(dry["plan"]["incremental"] is None, "incremental: false plans a full run", dry)
+        s.check_no_secrets()
+        return {"first": first, "second": second}
+
+
 async def scenario_sfn(config):
     async with connect(config, "legacy") as client:
         s = Session(client, config.get("secret"))
@@ -610,7 +634,8 @@ async def scenario_misconfigured(config):
 
 
 SCENARIOS = {"misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
-             "sfn": scenario_sfn, "agent_input": scenario_agent_input}
+             "sfn": scenario_sfn, "agent_input": scenario_agent_input,
+             "incremental": scenario_incremental}
 
 
 def main():

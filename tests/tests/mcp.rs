@@ -260,6 +260,39 @@ async fn a_run_that_outlasts_the_call_is_followed_with_status() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_of_an_unchanged_package_is_up_to_date() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    seed(&client, &source, &sample()).await;
+    let config = json!({
+        "source_bucket": source, "source_prefix": "data", "registry": format!("s3://{registry}"),
+    });
+    let report = tokio::task::block_in_place(|| {
+        run_client(
+            server.env(),
+            "incremental",
+            &["--endpoint-url", server.endpoint()],
+            config,
+        )
+    });
+    let top_hash = report["first"]["package"]["top_hash"].clone();
+    // One version only: the second run wrote no pointer.
+    let versions = s3quilt_core::registry::Registry::new(
+        s3quilt_core::storage::S3Store::shared(client.clone()),
+        &registry,
+    )
+    .versions(&"team/inc".parse().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(json!(versions[0].top_hash), top_hash);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_run_is_a_tool_error_and_is_rolled_back() {
     let server = moto();
     let client = server.client().await;

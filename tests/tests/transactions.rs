@@ -583,7 +583,10 @@ async fn a_suspended_target_never_overwrites_a_published_version(server: &'stati
         .await
         .unwrap();
     seed(&client, &source, &[small("data/a.csv", "version 2")]).await;
-    let err = run_local(store.clone(), &request, &options, Progress::new())
+    // A full run would write over the published copy: refused.
+    let mut full = request.clone();
+    full.incremental = false;
+    let err = run_local(store.clone(), &full, &options, Progress::new())
         .await
         .unwrap_err();
     assert!(
@@ -591,6 +594,11 @@ async fn a_suspended_target_never_overwrites_a_published_version(server: &'stati
         "{err}"
     );
     assert_eq!(verify_package(&store, &registry, PACKAGE).await, Ok(1));
+    // An incremental run copies the changed object to a key of its own: both versions hold.
+    run_local(store.clone(), &request, &options, Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(verify_package(&store, &registry, PACKAGE).await, Ok(2));
 }
 
 /// Finding 8: a source that contains what the run writes is refused before anything is

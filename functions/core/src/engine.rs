@@ -326,7 +326,9 @@ pub async fn run_local(
     };
     // Progress counts what is copied (an incremental run reuses the rest untouched).
     let (copy_objects, copy_bytes) = planned.summary.to_copy();
-    progress.objects_total.store(copy_objects, Ordering::Relaxed);
+    progress
+        .objects_total
+        .store(copy_objects, Ordering::Relaxed);
     progress.bytes_total.store(copy_bytes, Ordering::Relaxed);
     let (summary, shards, reused) = (planned.summary, planned.shards, planned.reused);
     let Some(run) = planned.run else {

@@ -10,12 +10,9 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::quilt::checksum::QuiltHash;
 use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError};
 use crate::registry::{Registry, RegistryError};
-use crate::staging::{
-    FragmentEntry, ManifestFragment, RunPlan, Staging, StagingError, parse_meta,
-};
+use crate::staging::{FragmentEntry, ManifestFragment, RunPlan, Staging, StagingError};
 use crate::storage::{ObjectStore, unix_now};
 use crate::transaction::{self, Outcome, TransactionError};
 
@@ -141,24 +138,14 @@ fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, F
         .entries
         .iter()
         .map(|e| {
-            let meta = parse_meta(&e.meta).ok_or_else(|| FinalizeError::Fragment {
-                shard: fragment.shard,
-                reason: format!(
-                    "entry {:?} has meta that is not a JSON object",
-                    e.logical_key.as_str()
-                ),
-            })?;
-            let hash = QuiltHash {
-                kind: e.hash_type,
-                value: e.hash_value.clone(),
-            };
-            Ok(ManifestEntry::new(
-                e.logical_key.clone(),
-                e.physical_key.clone(),
-                e.size,
-                &hash,
-                meta,
-            ))
+            e.to_manifest_entry()
+                .ok_or_else(|| FinalizeError::Fragment {
+                    shard: fragment.shard,
+                    reason: format!(
+                        "entry {:?} has meta that is not a JSON object",
+                        e.logical_key.as_str()
+                    ),
+                })
         })
         .collect()
 }

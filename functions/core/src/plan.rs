@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
-use crate::quilt::manifest::{Manifest, ManifestEntry};
+use crate::quilt::manifest::Manifest;
 use crate::registry::{Registry, RegistryError, WrittenObject};
 use crate::request::{BaseChoice, ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
@@ -295,7 +295,11 @@ impl PlanSummary {
     /// Objects and bytes the run copies (or hashes in place): all of them, less those an
     /// incremental run reuses.
     pub fn to_copy(&self) -> (u64, u64) {
-        let reused = self.incremental.as_ref().map(|i| i.reused).unwrap_or_default();
+        let reused = self
+            .incremental
+            .as_ref()
+            .map(|i| i.reused)
+            .unwrap_or_default();
         (self.objects - reused.objects, self.bytes - reused.bytes)
     }
 
@@ -724,8 +728,11 @@ async fn plan_valid(
         let default = format!("{package_prefix}{}", object.logical_key);
         if existing.contains(&default) {
             if incremental_run {
-                object.destination =
-                    Some(run_scoped_key(&package_prefix, &run_id, &object.logical_key));
+                object.destination = Some(run_scoped_key(
+                    &package_prefix,
+                    &run_id,
+                    &object.logical_key,
+                ));
             } else {
                 problems.existing_in_target.push(default);
             }
@@ -735,10 +742,10 @@ async fn plan_valid(
         problems.destination_too_long = to_copy
             .iter()
             .map(|o| {
-                let length = o
-                    .destination
-                    .as_ref()
-                    .map_or(package_prefix.len() + o.logical_key.as_str().len(), String::len);
+                let length = o.destination.as_ref().map_or(
+                    package_prefix.len() + o.logical_key.as_str().len(),
+                    String::len,
+                );
                 (o, length)
             })
             .filter(|(_, len)| *len > MAX_KEY_BYTES)
@@ -876,22 +883,25 @@ async fn plan_valid(
             Ok(written)
         };
         let reused_written = async {
-            futures::stream::iter(reused.chunks(REUSED_DOCUMENT_ENTRIES.max(1)).enumerate().map(
-                |(document, entries)| {
-                    let staging = &staging;
-                    let fragment = ManifestFragment {
-                        shard: document as u32,
-                        entries: entries.to_vec(),
-                        created: Vec::new(),
-                        attempt: String::new(),
-                    };
-                    async move {
-                        staging
-                            .put(&staging.reused_key(document as u32), &fragment)
-                            .await
-                    }
-                },
-            ))
+            futures::stream::iter(
+                reused
+                    .chunks(REUSED_DOCUMENT_ENTRIES.max(1))
+                    .enumerate()
+                    .map(|(document, entries)| {
+                        let staging = &staging;
+                        let fragment = ManifestFragment {
+                            shard: document as u32,
+                            entries: entries.to_vec(),
+                            created: Vec::new(),
+                            attempt: String::new(),
+                        };
+                        async move {
+                            staging
+                                .put(&staging.reused_key(document as u32), &fragment)
+                                .await
+                        }
+                    }),
+            )
             .buffer_unordered(options.list_concurrency.max(1))
             .try_collect::<Vec<WrittenObject>>()
             .await
@@ -1015,20 +1025,7 @@ async fn read_base(
 fn unchanged_top_hash(valid: &ValidRequest, reused: &[FragmentEntry]) -> Option<String> {
     let entries = reused
         .iter()
-        .map(|e| {
-            let meta = crate::staging::parse_meta(&e.meta)?;
-            let hash = crate::quilt::checksum::QuiltHash {
-                kind: e.hash_type,
-                value: e.hash_value.clone(),
-            };
-            Some(ManifestEntry::new(
-                e.logical_key.clone(),
-                e.physical_key.clone(),
-                e.size,
-                &hash,
-                meta,
-            ))
-        })
+        .map(FragmentEntry::to_manifest_entry)
         .collect::<Option<Vec<_>>>()?;
     Manifest::new(valid.header(), entries)
         .ok()

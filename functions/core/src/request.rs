@@ -488,7 +488,9 @@ impl PackageRequest {
             (Some(hash), true) => {
                 return Err(invalid(
                     "base",
-                    format!("{hash:?} is not a top hash: give the 64 lowercase hex digits of a version of the package"),
+                    format!(
+                        "{hash:?} is not a top hash: give the 64 lowercase hex digits of a version of the package"
+                    ),
                 ));
             }
             (None, true) => Some(BaseChoice::Latest),

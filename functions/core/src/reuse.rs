@@ -88,7 +88,12 @@ pub struct ReuseRules<'a> {
 
 impl ReuseRules<'_> {
     /// Whether the base entry `entry` may stand for `object` in the new version.
-    fn reusable(&self, entry: &ManifestEntry, source: &SourceFacts, object: &PlannedObject) -> bool {
+    fn reusable(
+        &self,
+        entry: &ManifestEntry,
+        source: &SourceFacts,
+        object: &PlannedObject,
+    ) -> bool {
         if entry.size != object.size || entry.hash().kind != self.hash_type {
             return false;
         }
@@ -183,9 +188,7 @@ pub fn split(
     let mut by_source: HashMap<String, (usize, SourceFacts)> = HashMap::new();
     for (index, entry) in base.entries.iter().enumerate() {
         if let Some(facts) = source_facts(entry, rules.source_bucket) {
-            by_source
-                .entry(facts.key.clone())
-                .or_insert((index, facts));
+            by_source.entry(facts.key.clone()).or_insert((index, facts));
         }
     }
     let mut used = vec![false; base.entries.len()];
@@ -292,10 +295,34 @@ mod tests {
         Manifest::new(
             PackageHeader::new(None, None),
             vec![
-                entry("a.txt", "s3://reg/team/pkg/a.txt?versionId=1", "s3://src/d/a.txt", "\"e1\"", 5),
-                entry("b.txt", "s3://reg/team/pkg/b.txt?versionId=1", "s3://src/d/b.txt", "\"e2\"", 6),
-                entry("c.txt", "s3://reg/team/pkg/c.txt?versionId=1", "s3://src/d/c.txt", "\"e3\"", 7),
-                entry("x.txt", "s3://other/team/pkg/x.txt", "s3://src/d/x.txt", "\"e4\"", 8),
+                entry(
+                    "a.txt",
+                    "s3://reg/team/pkg/a.txt?versionId=1",
+                    "s3://src/d/a.txt",
+                    "\"e1\"",
+                    5,
+                ),
+                entry(
+                    "b.txt",
+                    "s3://reg/team/pkg/b.txt?versionId=1",
+                    "s3://src/d/b.txt",
+                    "\"e2\"",
+                    6,
+                ),
+                entry(
+                    "c.txt",
+                    "s3://reg/team/pkg/c.txt?versionId=1",
+                    "s3://src/d/c.txt",
+                    "\"e3\"",
+                    7,
+                ),
+                entry(
+                    "x.txt",
+                    "s3://other/team/pkg/x.txt",
+                    "s3://src/d/x.txt",
+                    "\"e4\"",
+                    8,
+                ),
             ],
         )
         .unwrap()
@@ -305,7 +332,13 @@ mod tests {
     fn unchanged_objects_keep_their_entries_and_the_rest_is_counted() {
         let selected = vec![
             // Unchanged, listed in milliseconds; renamed in the package (flattened elsewhere).
-            listed("d/a.txt", "new/a.txt", "\"e1\"", 5, "2026-11-25T00:37:59.250Z"),
+            listed(
+                "d/a.txt",
+                "new/a.txt",
+                "\"e1\"",
+                5,
+                "2026-11-25T00:37:59.250Z",
+            ),
             // Changed: another ETag.
             listed("d/b.txt", "b.txt", "\"e9\"", 6, "2026-11-25T00:37:59Z"),
             // Its entry points into another bucket: copied again.
@@ -320,7 +353,11 @@ mod tests {
         assert_eq!(reused.logical_key.as_str(), "new/a.txt");
         assert_eq!(reused.physical_key, "s3://reg/team/pkg/a.txt?versionId=1");
         assert_eq!(reused.hash_value, HASH);
-        assert!(reused.meta.contains("\"etag\": \"\\\"e1\\\"\""), "{}", reused.meta);
+        assert!(
+            reused.meta.contains("\"etag\": \"\\\"e1\\\"\""),
+            "{}",
+            reused.meta
+        );
         let keys: Vec<&str> = split.to_copy.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["d/b.txt", "d/x.txt", "d/n.txt"]);
         let s = &split.summary;
@@ -360,7 +397,13 @@ mod tests {
         );
         let in_place = Manifest::new(
             PackageHeader::new(None, None),
-            vec![entry("a.txt", "s3://src/d/a.txt", "s3://src/d/a.txt", "\"e1\"", 5)],
+            vec![entry(
+                "a.txt",
+                "s3://src/d/a.txt",
+                "s3://src/d/a.txt",
+                "\"e1\"",
+                5,
+            )],
         )
         .unwrap();
         assert!(
@@ -369,7 +412,9 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            split(&in_place, "h", vec![object], &rules(false)).reused.len(),
+            split(&in_place, "h", vec![object], &rules(false))
+                .reused
+                .len(),
             1
         );
     }
@@ -386,7 +431,10 @@ mod tests {
         assert_eq!(split.reused.len(), 1);
         assert_eq!(split.to_copy.len(), 1);
         assert_eq!(split.to_copy[0].key, "d/c.txt");
-        assert_eq!(split.summary.missing, ["s3://reg/team/pkg/c.txt?versionId=1"]);
+        assert_eq!(
+            split.summary.missing,
+            ["s3://reg/team/pkg/c.txt?versionId=1"]
+        );
         assert_eq!(split.summary.reused.objects, 1);
         assert_eq!(split.summary.changed.objects, 1);
     }

@@ -234,6 +234,23 @@ pub struct FragmentEntry {
     pub meta: String,
 }
 
+impl FragmentEntry {
+    /// The manifest entry this stands for; `None` when its `meta` is not a JSON object.
+    pub fn to_manifest_entry(&self) -> Option<crate::quilt::manifest::ManifestEntry> {
+        let hash = crate::quilt::checksum::QuiltHash {
+            kind: self.hash_type,
+            value: self.hash_value.clone(),
+        };
+        Some(crate::quilt::manifest::ManifestEntry::new(
+            self.logical_key.clone(),
+            self.physical_key.clone(),
+            self.size,
+            &hash,
+            parse_meta(&self.meta)?,
+        ))
+    }
+}
+
 /// What one copier produced for one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestFragment {

@@ -574,11 +574,9 @@ async fn read_journal(
     let mut unclosed_keys = in_doubt;
     for shard in unclosed_shards.keys() {
         match staging.get::<Shard>(&staging.shard_key(*shard)).await {
-            Ok(Some(doc)) => unclosed_keys.extend(
-                doc.objects
-                    .iter()
-                    .map(|o| plan.destination_of(o)),
-            ),
+            Ok(Some(doc)) => {
+                unclosed_keys.extend(doc.objects.iter().map(|o| plan.destination_of(o)))
+            }
             // The shard document is written with the attempt marker, before any copy of the
             // attempt is sent: without it, the attempt sent nothing.
             Ok(None) => {}

@@ -953,7 +953,15 @@ mod tests {
         let args = package_args(&["create", "s3://src", "a/b", "--registry", "r", "--full"]);
         assert!(!args.to_request(false).unwrap().incremental);
         let refused = Cli::try_parse_from([
-            "s3quilt", "create", "s3://src", "a/b", "--registry", "r", "--full", "--base", "h",
+            "s3quilt",
+            "create",
+            "s3://src",
+            "a/b",
+            "--registry",
+            "r",
+            "--full",
+            "--base",
+            "h",
         ]);
         assert!(refused.is_err());
     }

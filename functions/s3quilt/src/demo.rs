@@ -317,8 +317,9 @@ mod tests {
         demo_request().validate().unwrap();
     }
 
-    /// The demo's pieces end to end: the embedded server, seeding, a dry run, a run, and a
-    /// second run refused because the copies exist (bad input, exit code 2).
+    /// The demo's pieces end to end: the embedded server, seeding, a dry run, a run, a second
+    /// run that finds nothing changed, and a full run refused because the copies exist (bad
+    /// input, exit code 2).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_server_packages_the_sample() {
         let dir = tempfile::tempdir().unwrap();
@@ -391,10 +392,19 @@ mod tests {
             .unwrap();
         assert!(versioning.status().is_none());
 
-        let again = run_with_progress(store, &demo_request(), &options)
+        // The same run again starts from that version: nothing changed, nothing is written.
+        let again = run_with_progress(store.clone(), &demo_request(), &options)
             .await
-            .unwrap_err();
-        let failure = crate::failure::classify(&again);
+            .unwrap();
+        let RunOutcome::UpToDate(plan) = again else {
+            panic!("expected up to date, got {again:?}");
+        };
+        assert_eq!(plan.incremental.unwrap().base, package.top_hash);
+        // A full run would write over the copies of the unversioned registry: refused.
+        let mut full = demo_request();
+        full.incremental = false;
+        let refused = run_with_progress(store, &full, &options).await.unwrap_err();
+        let failure = crate::failure::classify(&refused);
         assert_eq!(
             (failure.code, failure.kind),
             (2, "cannot_package"),

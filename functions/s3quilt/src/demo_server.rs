@@ -28,7 +28,8 @@ pub const DEMO_ACCESS_KEY: &str = "s3quilt-demo";
 /// The demo server's secret key (fixed, public, good only for the demo server).
 pub const DEMO_SECRET_KEY: &str = "s3quilt-demo-secret";
 
-/// s3s-fs with GetBucketVersioning and ListObjectVersions answered for unversioned buckets.
+/// s3s-fs with GetBucketVersioning and ListObjectVersions answered for unversioned buckets,
+/// and ETags in listings.
 #[derive(Debug)]
 pub struct DemoS3(FileSystem);
 
@@ -56,7 +57,6 @@ demo_s3! {
     list_buckets: ListBucketsInput => ListBucketsOutput,
     get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
     list_objects: ListObjectsInput => ListObjectsOutput,
-    list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
     head_object: HeadObjectInput => HeadObjectOutput,
     get_object: GetObjectInput => GetObjectOutput,
     put_object: PutObjectInput => PutObjectOutput,
@@ -69,6 +69,29 @@ demo_s3! {
     list_parts: ListPartsInput => ListPartsOutput,
     complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
     abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+
+    // s3s-fs lists objects without their ETags; S3 always lists them, and an incremental run
+    // needs them to tell an unchanged object (docs/incremental.md). Filled in from a HEAD each.
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let bucket = req.input.bucket.clone();
+        let mut listed = self.0.list_objects_v2(req.clone()).await?;
+        for object in listed.output.contents.iter_mut().flatten() {
+            let (Some(key), None) = (object.key.clone(), &object.e_tag) else {
+                continue;
+            };
+            let head = HeadObjectInput::builder()
+                .bucket(bucket.clone())
+                .key(key)
+                .build()
+                .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
+            let found = self.0.head_object(req.clone().map_input(|_| head)).await?;
+            object.e_tag = found.output.e_tag;
+        }
+        Ok(listed)
+    }
 
     async fn get_bucket_versioning(
         &self,

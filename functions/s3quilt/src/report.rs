@@ -225,13 +225,8 @@ fn skipped_data_text(plan: &PlanSummary) -> String {
 }
 
 fn estimate_text(e: &RequestEstimate) -> String {
-    let total = e.list
-        + e.head
-        + e.copy_object
-        + e.upload_part_copy
-        + e.multipart_control
-        + e.put
-        + e.get;
+    let total =
+        e.list + e.head + e.copy_object + e.upload_part_copy + e.multipart_control + e.put + e.get;
     format!(
         "{total} ({} list, {} head, {} copy, {} upload-part-copy, {} multipart create/complete, {} put, {} get)",
         e.list, e.head, e.copy_object, e.upload_part_copy, e.multipart_control, e.put, e.get
@@ -293,7 +288,10 @@ mod tests {
             ..Default::default()
         });
         let text = outcome_text(&RunOutcome::Planned(plan.clone()));
-        assert!(text.contains(&format!("base:      {}", "ab".repeat(32))), "{text}");
+        assert!(
+            text.contains(&format!("base:      {}", "ab".repeat(32))),
+            "{text}"
+        );
         assert!(
             text.contains("reused:    1 (2.00 KiB) unchanged; copied: 0 (0 B) changed, 1 (10 B) new; removed: 0 (0 B)"),
             "{text}"
@@ -301,7 +299,10 @@ mod tests {
         plan.dry_run = false;
         plan.incremental.as_mut().unwrap().up_to_date = true;
         let text = outcome_text(&RunOutcome::UpToDate(plan));
-        assert!(text.starts_with("Up to date: team/pkg has not changed since its version abab"), "{text}");
+        assert!(
+            text.starts_with("Up to date: team/pkg has not changed since its version abab"),
+            "{text}"
+        );
     }
 
     #[test]
