@@ -286,6 +286,39 @@ async fn state_machine_package_equals_the_local_engines() {
         .await
         .unwrap();
     assert_eq!(status.status, "SUCCEEDED");
+
+    // A new execution of the unchanged source starts from that version: up to date, nothing
+    // copied, no new version (the planner read the base; the Map never ran).
+    let unchanged = run(stack, &machine, &input, "token-unchanged").await;
+    assert_eq!(unchanged.status, "SUCCEEDED", "{unchanged:#?}");
+    let output = unchanged.output.expect("execution output");
+    assert_eq!(output.status, "up_to_date", "{output:?}");
+    assert_eq!(output.plan["incremental"]["base"], json!(sfn_hash));
+    assert_eq!(output.plan["incremental"]["reused"]["objects"], 7);
+    assert!(output.package.is_none());
+    assert_eq!(latest(store.clone(), &via_sfn, "team/sample").await.0, sfn_hash);
+
+    // One object changes: the shards hold only it, the rest is reused from the base.
+    seed(
+        &client,
+        &source,
+        &[SeedObject::new("data/tables/a.csv", b"x,y\n1,2\n3,4\n".to_vec())],
+    )
+    .await;
+    let changed = run(stack, &machine, &input, "token-changed").await;
+    assert_eq!(changed.status, "SUCCEEDED", "{changed:#?}\n{}", stack.logs());
+    let output = changed.output.expect("execution output");
+    assert_eq!(output.status, "created");
+    assert_eq!(output.plan["shards"], 1);
+    assert_eq!(output.plan["incremental"]["changed"]["objects"], 1);
+    assert_eq!(output.plan["incremental"]["reused"]["objects"], 6);
+    let (new_hash, new_manifest) = latest(store.clone(), &via_sfn, "team/sample").await;
+    assert_ne!(new_hash, sfn_hash);
+    assert_eq!(new_manifest.entries.len(), 7);
+    for (a, b) in new_manifest.entries.iter().zip(&sfn_manifest.entries) {
+        let same = a.logical_key.as_str() != "tables/a.csv";
+        assert_eq!(a.physical_keys == b.physical_keys, same, "{}", a.logical_key.as_str());
+    }
 }
 
 /// Deletes the first object of `shard` from the source when its copier is invoked (after
