@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
 use crate::registry::WrittenObject;
+use crate::registry::workflow::{WorkflowError, check_valid_request};
 use crate::request::{ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
 use crate::select::logical_key;
@@ -201,6 +202,9 @@ pub enum PlanError {
         /// Removed by excludes.
         excluded: u64,
     },
+    /// The registry's workflows refuse the push (or their config cannot be used).
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
     /// Any other S3 failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -577,6 +581,7 @@ async fn plan_valid(
     problems.archived = archived;
 
     selected.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
+    let workflow = check_valid_request(store.as_ref(), &valid, &selected).await?;
     let objects = selected.len() as u64;
     let bytes = selected.iter().map(|o| o.size).sum();
     let mut summary = PlanSummary {
@@ -788,6 +793,7 @@ async fn plan_valid(
             started_at,
             probes: probes.clone(),
             execution: options.execution.clone(),
+            workflow: workflow.clone(),
         };
         staged.push(
             staging

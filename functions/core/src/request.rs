@@ -7,6 +7,7 @@ use crate::quilt::checksum::HashType;
 use crate::quilt::json::{Json, JsonObject};
 use crate::quilt::manifest::{MAX_LINE_BYTES, PackageHeader};
 use crate::quilt::names::PackageName;
+use crate::registry::workflow::WorkflowChoice;
 use crate::select::{Selector, SelectorError};
 
 /// Largest package metadata accepted (its JSON text), well under quilt3's 1 MB record limit.
@@ -100,6 +101,25 @@ pub struct PackageRequest {
     /// What each entry's `meta.s3` records (see [`ObjectMetadata`]); default `full`.
     #[serde(default, skip_serializing_if = "ObjectMetadata::is_full")]
     pub object_metadata: ObjectMetadata,
+    /// The registry workflow (quilt3's `workflow=`, see [`crate::registry::workflow`]): absent
+    /// uses the registry's `default_workflow`, `null` pushes with no workflow (recorded as
+    /// `"id": null`), a name picks that workflow.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workflow: Option<Option<String>>,
+}
+
+/// A field that is present, `null` included (`Some(None)`); `#[serde(default)]` makes an
+/// absent one `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// How much of each source object's S3 metadata an entry records.
@@ -151,6 +171,7 @@ impl PackageRequest {
             hash_type: None,
             overwrite_existing: false,
             object_metadata: ObjectMetadata::Full,
+            workflow: None,
         }
     }
 }
@@ -299,6 +320,8 @@ pub struct ValidRequest {
     pub hash_type: HashType,
     /// Allow replacing existing keys on an unversioned target.
     pub overwrite_existing: bool,
+    /// The registry workflow asked for.
+    pub workflow: WorkflowChoice,
     /// The request as given, for the plan document.
     pub original: PackageRequest,
 }
@@ -443,6 +466,7 @@ impl PackageRequest {
             dry_run: self.dry_run,
             hash_type,
             overwrite_existing: self.overwrite_existing,
+            workflow: WorkflowChoice::from_field(&self.workflow),
             original: self.clone(),
         })
     }
@@ -590,6 +614,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("`full`") && bad.contains("`listing`"), "{bad}");
+        // `workflow`: absent, `null` and a name are three requests, and each round-trips.
+        assert_eq!(request.workflow, None);
+        for (workflow, choice) in [
+            (serde_json::json!(null), WorkflowChoice::Skip),
+            (
+                serde_json::json!("alpha"),
+                WorkflowChoice::Named("alpha".into()),
+            ),
+        ] {
+            let with: PackageRequest = serde_json::from_value(serde_json::json!({
+                "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg",
+                "workflow": workflow
+            }))
+            .unwrap();
+            assert_eq!(with.validate().unwrap().workflow, choice);
+            let text = serde_json::to_string(&with).unwrap();
+            assert!(text.contains(&format!("\"workflow\":{workflow}")), "{text}");
+            assert_eq!(serde_json::from_str::<PackageRequest>(&text).unwrap(), with);
+        }
+        assert_eq!(
+            request.validate().unwrap().workflow,
+            WorkflowChoice::Default
+        );
         // The default is not written, so requests and plan documents keep their shape.
         assert!(
             !serde_json::to_string(&request)

@@ -144,6 +144,10 @@ pub struct RunPlan {
     /// The Step Functions execution (ARN) that made the run, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<String>,
+    /// The manifest header's `workflow` record, as the registry's workflows resolved it at plan
+    /// time (`None`: the registry has no workflows config, and the header has no such key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::registry::workflow::WorkflowRecord>,
 }
 
 impl RunPlan {

@@ -9,6 +9,7 @@ use crate::copy::CopyError;
 use crate::finalize::FinalizeError;
 use crate::plan::PlanError;
 use crate::registry::RegistryError;
+use crate::registry::workflow::WorkflowError;
 use crate::staging::StagingError;
 use crate::storage::{StoreError, StoreErrorKind};
 use crate::transaction::TransactionError;
@@ -177,6 +178,11 @@ impl From<PlanError> for StepError {
             PlanError::Problems(_) => ErrorType::SelectionRejected,
             PlanError::EmptySelection { .. } => ErrorType::EmptySelection,
             PlanError::Store(source) => store_type(source, ErrorType::InvalidRequest),
+            PlanError::Workflow(WorkflowError::Read { source, .. }) => {
+                store_type(source, ErrorType::AccessDenied)
+            }
+            // The registry's workflows refuse this request (or their config is unusable).
+            PlanError::Workflow(_) => ErrorType::InvalidRequest,
         };
         StepError::new(error_type, e.to_string())
     }

@@ -110,12 +110,17 @@ fn run_summary(view: &RunView) -> String {
             view.next_step
         ),
         (RunStatus::Succeeded, Some(p), _) => format!(
-            "Created {} in {}: {} entries, {}, top hash {}.",
+            "Created {} in {}: {} entries, {}, top hash {}.{}",
             p.package_name,
             p.registry,
             p.objects,
             human_bytes(p.bytes),
-            p.top_hash
+            p.top_hash,
+            if p.manifest_replaced {
+                " An earlier version had the same top hash with its entries elsewhere: its manifest was replaced, so this version's entries stand (that version now reads them too)."
+            } else {
+                ""
+            }
         ),
         (RunStatus::Succeeded, None, Some(plan)) => format!(
             "Dry run: {} objects ({}) from {} would become {} in {}. First logical keys: {}.",
