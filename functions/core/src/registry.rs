@@ -240,34 +240,22 @@ impl Registry {
         &self,
         manifest: &Manifest,
     ) -> Result<(String, ManifestWrite), RegistryError> {
-        let top_hash = manifest.top_hash();
-        let body = manifest
-            .to_jsonl()
-            .map_err(|source| RegistryError::Manifest {
-                bucket: self.bucket.clone(),
-                top_hash: top_hash.clone(),
-                source,
-            })?;
-        let key = format!("{PACKAGES_PREFIX}{top_hash}");
-        let body = Bytes::from(body);
-        let options = PutOptions {
-            if_none_match: true,
-            ..PutOptions::default()
-        };
-        match self
-            .retry
-            .run(|_| {
-                self.store
-                    .put(&self.bucket, &key, body.clone(), options.clone())
-            })
-            .await
-        {
-            Ok(_) => return Ok((top_hash, ManifestWrite::Written)),
-            Err(e) if e.kind == StoreErrorKind::PreconditionFailed => {}
-            Err(e) => return Err(e.into()),
+        let (top_hash, written) = self.put_manifest_if_absent(manifest).await?;
+        if written.is_some() {
+            return Ok((top_hash, ManifestWrite::Written));
         }
         // There already: this run's own earlier attempt (a lost reply, a resume) or an identical
-        // package leave the same bytes; anything else is replaced.
+        // package left the same bytes; anything else is replaced.
+        let key = format!("{PACKAGES_PREFIX}{top_hash}");
+        let body = Bytes::from(
+            manifest
+                .to_jsonl()
+                .map_err(|source| RegistryError::Manifest {
+                    bucket: self.bucket.clone(),
+                    top_hash: top_hash.clone(),
+                    source,
+                })?,
+        );
         let there = match self
             .retry
             .run(|_| get_bytes(self.store.as_ref(), &self.bucket, &key, None))
@@ -281,14 +269,12 @@ impl Registry {
             return Ok((top_hash, ManifestWrite::Unchanged));
         }
         self.put(&key, body).await?;
-        Ok((
-            top_hash,
-            if there.is_some() {
-                ManifestWrite::Replaced
-            } else {
-                ManifestWrite::Written
-            },
-        ))
+        let write = if there.is_some() {
+            ManifestWrite::Replaced
+        } else {
+            ManifestWrite::Written
+        };
+        Ok((top_hash, write))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {

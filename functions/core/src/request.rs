@@ -176,6 +176,23 @@ impl PackageRequest {
     }
 }
 
+/// The `workflow` field from the two arguments the CLI and the MCP tools take: a workflow
+/// name, and a switch for none (quilt3's `workflow=None`). Both at once is refused.
+pub fn workflow_field(
+    name: Option<String>,
+    no_workflow: bool,
+) -> Result<Option<Option<String>>, RequestError> {
+    match (name, no_workflow) {
+        (Some(name), true) => Err(invalid(
+            "workflow",
+            format!("names {name:?} and asks for no workflow at once; give one of them"),
+        )),
+        (Some(name), false) => Ok(Some(Some(name))),
+        (None, true) => Ok(Some(None)),
+        (None, false) => Ok(None),
+    }
+}
+
 /// A field of the request that is not acceptable, named, with what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {

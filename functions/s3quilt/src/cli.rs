@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use s3quilt_core::aws::ExecutionInput;
 use s3quilt_core::engine::EngineOptions;
 use s3quilt_core::quilt::HashType;
-use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest};
+use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest, workflow_field};
 use s3quilt_core::storage::S3Settings;
 use serde::Deserialize;
 
@@ -153,7 +153,7 @@ impl From<ObjectMetadataArg> for ObjectMetadata {
 }
 
 /// The flags that set request fields: `--request` takes the whole request instead.
-const REQUEST_FIELD_ARGS: [&str; 13] = [
+const REQUEST_FIELD_ARGS: [&str; 15] = [
     "source",
     "package",
     "registry",
@@ -167,6 +167,8 @@ const REQUEST_FIELD_ARGS: [&str; 13] = [
     "hash_type",
     "overwrite_existing",
     "object_metadata",
+    "workflow",
+    "no_workflow",
 ];
 
 fn default_concurrency() -> u16 {
@@ -219,6 +221,14 @@ pub struct PackageArgs {
     /// object (one instead of two).
     #[arg(long, value_enum, value_name = "WHAT")]
     pub object_metadata: Option<ObjectMetadataArg>,
+    /// The registry workflow to push with, when the registry has a workflows config
+    /// (`.quilt/workflows/config.yml`): default its `default_workflow`.
+    #[arg(long, value_name = "NAME")]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3's `workflow=None`), which a workflows config allows with
+    /// `is_workflow_required: false`.
+    #[arg(long, conflicts_with = "workflow")]
+    pub no_workflow: bool,
     /// Take the whole request from a JSON file (`-`: stdin) instead of the arguments above: the
     /// Step Functions execution input, as a schedule starts it (the bare request, or
     /// {"request": {...}, "max_concurrency": N}, whose max_concurrency is the Map's and not used
@@ -440,6 +450,11 @@ impl PackageArgs {
         request.hash_type = self.hash_type.map(HashType::from);
         request.overwrite_existing = self.overwrite_existing;
         request.object_metadata = self.object_metadata.map(Into::into).unwrap_or_default();
+        request.workflow =
+            workflow_field(self.workflow.clone(), self.no_workflow).map_err(|e| ArgError {
+                arg: "--workflow",
+                problem: e.to_string(),
+            })?;
         Ok(request)
     }
 
@@ -477,6 +492,7 @@ pub fn flag_for_field(field: &str) -> Option<&'static str> {
         "hash_type" => "--hash-type",
         "overwrite_existing" => "--overwrite-existing",
         "object_metadata" => "--object-metadata",
+        "workflow" => "--workflow (or --no-workflow)",
         _ => return None,
     })
 }

@@ -265,6 +265,17 @@ pub struct CreateFromS3Params {
     #[serde(default)]
     #[schemars(example = &"listing")]
     pub object_metadata: Option<ObjectMetadataParam>,
+    /// The registry workflow to push with, when the registry has a workflows config
+    /// (`.quilt/workflows/config.yml`, quilt3's workflows): default its `default_workflow`. A
+    /// push the workflow's rules refuse (message required, package name pattern, metadata or
+    /// entries schema) is refused before anything is copied, naming the rule.
+    #[serde(default)]
+    #[schemars(example = &"alpha")]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3 `workflow=None`), allowed when the config says
+    /// `is_workflow_required: false`. Not together with `workflow`.
+    #[serde(default)]
+    pub no_workflow: bool,
     /// Plan only: list and select, report counts, bytes and the first logical keys exactly as
     /// a real run would write them; write nothing.
     #[serde(default)]
@@ -341,6 +352,13 @@ pub struct CreateParams {
     #[serde(default)]
     #[schemars(example = &"listing")]
     pub object_metadata: Option<ObjectMetadataParam>,
+    /// The registry workflow to push with (see `package_create_from_s3`); default the
+    /// registry's `default_workflow`.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3 `workflow=None`). Not together with `workflow`.
+    #[serde(default)]
+    pub no_workflow: bool,
     /// Plan only; write nothing.
     #[serde(default)]
     pub dry_run: bool,
