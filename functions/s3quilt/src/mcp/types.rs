@@ -660,6 +660,11 @@ pub struct PackageView {
     pub bytes: u64,
     /// A quilt3 command that opens this version.
     pub browse: String,
+    /// An earlier version had the same top hash with its entries elsewhere: its manifest was
+    /// replaced by this one (quilt3's rule: the last writer's manifest stands), so this
+    /// version's entries are the objects this run asked for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manifest_replaced: bool,
 }
 
 /// A package creation run: its state, progress, and result or error.
