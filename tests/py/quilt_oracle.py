@@ -12,7 +12,7 @@ Subcommands (each prints exactly one JSON line, the last line of stdout):
       the user handed quilt3 that text.
 
   push --registry s3://BUCKET --name NS/NAME --spec FILE [--message TEXT] [--meta JSON]
-       [--no-workflow] [--copy-all] [--dest S3URL]
+       [--no-workflow | --workflow ID] [--copy-all] [--dest S3URL]
       FILE is JSON: [{"logical_key": ..., "source": "s3://bucket/key[?versionId=..]",
       "meta": {...} | null}]. Builds a quilt3.Package, pushes it with force=True and
       reports the pushed package.
@@ -125,8 +125,11 @@ def cmd_push(args):
 
     kwargs = dict(registry=args.registry, message=args.message, force=True)
     if args.no_workflow:
-        # None = do not use any workflow (no `workflow` key in the header).
+        # None = do not use any workflow (`"id": null` where the registry has a workflows
+        # config; refused where it has none).
         kwargs["workflow"] = None
+    elif args.workflow is not None:
+        kwargs["workflow"] = args.workflow
     if args.copy_all:
         kwargs["selector_fn"] = quilt3.Package.selector_fn_copy_all
     if args.dest is not None:
@@ -171,6 +174,7 @@ def main(argv=None):
     p.add_argument("--message", default=None)
     p.add_argument("--meta", default=None, help="package metadata as a JSON text")
     p.add_argument("--no-workflow", action="store_true", help="push with workflow=None")
+    p.add_argument("--workflow", default=None, help="push with workflow=ID")
     p.add_argument("--copy-all", action="store_true", help="selector_fn=Package.selector_fn_copy_all")
     p.add_argument("--dest", default=None, help="S3 URL prefix in the registry bucket")
     p.set_defaults(func=cmd_push)

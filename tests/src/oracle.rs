@@ -32,8 +32,8 @@ impl OracleOutput {
 /// 0 or the last line is not JSON.
 ///
 /// Subcommands: `browse --registry s3://B --name NS/N [--top-hash H]`,
-/// `push --registry s3://B --name NS/N --spec FILE [--message M] [--meta JSON] [--no-workflow]
-/// [--copy-all] [--dest URL]`, `hash --file PATH` (see the script's docstring).
+/// `push --registry s3://B --name NS/N --spec FILE [--message M] [--meta JSON] [--no-workflow |
+/// --workflow ID] [--copy-all] [--dest URL]`, `hash --file PATH` (see the script's docstring).
 pub fn run_oracle(server: &S3Server, args: &[&str]) -> serde_json::Value {
     let out = run_oracle_output(server, args);
     match (&out.json, out.success()) {

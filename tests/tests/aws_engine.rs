@@ -296,17 +296,28 @@ async fn state_machine_package_equals_the_local_engines() {
     assert_eq!(output.plan["incremental"]["base"], json!(sfn_hash));
     assert_eq!(output.plan["incremental"]["reused"]["objects"], 7);
     assert!(output.package.is_none());
-    assert_eq!(latest(store.clone(), &via_sfn, "team/sample").await.0, sfn_hash);
+    assert_eq!(
+        latest(store.clone(), &via_sfn, "team/sample").await.0,
+        sfn_hash
+    );
 
     // One object changes: the shards hold only it, the rest is reused from the base.
     seed(
         &client,
         &source,
-        &[SeedObject::new("data/tables/a.csv", b"x,y\n1,2\n3,4\n".to_vec())],
+        &[SeedObject::new(
+            "data/tables/a.csv",
+            b"x,y\n1,2\n3,4\n".to_vec(),
+        )],
     )
     .await;
     let changed = run(stack, &machine, &input, "token-changed").await;
-    assert_eq!(changed.status, "SUCCEEDED", "{changed:#?}\n{}", stack.logs());
+    assert_eq!(
+        changed.status,
+        "SUCCEEDED",
+        "{changed:#?}\n{}",
+        stack.logs()
+    );
     let output = changed.output.expect("execution output");
     assert_eq!(output.status, "created");
     assert_eq!(output.plan["shards"], 1);
@@ -317,7 +328,12 @@ async fn state_machine_package_equals_the_local_engines() {
     assert_eq!(new_manifest.entries.len(), 7);
     for (a, b) in new_manifest.entries.iter().zip(&sfn_manifest.entries) {
         let same = a.logical_key.as_str() != "tables/a.csv";
-        assert_eq!(a.physical_keys == b.physical_keys, same, "{}", a.logical_key.as_str());
+        assert_eq!(
+            a.physical_keys == b.physical_keys,
+            same,
+            "{}",
+            a.logical_key.as_str()
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{ManifestWrite, Registry, RegistryError};
 use crate::staging::{FragmentEntry, ManifestFragment, RunPlan, Staging, StagingError};
 use crate::storage::{ObjectStore, unix_now};
 use crate::transaction::{self, Outcome, TransactionError};
@@ -36,6 +36,12 @@ pub struct PackageResult {
     pub bytes: u64,
     /// How to open it with quilt3.
     pub browse: String,
+    /// An earlier version had the same top hash (the same content and metadata) with its
+    /// entries elsewhere (in place, or another package's copies): its manifest was replaced by
+    /// this one, so this version points at the objects this run asked for (quilt3's rule: the
+    /// last writer's manifest stands). Versions naming that top hash now read these entries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manifest_replaced: bool,
 }
 
 /// Why finalizing failed.
@@ -251,7 +257,7 @@ async fn publish_fragments(
     // timestamp it committed with.
     let timestamp = transaction::commit(&staging, &top_hash, unix_now()).await?;
     let registry = Registry::new(store.clone(), &plan.registry_bucket);
-    let stamp = publish(&registry, plan, &manifest, &top_hash, timestamp)
+    let (stamp, manifest_write) = publish(&registry, plan, &manifest, &top_hash, timestamp)
         .await
         .map_err(|source| FinalizeError::Unpublished {
             run_id: plan.run_id.clone(),
@@ -267,6 +273,7 @@ async fn publish_fragments(
         objects: plan.objects,
         bytes,
         browse: browse_command(plan.package_name.as_str(), &registry.url(), &top_hash),
+        manifest_replaced: manifest_write == ManifestWrite::Replaced,
     };
     // The version is visible now. The result record makes a re-run answer the same; if it
     // cannot be written the package still stands, so that is only logged.
@@ -321,6 +328,7 @@ async fn finish_published(
         objects: manifest.entries.len() as u64,
         bytes: manifest.entries.iter().map(|e| e.size).sum(),
         browse: browse_command(plan.package_name.as_str(), &registry.url(), top_hash),
+        manifest_replaced: false,
     })
 }
 
@@ -354,23 +362,29 @@ fn build_manifest(
             shard: 0,
             reason: e.to_string(),
         })?;
-    let header = valid.header();
+    let header = valid
+        .header()
+        .with_workflow(plan.workflow.as_ref().map(|w| w.to_json()));
     // Sorting into walk order is n log n; the manifest is the only thing held in memory.
     Ok((Manifest::new(header, entries)?, bytes))
 }
 
-/// Publishes a committed version: the manifest (unless one with its top hash is there), the
-/// timestamped pointer (a free second from `timestamp` on), and `latest` unless a newer version
-/// of the package was published meanwhile. Every write is idempotent, so a resumed run
-/// repeats this safely. Returns the pointer's timestamp.
+/// Publishes a committed version: the manifest (replacing one of the same top hash whose
+/// entries are elsewhere: [`Registry::put_manifest_last_writer`]), the timestamped pointer (a
+/// free second from `timestamp` on), and `latest` unless a newer version of the package was
+/// published meanwhile. Every write is idempotent, so a resumed run repeats this safely.
+/// Returns the pointer's timestamp and what the manifest write found.
 async fn publish(
     registry: &Registry,
     plan: &RunPlan,
     manifest: &Manifest,
     top_hash: &str,
     timestamp: u64,
-) -> Result<u64, RegistryError> {
-    registry.put_manifest_if_absent(manifest).await?;
+) -> Result<(u64, ManifestWrite), RegistryError> {
+    let (_, manifest_write) = registry.put_manifest_last_writer(manifest).await?;
+    if manifest_write == ManifestWrite::Replaced {
+        tracing::info!(run_id = %plan.run_id, top_hash, "an earlier version had this top hash with entries elsewhere: its manifest is replaced by this run's");
+    }
     let stamp = registry
         .put_version_pointer(&plan.package_name, top_hash, timestamp)
         .await?;
@@ -380,7 +394,7 @@ async fn publish(
     } else {
         tracing::info!(run_id = %plan.run_id, stamp, ?newest, "a newer version was published meanwhile: `latest` left to it");
     }
-    Ok(stamp)
+    Ok((stamp, manifest_write))
 }
 
 /// Refuses to finalize unless every shard of `plan` has a fragment in `present`.

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::quilt::checksum::{chunk_count, is_multipart};
 use crate::quilt::manifest::Manifest;
+use crate::registry::workflow::{WorkflowError, check_valid_request};
 use crate::registry::{Registry, RegistryError, WrittenObject};
 use crate::request::{BaseChoice, ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
@@ -220,6 +221,9 @@ pub enum PlanError {
         /// The failure.
         source: RegistryError,
     },
+    /// The registry's workflows refuse the push (or their config cannot be used).
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
     /// Any other S3 failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -595,6 +599,7 @@ async fn plan_valid(
     problems.file_beside_folder = files_beside_folders(&selected);
 
     selected.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
+    let workflow = check_valid_request(store.as_ref(), &valid, &selected).await?;
     let objects = selected.len() as u64;
     let bytes = selected.iter().map(|o| o.size).sum();
     let mut summary = PlanSummary {
@@ -783,7 +788,8 @@ async fn plan_valid(
     if let Some(base_hash) = &base_hash {
         incremental.up_to_date = to_copy.is_empty()
             && incremental.removed.objects == 0
-            && unchanged_top_hash(&valid, &reused).as_deref() == Some(base_hash.as_str());
+            && unchanged_top_hash(&valid, workflow.as_ref(), &reused).as_deref()
+                == Some(base_hash.as_str());
         summary.incremental = Some(incremental);
     }
     to_copy.sort_by(|a, b| crate::quilt::manifest::walk_order(&a.logical_key, &b.logical_key));
@@ -955,6 +961,7 @@ async fn plan_valid(
                 reused_bytes: reused.iter().map(|e| e.size).sum(),
                 reused_documents: reused_documents as u32,
             }),
+            workflow: workflow.clone(),
         };
         staged.push(
             staging
@@ -1022,14 +1029,17 @@ async fn read_base(
 }
 
 /// The top hash of a version made of `reused` alone under this request's header.
-fn unchanged_top_hash(valid: &ValidRequest, reused: &[FragmentEntry]) -> Option<String> {
+fn unchanged_top_hash(
+    valid: &ValidRequest,
+    workflow: Option<&crate::registry::workflow::WorkflowRecord>,
+    reused: &[FragmentEntry],
+) -> Option<String> {
     let entries = reused
         .iter()
         .map(FragmentEntry::to_manifest_entry)
         .collect::<Option<Vec<_>>>()?;
-    Manifest::new(valid.header(), entries)
-        .ok()
-        .map(|m| m.top_hash())
+    let header = valid.header().with_workflow(workflow.map(|w| w.to_json()));
+    Manifest::new(header, entries).ok().map(|m| m.top_hash())
 }
 
 /// With `verify_base`: one HEAD per reused entry's object (its version, when pinned); those

@@ -5,6 +5,8 @@
 //! The manifest is written first and the pointers last, so a version becomes visible only when
 //! it is whole: readers find versions through the pointers.
 
+pub mod workflow;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -84,6 +86,17 @@ pub struct PackageVersion {
     pub timestamp: String,
     /// The top hash it points to.
     pub top_hash: String,
+}
+
+/// What [`Registry::put_manifest_last_writer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestWrite {
+    /// No manifest had this top hash: written.
+    Written,
+    /// The same bytes were there (an identical package, or this run's own earlier write).
+    Unchanged,
+    /// A manifest with this top hash but other bytes (other physical keys) was replaced.
+    Replaced,
 }
 
 /// An object version a run created, as S3's answer to the write named it: the run's
@@ -216,6 +229,53 @@ impl Registry {
             Err(e) if e.kind == StoreErrorKind::PreconditionFailed => Ok((top_hash, None)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Writes a version's manifest by quilt3's rule, the last writer's manifest stands: a
+    /// manifest already under its top hash (the same content, so the same top hash) is left
+    /// when its bytes are the same and replaced when they differ (entries elsewhere: another
+    /// package's copies, or objects referenced in place), so the new version points where it
+    /// was asked to. A version published earlier under the same top hash then reads the new
+    /// physical keys: objects with the same bytes and hashes. See `docs/architecture.md`.
+    pub async fn put_manifest_last_writer(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<(String, ManifestWrite), RegistryError> {
+        let (top_hash, written) = self.put_manifest_if_absent(manifest).await?;
+        if written.is_some() {
+            return Ok((top_hash, ManifestWrite::Written));
+        }
+        // There already: this run's own earlier attempt (a lost reply, a resume) or an identical
+        // package left the same bytes; anything else is replaced.
+        let key = format!("{PACKAGES_PREFIX}{top_hash}");
+        let body = Bytes::from(
+            manifest
+                .to_jsonl()
+                .map_err(|source| RegistryError::Manifest {
+                    bucket: self.bucket.clone(),
+                    top_hash: top_hash.clone(),
+                    source,
+                })?,
+        );
+        let there = match self
+            .retry
+            .run(|_| get_bytes(self.store.as_ref(), &self.bucket, &key, None))
+            .await
+        {
+            Ok(there) => Some(there),
+            Err(e) if e.kind == StoreErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if there.as_ref() == Some(&body) {
+            return Ok((top_hash, ManifestWrite::Unchanged));
+        }
+        self.put(&key, body).await?;
+        let write = if there.is_some() {
+            ManifestWrite::Replaced
+        } else {
+            ManifestWrite::Written
+        };
+        Ok((top_hash, write))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {

@@ -7,6 +7,7 @@ use crate::quilt::checksum::HashType;
 use crate::quilt::json::{Json, JsonObject};
 use crate::quilt::manifest::{MAX_LINE_BYTES, PackageHeader};
 use crate::quilt::names::PackageName;
+use crate::registry::workflow::WorkflowChoice;
 use crate::select::{Selector, SelectorError};
 
 /// Largest package metadata accepted (its JSON text), well under quilt3's 1 MB record limit.
@@ -116,6 +117,25 @@ pub struct PackageRequest {
     /// pointer to the same top hash). By default an unchanged package is left as it is.
     #[serde(default, skip_serializing_if = "is_false")]
     pub publish_unchanged: bool,
+    /// The registry workflow (quilt3's `workflow=`, see [`crate::registry::workflow`]): absent
+    /// uses the registry's `default_workflow`, `null` pushes with no workflow (recorded as
+    /// `"id": null`), a name picks that workflow.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workflow: Option<Option<String>>,
+}
+
+/// A field that is present, `null` included (`Some(None)`); `#[serde(default)]` makes an
+/// absent one `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// How much of each source object's S3 metadata an entry records.
@@ -179,7 +199,25 @@ impl PackageRequest {
             base: None,
             verify_base: false,
             publish_unchanged: false,
+            workflow: None,
         }
+    }
+}
+
+/// The `workflow` field from the two arguments the CLI and the MCP tools take: a workflow
+/// name, and a switch for none (quilt3's `workflow=None`). Both at once is refused.
+pub fn workflow_field(
+    name: Option<String>,
+    no_workflow: bool,
+) -> Result<Option<Option<String>>, RequestError> {
+    match (name, no_workflow) {
+        (Some(name), true) => Err(invalid(
+            "workflow",
+            format!("names {name:?} and asks for no workflow at once; give one of them"),
+        )),
+        (Some(name), false) => Ok(Some(Some(name))),
+        (None, true) => Ok(Some(None)),
+        (None, false) => Ok(None),
     }
 }
 
@@ -329,6 +367,8 @@ pub struct ValidRequest {
     pub overwrite_existing: bool,
     /// Which version an incremental run starts from (`None`: a full run).
     pub base: Option<BaseChoice>,
+    /// The registry workflow asked for.
+    pub workflow: WorkflowChoice,
     /// The request as given, for the plan document.
     pub original: PackageRequest,
 }
@@ -517,6 +557,7 @@ impl PackageRequest {
             hash_type,
             overwrite_existing: self.overwrite_existing,
             base,
+            workflow: WorkflowChoice::from_field(&self.workflow),
             original: self.clone(),
         })
     }
@@ -664,6 +705,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("`full`") && bad.contains("`listing`"), "{bad}");
+        // `workflow`: absent, `null` and a name are three requests, and each round-trips.
+        assert_eq!(request.workflow, None);
+        for (workflow, choice) in [
+            (serde_json::json!(null), WorkflowChoice::Skip),
+            (
+                serde_json::json!("alpha"),
+                WorkflowChoice::Named("alpha".into()),
+            ),
+        ] {
+            let with: PackageRequest = serde_json::from_value(serde_json::json!({
+                "source_bucket": "b-1", "package_name": "a/b", "target_registry": "reg",
+                "workflow": workflow
+            }))
+            .unwrap();
+            assert_eq!(with.validate().unwrap().workflow, choice);
+            let text = serde_json::to_string(&with).unwrap();
+            assert!(text.contains(&format!("\"workflow\":{workflow}")), "{text}");
+            assert_eq!(serde_json::from_str::<PackageRequest>(&text).unwrap(), with);
+        }
+        assert_eq!(
+            request.validate().unwrap().workflow,
+            WorkflowChoice::Default
+        );
         // The default is not written, so requests and plan documents keep their shape.
         assert!(
             !serde_json::to_string(&request)

@@ -153,6 +153,10 @@ pub struct RunPlan {
     /// The version an incremental run started from, and what it reuses of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRecord>,
+    /// The manifest header's `workflow` record, as the registry's workflows resolved it at plan
+    /// time (`None`: the registry has no workflows config, and the header has no such key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::registry::workflow::WorkflowRecord>,
 }
 
 /// What an incremental run takes from its base version: the reused entries are staged in

@@ -12,6 +12,7 @@ use s3quilt_core::quilt::checksum::{
 use s3quilt_core::quilt::json::{Json, JsonError};
 use s3quilt_core::quilt::manifest::{Manifest, ManifestEntry, PackageHeader, walk_order};
 use s3quilt_core::quilt::{LogicalKey, PackageName, PhysicalKey};
+use s3quilt_core::registry::workflow::{CONFIG_KEY, WorkflowChoice, WorkflowConfig, WorkflowError};
 use serde_json::Value;
 
 fn vector(name: &str) -> Value {
@@ -388,6 +389,52 @@ fn workflow_headers_hash_like_quilt3() {
     let [a, b, c] = [0, 1, 2].map(|i| v["cases"][i]["top_hash"].as_str().unwrap());
     assert_eq!(a, b, "an explicit default workflow is the same package");
     assert_ne!(a, c, "workflow id null is a different package");
+}
+
+#[test]
+fn workflow_records_from_the_config_are_quilt3_header_bytes() {
+    // The vector's config, read from an S3 registry that gave version `abc`: each case's
+    // request (`workflow` absent, "alpha", null) resolves to the header quilt3 wrote.
+    let v = vector("workflow.json");
+    let location = PhysicalKey::new("example-bucket", CONFIG_KEY, Some("abc".into()));
+    let config =
+        WorkflowConfig::parse(v["config_yml"].as_str().unwrap().as_bytes(), location).unwrap();
+    for case in v["cases"].as_array().unwrap() {
+        let choice = match case["build_kwargs"].as_str().unwrap() {
+            "{}" => WorkflowChoice::Default,
+            "{'workflow': 'alpha'}" => WorkflowChoice::Named("alpha".into()),
+            "{'workflow': None}" => WorkflowChoice::Skip,
+            other => panic!("unknown case {other}"),
+        };
+        let user_meta = Json::parse(r#"{"a": 1}"#).unwrap().as_object().cloned();
+        let record = config
+            .select(&choice)
+            .unwrap()
+            .rules(&[])
+            .unwrap()
+            .check("team/pkg", Some("msg"), user_meta.as_ref(), [])
+            .unwrap();
+        let header =
+            PackageHeader::new(Some("msg"), user_meta).with_workflow(Some(record.to_json()));
+        let manifest = Manifest::new(header, Vec::new()).unwrap();
+        assert_eq!(
+            manifest.to_jsonl().unwrap(),
+            format!("{}\n", case["header_line"].as_str().unwrap()),
+            "{}",
+            case["case"]
+        );
+    }
+    // alpha requires a message, as quilt3 would refuse a push without one.
+    let refused = config
+        .select(&WorkflowChoice::Default)
+        .unwrap()
+        .rules(&[])
+        .unwrap()
+        .check("team/pkg", None, None, []);
+    assert!(matches!(
+        refused,
+        Err(WorkflowError::MessageRequired { .. })
+    ));
 }
 
 #[test]

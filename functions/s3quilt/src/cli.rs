@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use s3quilt_core::aws::ExecutionInput;
 use s3quilt_core::engine::EngineOptions;
 use s3quilt_core::quilt::HashType;
-use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest};
+use s3quilt_core::request::{MAX_METADATA_DEPTH, ObjectMetadata, PackageRequest, workflow_field};
 use s3quilt_core::storage::S3Settings;
 use serde::Deserialize;
 
@@ -153,7 +153,7 @@ impl From<ObjectMetadataArg> for ObjectMetadata {
 }
 
 /// The flags that set request fields: `--request` takes the whole request instead.
-const REQUEST_FIELD_ARGS: [&str; 17] = [
+const REQUEST_FIELD_ARGS: [&str; 19] = [
     "source",
     "package",
     "registry",
@@ -171,6 +171,8 @@ const REQUEST_FIELD_ARGS: [&str; 17] = [
     "base",
     "verify_base",
     "publish_unchanged",
+    "workflow",
+    "no_workflow",
 ];
 
 fn default_concurrency() -> u16 {
@@ -238,6 +240,14 @@ pub struct PackageArgs {
     /// Write a new version even when nothing changed since the base.
     #[arg(long)]
     pub publish_unchanged: bool,
+    /// The registry workflow to push with, when the registry has a workflows config
+    /// (`.quilt/workflows/config.yml`): default its `default_workflow`.
+    #[arg(long, value_name = "NAME")]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3's `workflow=None`), which a workflows config allows with
+    /// `is_workflow_required: false`.
+    #[arg(long, conflicts_with = "workflow")]
+    pub no_workflow: bool,
     /// Take the whole request from a JSON file (`-`: stdin) instead of the arguments above: the
     /// Step Functions execution input, as a schedule starts it (the bare request, or
     /// {"request": {...}, "max_concurrency": N}, whose max_concurrency is the Map's and not used
@@ -463,6 +473,11 @@ impl PackageArgs {
         request.base = self.base.clone();
         request.verify_base = self.verify_base;
         request.publish_unchanged = self.publish_unchanged;
+        request.workflow =
+            workflow_field(self.workflow.clone(), self.no_workflow).map_err(|e| ArgError {
+                arg: "--workflow",
+                problem: e.to_string(),
+            })?;
         Ok(request)
     }
 
@@ -504,6 +519,7 @@ pub fn flag_for_field(field: &str) -> Option<&'static str> {
         "base" => "--base",
         "verify_base" => "--verify-base",
         "publish_unchanged" => "--publish-unchanged",
+        "workflow" => "--workflow (or --no-workflow)",
         _ => return None,
     })
 }

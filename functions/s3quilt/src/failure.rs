@@ -3,6 +3,7 @@
 use s3quilt_core::engine::EngineError;
 use s3quilt_core::finalize::RollbackReport;
 use s3quilt_core::plan::PlanError;
+use s3quilt_core::registry::workflow::WorkflowError;
 use s3quilt_core::storage::StoreErrorKind;
 use serde::Serialize;
 
@@ -141,6 +142,18 @@ pub fn classify_engine(err: &EngineError) -> Failure {
                     format!("{message} (set by --base)"),
                 ),
             },
+            PlanError::Workflow(WorkflowError::Read { source, .. }) => {
+                if source.kind == StoreErrorKind::AccessDenied {
+                    Failure::new(EXIT_ACCESS, "access_denied", message)
+                } else {
+                    Failure::new(EXIT_OTHER, "storage", message)
+                }
+            }
+            PlanError::Workflow(_) => Failure::new(
+                EXIT_BAD_INPUT,
+                "workflow_rejected",
+                format!("{message} (CLI: --workflow NAME, --no-workflow)"),
+            ),
         },
         EngineError::Copy { rollback, .. } => Failure {
             rollback: Some(rollback.clone()),

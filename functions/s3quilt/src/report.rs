@@ -142,6 +142,9 @@ pub fn outcome_text(outcome: &RunOutcome) -> String {
             } else {
                 out += "  objects referenced in place (not copied)\n";
             }
+            if package.manifest_replaced {
+                out += "  manifest replaced: an earlier version had the same top hash (the same content) with its entries elsewhere; this version's entries stand, and that version now reads them too\n";
+            }
             out += &incremental_text(plan);
             out += &skipped_data_text(plan);
             out += &format!("  browse:    {}\n", package.browse);

@@ -9,6 +9,7 @@ use crate::copy::CopyError;
 use crate::finalize::FinalizeError;
 use crate::plan::PlanError;
 use crate::registry::RegistryError;
+use crate::registry::workflow::WorkflowError;
 use crate::staging::StagingError;
 use crate::storage::{StoreError, StoreErrorKind};
 use crate::transaction::TransactionError;
@@ -182,6 +183,11 @@ impl From<PlanError> for StepError {
                 _ => ErrorType::InvalidRequest,
             },
             PlanError::Store(source) => store_type(source, ErrorType::InvalidRequest),
+            PlanError::Workflow(WorkflowError::Read { source, .. }) => {
+                store_type(source, ErrorType::AccessDenied)
+            }
+            // The registry's workflows refuse this request (or their config is unusable).
+            PlanError::Workflow(_) => ErrorType::InvalidRequest,
         };
         StepError::new(error_type, e.to_string())
     }

@@ -75,6 +75,21 @@ impl PackageHeader {
         PackageHeader(header)
     }
 
+    /// The header with a `workflow` record (quilt3's place for it: after `user_meta`, before
+    /// `message`), or without one for `None`.
+    pub fn with_workflow(self, workflow: Option<Json>) -> Self {
+        let mut header = JsonObject::new();
+        for (key, value) in self.0.iter().filter(|(key, _)| *key != "workflow") {
+            if key == "message"
+                && let Some(workflow) = &workflow
+            {
+                header.insert("workflow", workflow.clone());
+            }
+            header.insert(key.as_str(), value.clone());
+        }
+        PackageHeader(header)
+    }
+
     /// The package message, if any.
     pub fn message(&self) -> Option<&str> {
         self.0.get("message").and_then(Json::as_str)

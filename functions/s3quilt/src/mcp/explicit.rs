@@ -10,7 +10,7 @@
 //! buckets are refused with a message saying so: the core has no entry point for arbitrary
 //! key mappings yet.
 
-use s3quilt_core::request::PackageRequest;
+use s3quilt_core::request::{PackageRequest, workflow_field};
 use s3quilt_core::storage::{ObjectStore, StoreErrorKind};
 
 use super::ToolError;
@@ -263,6 +263,8 @@ pub async fn request_for(
     request.verify_base = params.verify_base;
     request.publish_unchanged = params.publish_unchanged;
     request.dry_run = params.dry_run;
+    request.workflow = workflow_field(params.workflow.clone(), params.no_workflow)
+        .map_err(|e| ToolError(e.to_string()))?;
     Ok(request)
 }
 

@@ -11,7 +11,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use s3quilt_core::quilt::{Json, PackageName};
 use s3quilt_core::registry::Registry;
-use s3quilt_core::request::{PackageRequest, parse_bucket};
+use s3quilt_core::request::{PackageRequest, parse_bucket, workflow_field};
 use s3quilt_core::storage::{ObjectStore, StoreErrorKind};
 use serde::Serialize;
 
@@ -110,12 +110,17 @@ fn run_summary(view: &RunView) -> String {
             view.next_step
         ),
         (RunStatus::Succeeded, Some(p), _) => format!(
-            "Created {} in {}: {} entries, {}, top hash {}.",
+            "Created {} in {}: {} entries, {}, top hash {}.{}",
             p.package_name,
             p.registry,
             p.objects,
             human_bytes(p.bytes),
-            p.top_hash
+            p.top_hash,
+            if p.manifest_replaced {
+                " An earlier version had the same top hash with its entries elsewhere: its manifest was replaced, so this version's entries stand (that version now reads them too)."
+            } else {
+                ""
+            }
         ),
         (RunStatus::Succeeded, None, Some(plan)) => format!(
             "Dry run: {} objects ({}) from {} would become {} in {}. First logical keys: {}.",
@@ -683,8 +688,13 @@ impl S3QuiltServer {
             Ok(start) => start,
             Err(e) => return failure(e),
         };
-        self.create(from_s3_request(p, &registry), start, wait_seconds, ctx)
-            .await
+        let workflow = match workflow_field(p.workflow.clone(), p.no_workflow) {
+            Ok(workflow) => workflow,
+            Err(e) => return failure(ToolError(e.to_string())),
+        };
+        let mut request = from_s3_request(p, &registry);
+        request.workflow = workflow;
+        self.create(request, start, wait_seconds, ctx).await
     }
 
     /// Package listed S3 objects and folders (all in one bucket) as a Quilt package version,

@@ -281,6 +281,17 @@ pub struct CreateFromS3Params {
     /// Write a new version even when nothing changed since the base.
     #[serde(default)]
     pub publish_unchanged: bool,
+    /// The registry workflow to push with, when the registry has a workflows config
+    /// (`.quilt/workflows/config.yml`, quilt3's workflows): default its `default_workflow`. A
+    /// push the workflow's rules refuse (message required, package name pattern, metadata or
+    /// entries schema) is refused before anything is copied, naming the rule.
+    #[serde(default)]
+    #[schemars(example = &"alpha")]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3 `workflow=None`), allowed when the config says
+    /// `is_workflow_required: false`. Not together with `workflow`.
+    #[serde(default)]
+    pub no_workflow: bool,
     /// Plan only: list and select, report counts, bytes and the first logical keys exactly as
     /// a real run would write them; write nothing.
     #[serde(default)]
@@ -373,6 +384,13 @@ pub struct CreateParams {
     /// Write a new version even when nothing changed since the base.
     #[serde(default)]
     pub publish_unchanged: bool,
+    /// The registry workflow to push with (see `package_create_from_s3`); default the
+    /// registry's `default_workflow`.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Push with no workflow (quilt3 `workflow=None`). Not together with `workflow`.
+    #[serde(default)]
+    pub no_workflow: bool,
     /// Plan only; write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -708,6 +726,11 @@ pub struct PackageView {
     pub bytes: u64,
     /// A quilt3 command that opens this version.
     pub browse: String,
+    /// An earlier version had the same top hash with its entries elsewhere: its manifest was
+    /// replaced by this one (quilt3's rule: the last writer's manifest stands), so this
+    /// version's entries are the objects this run asked for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub manifest_replaced: bool,
 }
 
 /// A package creation run: its state, progress, and result or error.
