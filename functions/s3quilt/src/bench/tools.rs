@@ -1,5 +1,5 @@
 //! Finding `moto_server` and a Python with quilt3, starting moto, and running child processes
-//! with their peak RSS measured (`wait4`).
+//! with their peak RSS and CPU time measured (`wait4`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -194,6 +194,8 @@ pub struct Measured {
     pub wall: Duration,
     /// Peak resident set size, bytes (`ru_maxrss`).
     pub peak_rss: u64,
+    /// CPU time, user and system (`ru_utime` + `ru_stime`).
+    pub cpu: Duration,
     /// Its stdout.
     pub stdout: String,
     /// Its stderr.
@@ -246,7 +248,13 @@ pub fn run_measured(mut cmd: Command, what: &str) -> anyhow::Result<Measured> {
         started: start,
         wall,
         peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         stdout,
         stderr,
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
