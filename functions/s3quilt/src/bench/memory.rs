@@ -14,7 +14,7 @@
 //! What it does not model: versioning, S3's request-rate limits (no SlowDown), object size
 //! limits, storage classes other than STANDARD, ACLs, encryption, and MD5 (an ETag here is
 //! derived from the SHA-256, not the MD5). Copies share the source's bytes (no copy is made),
-//! and an object seeded with [`MemoryS3::insert_fill`] is one byte repeated, held as a length:
+//! and an object seeded with `MemoryS3::insert_fill` is one byte repeated, held as a length:
 //! a 1 GiB object costs nothing to hold or copy (its digests are computed once per length).
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,5 +1,5 @@
 //! `s3quilt bench`: in one run, on one seeded dataset in a local S3 (by default the bench's
-//! own in-memory S3 on `s3s`, [`memory`]; or moto behind our latency proxy), times (1) the
+//! own in-memory S3 on `s3s`, `memory.rs`; or moto behind our latency proxy), times (1) the
 //! floor — a bare aws-sdk-s3 client issuing only the copy requests (CopyObject, or the
 //! multipart upload's UploadPartCopy for large objects), at several concurrencies, best kept;
 //! (2) s3quilt's local engine end to end, as a child process (peak RSS and CPU measured); (3)
