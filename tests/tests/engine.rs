@@ -1082,9 +1082,12 @@ async fn in_full_mode_copies_stay_at_the_limit_while_the_heads_run_beside_them()
     );
     let objects: Vec<SeedObject> = (0..32)
         .map(|i| {
-            SeedObject::new(&format!("many/o-{i:02}.txt"), format!("object {i}").into_bytes())
-                .content_type("text/plain")
-                .meta("i", &i.to_string())
+            SeedObject::new(
+                format!("many/o-{i:02}.txt"),
+                format!("object {i}").into_bytes(),
+            )
+            .content_type("text/plain")
+            .meta("i", &i.to_string())
         })
         .collect();
     seed(&client, &source, &objects).await;

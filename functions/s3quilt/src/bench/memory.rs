@@ -279,7 +279,7 @@ impl MemoryS3 {
         delimiter: Option<&str>,
         after: Option<&str>,
         max_keys: usize,
-    ) -> S3Result<(Vec<(String, Arc<Obj>)>, Vec<String>, Option<String>)> {
+    ) -> S3Result<Listed> {
         let buckets = self.buckets.read().unwrap();
         let objects = buckets.get(bucket).ok_or_else(|| s3_error!(NoSuchBucket))?;
         let start = match after {
@@ -326,6 +326,9 @@ impl MemoryS3 {
         Ok((found, prefixes, None))
     }
 }
+
+/// One page of a listing: objects, common prefixes, and where to continue (if truncated).
+type Listed = (Vec<(String, Arc<Obj>)>, Vec<String>, Option<String>);
 
 fn common(prefixes: Vec<String>) -> Option<CommonPrefixList> {
     (!prefixes.is_empty()).then(|| {
@@ -1093,7 +1096,7 @@ mod tests {
         for key in ["a/1", "a/2", "b/x/1", "b/x/2", "b/y", "c"] {
             s3.insert_fill("b", key, 1, 3, "text/plain");
         }
-        let names = |(found, prefixes, next): (Vec<(String, Arc<Obj>)>, Vec<String>, _)| {
+        let names = |(found, prefixes, next): Listed| {
             (
                 found.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
                 prefixes,
