@@ -126,8 +126,8 @@ impl CopyError {
 #[derive(Clone)]
 pub struct CopyOptions {
     /// Objects of this shard in progress at once (each waits for request slots of `limit` and
-    /// `read_limit`). More than the request limit, so that an object waiting for its HEAD to
-    /// answer never leaves a copy slot idle.
+    /// `read_limit`). As many as the request limit: an object in progress after a failure
+    /// still copies, so more would only copy more that is rolled back.
     pub concurrency: usize,
     /// Shared, throttle-adaptive limit on the writes in flight (CopyObject, the multipart
     /// upload's requests, one per part copy); the local engine shares one across shards.
@@ -174,11 +174,11 @@ pub const FENCE_POLL: Duration = Duration::from_secs(5);
 
 impl CopyOptions {
     /// Options with `concurrency` write requests in flight (and as many metadata reads
-    /// beside them), twice as many objects in progress.
+    /// beside them), as many objects in progress.
     pub fn new(concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
         CopyOptions {
-            concurrency: 2 * concurrency,
+            concurrency,
             limit: Arc::new(AdaptiveLimit::new(concurrency)),
             read_limit: Arc::new(AdaptiveLimit::new(concurrency)),
             part_concurrency: concurrency,

@@ -251,6 +251,13 @@ impl MemoryS3 {
             .insert(key.to_string(), Arc::new(obj));
     }
 
+    fn require_bucket(&self, bucket: &str) -> S3Result<()> {
+        match self.buckets.read().unwrap().contains_key(bucket) {
+            true => Ok(()),
+            false => Err(s3_error!(NoSuchBucket)),
+        }
+    }
+
     fn get_obj(&self, bucket: &str, key: &str) -> S3Result<Arc<Obj>> {
         let buckets = self.buckets.read().unwrap();
         let objects = buckets.get(bucket).ok_or_else(|| s3_error!(NoSuchBucket))?;
@@ -369,9 +376,7 @@ impl S3 for MemoryS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        if !self.buckets.read().unwrap().contains_key(&req.input.bucket) {
-            return Err(s3_error!(NoSuchBucket));
-        }
+        self.require_bucket(&req.input.bucket)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -386,9 +391,7 @@ impl S3 for MemoryS3 {
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        if !self.buckets.read().unwrap().contains_key(&req.input.bucket) {
-            return Err(s3_error!(NoSuchBucket));
-        }
+        self.require_bucket(&req.input.bucket)?;
         Ok(S3Response::new(GetBucketVersioningOutput::default()))
     }
 
@@ -706,9 +709,7 @@ impl S3 for MemoryS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        if !self.buckets.read().unwrap().contains_key(&input.bucket) {
-            return Err(s3_error!(NoSuchBucket));
-        }
+        self.require_bucket(&input.bucket)?;
         let id = format!(
             "upload-{}",
             self.next_upload.fetch_add(1, Ordering::Relaxed)
