@@ -30,6 +30,26 @@ pub struct InstrumentedStore {
     counts: Mutex<HashMap<&'static str, usize>>,
     log: Mutex<Vec<(&'static str, String, String)>>,
     rules: Vec<FaultRule>,
+    /// How long each HEAD, copy and part copy is held before it goes to `inner` (so that
+    /// requests overlap and a test can see how many run at once).
+    hold: std::time::Duration,
+    /// Of those three operations: (in flight now, most ever in flight), by operation and
+    /// (under `"*"`) all together.
+    flights: Mutex<HashMap<&'static str, (usize, usize)>>,
+}
+
+/// One request in flight (see [`InstrumentedStore::max_in_flight`]); landing on drop.
+struct Flight<'a>(&'a InstrumentedStore, &'static str);
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.0.flights.lock().unwrap();
+        for op in [self.1, "*"] {
+            if let Some(f) = flights.get_mut(op) {
+                f.0 -= 1;
+            }
+        }
+    }
 }
 
 impl InstrumentedStore {
@@ -40,7 +60,47 @@ impl InstrumentedStore {
             counts: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             rules,
+            hold: std::time::Duration::ZERO,
+            flights: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// [`InstrumentedStore::new`] holding each HeadObject, CopyObject and UploadPartCopy for
+    /// `hold` before it is sent.
+    pub fn holding(
+        inner: Arc<dyn ObjectStore>,
+        rules: Vec<FaultRule>,
+        hold: std::time::Duration,
+    ) -> Arc<Self> {
+        let mut store = Arc::into_inner(Self::new(inner, rules)).expect("just made");
+        store.hold = hold;
+        Arc::new(store)
+    }
+
+    /// The most HeadObject, CopyObject or UploadPartCopy requests (`operation`), or of the
+    /// three together (`"*"`), that were in flight at once.
+    pub fn max_in_flight(&self, operation: &str) -> usize {
+        self.flights
+            .lock()
+            .unwrap()
+            .get(operation)
+            .map_or(0, |f| f.1)
+    }
+
+    async fn fly(&self, operation: &'static str) -> Flight<'_> {
+        {
+            let mut flights = self.flights.lock().unwrap();
+            for op in [operation, "*"] {
+                let f = flights.entry(op).or_insert((0, 0));
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+            }
+        }
+        let flight = Flight(self, operation);
+        if !self.hold.is_zero() {
+            tokio::time::sleep(self.hold).await;
+        }
+        flight
     }
 
     /// Calls made so far, by operation.
@@ -111,6 +171,7 @@ impl ObjectStore for InstrumentedStore {
     }
     async fn head(&self, b: &str, k: &str, v: Option<&str>) -> Result<ObjectInfo, StoreError> {
         self.enter("HeadObject", b, k)?;
+        let _flight = self.fly("HeadObject").await;
         self.inner.head(b, k, v).await
     }
     async fn get(
@@ -135,6 +196,7 @@ impl ObjectStore for InstrumentedStore {
     }
     async fn copy(&self, r: CopyRequest<'_>) -> Result<WriteResult, StoreError> {
         self.enter("CopyObject", r.dst_bucket, r.dst_key)?;
+        let _flight = self.fly("CopyObject").await;
         self.inner.copy(r).await
     }
     async fn create_multipart(
@@ -151,6 +213,7 @@ impl ObjectStore for InstrumentedStore {
     }
     async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
         self.enter("UploadPartCopy", r.dst_bucket, r.dst_key)?;
+        let _flight = self.fly("UploadPartCopy").await;
         self.inner.upload_part_copy(r).await
     }
     async fn complete_multipart(

@@ -1068,3 +1068,100 @@ async fn listing_metadata_copies_with_one_request_per_object() {
         Some("lab-7")
     );
 }
+
+/// A run at `concurrency` requests over `store`.
+async fn run_at(
+    store: Arc<dyn ObjectStore>,
+    request: &PackageRequest,
+    concurrency: usize,
+) -> Result<RunOutcome, EngineError> {
+    let options = EngineOptions {
+        concurrency,
+        ..Default::default()
+    };
+    run_local(store, request, &options, Progress::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_full_mode_copies_stay_at_the_limit_while_the_heads_run_beside_them() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    let objects: Vec<SeedObject> = (0..32)
+        .map(|i| {
+            SeedObject::new(
+                format!("many/o-{i:02}.txt"),
+                format!("object {i}").into_bytes(),
+            )
+            .content_type("text/plain")
+            .meta("i", &i.to_string())
+        })
+        .collect();
+    seed(&client, &source, &objects).await;
+    let request = PackageRequest::new(&source, "many", "team/many", &registry);
+    let held = InstrumentedStore::holding(
+        store(server).await,
+        Vec::new(),
+        std::time::Duration::from_millis(40),
+    );
+    let package = created(run_at(held.clone(), &request, 4).await.unwrap());
+    assert_eq!(package.objects, 32);
+    assert_eq!(held.count("CopyObject"), 32);
+    assert_eq!(
+        held.max_in_flight("CopyObject"),
+        4,
+        "copies fill the request limit, never more"
+    );
+    assert!(
+        held.max_in_flight("HeadObject") >= 1 && held.max_in_flight("HeadObject") <= 4,
+        "HEADs have a budget of their own, as large: {}",
+        held.max_in_flight("HeadObject")
+    );
+    assert!(
+        held.max_in_flight("*") > 4,
+        "HEADs ran beside a full set of copies, not in their slots: {}",
+        held.max_in_flight("*")
+    );
+    // The entries still record what the HEADs read.
+    let browsed = browse(server, &registry, "team/many");
+    let entry = &browsed["entries"][0];
+    assert_eq!(entry["meta"]["s3"]["content_type"], json!("text/plain"));
+    assert_eq!(entry["meta"]["s3"]["metadata"]["i"], json!("0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parts_of_one_large_object_take_the_whole_request_limit() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, true).await,
+        create_bucket(&client, true).await,
+    );
+    // Nine 8 MiB parts: more than the 8 per object a copy used to keep in flight.
+    let big: Vec<u8> = (0..(64 * MIB + 3)).map(|i| (i % 253) as u8).collect();
+    seed(
+        &client,
+        &source,
+        &[SeedObject::new("one/big.bin", big).content_type("application/x-big")],
+    )
+    .await;
+    let request = PackageRequest::new(&source, "one", "team/one", &registry);
+    let held = InstrumentedStore::holding(
+        store(server).await,
+        Vec::new(),
+        std::time::Duration::from_millis(100),
+    );
+    let package = created(run_at(held.clone(), &request, 16).await.unwrap());
+    assert_eq!(held.count("UploadPartCopy"), 9);
+    assert_eq!(
+        held.max_in_flight("UploadPartCopy"),
+        9,
+        "every part of the object in flight at once"
+    );
+    let browsed = browse(server, &registry, "team/one");
+    assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
+    assert_eq!(browsed["entries"][0]["size"], json!(64 * MIB + 3));
+}

@@ -125,13 +125,23 @@ impl CopyError {
 /// How a shard is copied.
 #[derive(Clone)]
 pub struct CopyOptions {
-    /// Objects of this shard in progress at once (each waits for request slots of `limit`).
+    /// Objects of this shard in progress at once (each waits for request slots of `limit` and
+    /// `read_limit`). As many as the request limit: an object in progress after a failure
+    /// still copies, so more would only copy more that is rolled back.
     pub concurrency: usize,
-    /// Shared, throttle-adaptive limit on S3 requests in flight (the local engine shares one
-    /// across shards): a copy and the HEAD beside it hold two slots, a large object one per
-    /// part copy.
+    /// Shared, throttle-adaptive limit on the writes in flight (CopyObject, the multipart
+    /// upload's requests, one per part copy); the local engine shares one across shards.
     pub limit: Arc<AdaptiveLimit>,
-    /// Concurrent UploadPartCopy requests per large object.
+    /// Shared, throttle-adaptive limit on the metadata reads in flight (the HEAD beside each
+    /// copy, and the GETs that stream-hash): on S3 they fall under the source prefix's read
+    /// budget (5,500 requests/s per prefix), not the destination's 3,500 writes/s, so they get
+    /// their own slots and copies stay at `limit` while they run beside them. Each limit halves
+    /// on its own SlowDowns.
+    pub read_limit: Arc<AdaptiveLimit>,
+    /// Concurrent UploadPartCopy requests per large object: by default the request limit
+    /// itself, so the parts of one large object (or of a few) can take every slot; parts of
+    /// several objects queue first come, first served on `limit`, so no slot idles while any
+    /// part waits.
     pub part_concurrency: usize,
     /// Retry policy for each request.
     pub retry: RetryPolicy,
@@ -163,12 +173,15 @@ pub fn stop_before(deadline: SystemTime) -> SystemTime {
 pub const FENCE_POLL: Duration = Duration::from_secs(5);
 
 impl CopyOptions {
-    /// Options with `concurrency` objects in flight.
+    /// Options with `concurrency` write requests in flight (and as many metadata reads
+    /// beside them), as many objects in progress.
     pub fn new(concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
         CopyOptions {
-            concurrency: concurrency.max(1),
+            concurrency,
             limit: Arc::new(AdaptiveLimit::new(concurrency)),
-            part_concurrency: 8,
+            read_limit: Arc::new(AdaptiveLimit::new(concurrency)),
+            part_concurrency: concurrency,
             retry: RetryPolicy::default(),
             stop: Arc::new(AtomicBool::new(false)),
             deadline: None,
@@ -363,7 +376,7 @@ impl ObjectCopier<'_> {
         let info = self
             .options
             .retry
-            .run_with(Some(&self.options.limit), |_| {
+            .run_with(Some(&self.options.read_limit), |_| {
                 self.store.head(&self.plan.source_bucket, &object.key, None)
             })
             .await
@@ -909,7 +922,7 @@ impl ObjectCopier<'_> {
                 object.size,
                 self.plan.hash_type,
                 &self.options.retry,
-                Some(&self.options.limit),
+                Some(&self.options.read_limit),
             )
             .await
             {
@@ -962,7 +975,7 @@ impl ObjectCopier<'_> {
                     info.size,
                     self.plan.hash_type,
                     &self.options.retry,
-                    Some(&self.options.limit),
+                    Some(&self.options.read_limit),
                 )
                 .await
                 .map_err(self.object_error(&object.key))?

@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 
 use crate::storage::StoreError;
 
@@ -101,6 +101,11 @@ impl RetryPolicy {
 
 /// A concurrency limit that halves on S3 throttling (503 SlowDown) and grows back by one per
 /// window of successes (AIMD), so a run slows down when S3 asks instead of hammering it.
+///
+/// Slots are the permits of a FIFO semaphore: a freed slot wakes exactly one waiter (in the
+/// order they came), so hundreds of parts and objects waiting cost nothing while they wait. A
+/// lower limit is reached by withholding permits as they are freed (`debt`), never by
+/// cancelling a request in flight.
 #[derive(Debug)]
 pub struct AdaptiveLimit {
     max: usize,
@@ -108,9 +113,10 @@ pub struct AdaptiveLimit {
     /// Until the first throttle, every success allows one more (the limit doubles per round)
     /// instead of one per round.
     slow_start: std::sync::atomic::AtomicBool,
-    in_flight: AtomicUsize,
+    permits: Semaphore,
+    /// Permits to withhold as they are freed, after the limit went down.
+    debt: AtomicUsize,
     successes: AtomicUsize,
-    freed: Notify,
 }
 
 /// A slot held while one request (or one object's work) is in flight.
@@ -118,8 +124,7 @@ pub struct LimitSlot<'a>(&'a AdaptiveLimit);
 
 impl Drop for LimitSlot<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_waiters();
+        self.0.give_back(1);
     }
 }
 
@@ -131,9 +136,9 @@ impl AdaptiveLimit {
             max,
             limit: AtomicUsize::new(max),
             slow_start: std::sync::atomic::AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            permits: Semaphore::new(max),
+            debt: AtomicUsize::new(0),
             successes: AtomicUsize::new(0),
-            freed: Notify::new(),
         }
     }
 
@@ -143,11 +148,16 @@ impl AdaptiveLimit {
     /// small, so together they find S3's rate instead of starting far above it.
     pub fn slow_start(initial: usize, max: usize) -> Self {
         let limit = AdaptiveLimit::new(max);
-        limit
-            .limit
-            .store(initial.clamp(1, limit.max), Ordering::Release);
+        let initial = initial.clamp(1, limit.max);
+        limit.limit.store(initial, Ordering::Release);
+        limit.withhold(limit.max - initial);
         limit.slow_start.store(true, Ordering::Release);
         limit
+    }
+
+    /// The most this limit ever allows.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     /// The current limit.
@@ -155,38 +165,81 @@ impl AdaptiveLimit {
         self.limit.load(Ordering::Acquire)
     }
 
-    /// Waits for a slot under the current limit.
+    /// Waits for a slot under the current limit (first come, first served).
     pub async fn acquire(&self) -> LimitSlot<'_> {
-        loop {
-            let freed = self.freed.notified();
-            let in_flight = self.in_flight.load(Ordering::Acquire);
-            if in_flight < self.current()
-                && self
-                    .in_flight
-                    .compare_exchange(
-                        in_flight,
-                        in_flight + 1,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
+        match self.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => unreachable!("the limit's semaphore is never closed"),
+        }
+        LimitSlot(self)
+    }
+
+    /// Returns `n` slots: each pays off withheld debt first, the rest become free permits.
+    fn give_back(&self, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let debt = self.debt.load(Ordering::Acquire);
+            if debt == 0 {
+                self.permits.add_permits(left);
+                return;
+            }
+            let paid = debt.min(left);
+            if self
+                .debt
+                .compare_exchange(debt, debt - paid, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
             {
-                return LimitSlot(self);
+                left -= paid;
             }
-            if in_flight < self.current() {
-                continue; // lost a race for the slot; look again
+        }
+    }
+
+    /// Takes `n` slots out of circulation: free ones at once, the others as they are freed.
+    fn withhold(&self, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            match self.permits.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    left -= 1;
+                }
+                Err(_) => break,
             }
-            freed.await;
+        }
+        if left > 0 {
+            self.debt.fetch_add(left, Ordering::AcqRel);
+        }
+    }
+
+    /// One more slot: cancels one withheld, or adds a permit.
+    fn grow(&self) {
+        if let Ok(old) = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l < self.max).then_some(l + 1)
+            })
+        {
+            debug_assert!(old < self.max);
+            let cancelled = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok();
+            if !cancelled {
+                self.permits.add_permits(1);
+            }
         }
     }
 
     /// S3 throttled a request: halve the limit (never below 1).
     pub fn on_throttle(&self) {
-        let _ = self
+        if let Ok(old) = self
             .limit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
                 Some((l / 2).max(1))
-            });
+            })
+        {
+            self.withhold(old - (old / 2).max(1));
+        }
         self.slow_start.store(false, Ordering::Release);
         self.successes.store(0, Ordering::Release);
     }
@@ -194,23 +247,16 @@ impl AdaptiveLimit {
     /// A request succeeded: after `limit` successes in a row, allow one more in flight.
     pub fn on_success(&self) {
         let limit = self.current();
-        if limit < self.max && self.slow_start.load(Ordering::Acquire) {
-            let _ = self
-                .limit
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
-                    Some((l + 1).min(self.max))
-                });
-            self.freed.notify_waiters();
+        if limit >= self.max {
             return;
         }
-        if limit < self.max && self.successes.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
+        if self.slow_start.load(Ordering::Acquire) {
+            self.grow();
+            return;
+        }
+        if self.successes.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
             self.successes.store(0, Ordering::Release);
-            let _ = self
-                .limit
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
-                    Some((l + 1).min(self.max))
-                });
-            self.freed.notify_waiters();
+            self.grow();
         }
     }
 }
@@ -315,5 +361,35 @@ mod tests {
         let _slot = tokio::time::timeout(Duration::from_millis(50), limit.acquire())
             .await
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_limit_takes_effect_as_held_slots_are_freed() {
+        let limit = AdaptiveLimit::new(4);
+        let held: Vec<_> = futures::future::join_all((0..4).map(|_| limit.acquire())).await;
+        limit.on_throttle();
+        assert_eq!(limit.current(), 2);
+        drop(held);
+        let two: Vec<_> = futures::future::join_all((0..2).map(|_| limit.acquire())).await;
+        let third = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        assert!(third.is_err(), "only two slots after halving 4");
+        // Growing back cancels a withheld slot first: 3 may be held, never more.
+        (0..2).for_each(|_| limit.on_success());
+        assert_eq!(limit.current(), 3);
+        let _third = tokio::time::timeout(Duration::from_millis(50), limit.acquire())
+            .await
+            .unwrap();
+        let fourth = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        assert!(fourth.is_err(), "three slots at a limit of three");
+        drop(two);
+        // A slow start withholds what is above its start.
+        let slow = AdaptiveLimit::slow_start(2, 8);
+        let _a = slow.acquire().await;
+        let _b = slow.acquire().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), slow.acquire())
+                .await
+                .is_err()
+        );
     }
 }

@@ -228,6 +228,10 @@ pub async fn copy_step(
             COPIER_INITIAL_REQUESTS,
             config.copy_concurrency,
         )),
+        read_limit: Arc::new(AdaptiveLimit::slow_start(
+            COPIER_INITIAL_REQUESTS,
+            config.copy_concurrency,
+        )),
         ..CopyOptions::new(config.copy_concurrency)
     };
     let outcome = copy_shard_from_staging(

@@ -1,9 +1,12 @@
-//! `s3quilt bench`: in one run, on one seeded dataset in a local moto server behind our latency
-//! proxy, times (1) the floor — a bare aws-sdk-s3 client issuing only the CopyObject requests,
-//! at several concurrencies, best kept; (2) s3quilt's local engine end to end, as a child
-//! process (peak RSS measured); (3) quilt3's `set_dir` + `push`. Measuring only: no domain
-//! logic lives here.
+//! `s3quilt bench`: in one run, on one seeded dataset in a local S3 (by default the bench's
+//! own in-memory S3 on `s3s`, `memory.rs`; or moto behind our latency proxy), times (1) the
+//! floor — a bare aws-sdk-s3 client issuing only the copy requests (CopyObject, or the
+//! multipart upload's UploadPartCopy for large objects), at several concurrencies, best kept;
+//! (2) s3quilt's local engine end to end, as a child process (peak RSS and CPU measured); (3)
+//! quilt3's `set_dir` + `push`, at its default and at other `QUILT_TRANSFER_MAX_CONCURRENCY`.
+//! Measuring only: no domain logic lives here.
 
+mod memory;
 mod proxy;
 mod tools;
 
@@ -18,7 +21,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
-use self::proxy::{Counts, LatencyProxy, diff};
+use self::memory::MemoryServer;
+use self::proxy::{Counts, LatencyProxy, Logged, diff};
 use self::tools::{Measured, Moto, run_measured};
 
 const SOURCE_BUCKET: &str = "bench-src";
@@ -36,7 +40,16 @@ pub struct BenchArgs {
     /// Objects to seed (sizes 1 KiB–256 KiB, log-uniform, over 16 folders).
     #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub objects: u32,
-    /// Delay the proxy adds before forwarding each request (models S3's round trip).
+    /// Give every object this size instead (bytes, e.g. 1073741824), each one byte repeated:
+    /// the in-memory S3 holds it as a length, so large objects cost nothing to seed or copy.
+    /// `--server memory` only.
+    #[arg(long, value_name = "BYTES")]
+    pub object_size: Option<u64>,
+    /// The S3 to measure against: `memory` (the bench's in-memory S3 on s3s, fast enough not
+    /// to be the bottleneck) or `moto` (moto_server behind the latency proxy).
+    #[arg(long, value_enum, default_value_t = ServerKind::Memory)]
+    pub server: ServerKind,
+    /// Delay added to each request before it is served (models S3's round trip).
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub latency_ms: u64,
     /// Concurrencies tried for the floor (comma-separated); s3quilt runs at the floor's best.
@@ -55,15 +68,74 @@ pub struct BenchArgs {
     /// beside each copy) and `listing` (no HEAD: one request per object).
     #[arg(long, value_name = "MODE,..", value_delimiter = ',', default_values_t = [String::from("full"), String::from("listing")])]
     pub s3quilt_modes: Vec<String>,
+    /// quilt3 runs to time, by `QUILT_TRANSFER_MAX_CONCURRENCY`: `default` (unset: quilt3's
+    /// own, 10 threads) or a number.
+    #[arg(long, value_name = "N,..", value_delimiter = ',', default_values_t = [String::from("default"), String::from("64")])]
+    pub quilt3_concurrency: Vec<String>,
     /// After the table, print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which S3 the bench measures against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    /// The bench's in-memory S3 (s3s), with the latency added in the server.
+    Memory,
+    /// moto_server behind the latency proxy.
+    Moto,
+}
+
+/// The running S3 and how to reach it.
+enum Backend {
+    Memory(MemoryServer),
+    Moto { moto: Moto, proxy: LatencyProxy },
+}
+
+impl Backend {
+    /// The measured endpoint: delayed and counted.
+    fn endpoint(&self) -> String {
+        match self {
+            Backend::Memory(m) => m.endpoint(),
+            Backend::Moto { proxy, .. } => proxy.endpoint(),
+        }
+    }
+
+    /// Straight to the server: for seeding and cleaning up, untimed.
+    fn direct_endpoint(&self) -> String {
+        match self {
+            Backend::Memory(m) => m.direct_endpoint(),
+            Backend::Moto { moto, .. } => format!("http://{}", moto.addr),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        match self {
+            Backend::Memory(m) => m.counts(),
+            Backend::Moto { proxy, .. } => proxy.counts(),
+        }
+    }
+
+    fn log_since(&self, since: Instant) -> Vec<Logged> {
+        match self {
+            Backend::Memory(m) => m.log_since(since),
+            Backend::Moto { proxy, .. } => proxy.log_since(since),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "in-memory S3 (s3s)",
+            Backend::Moto { .. } => "moto behind the latency proxy",
+        }
+    }
 }
 
 /// One measured contender.
 struct Row {
     name: String,
     seconds: f64,
+    cpu_s: Option<f64>,
     peak_rss: Option<u64>,
     requests: Counts,
 }
@@ -148,8 +220,10 @@ async fn blocking<T: Send + 'static>(
 
 /// Runs the benchmark and prints the table (and, with `--json`, a JSON line last).
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let moto_bin = tools::find_moto(args.moto.as_deref())?;
-    let python = if args.no_quilt3 {
+    if args.object_size.is_some() && args.server != ServerKind::Memory {
+        bail!("--object-size needs --server memory (moto would have to hold every byte)");
+    }
+    let python = if args.no_quilt3 || args.quilt3_concurrency.is_empty() {
         None
     } else {
         Some(tools::find_python(args.python.as_deref())?)
@@ -157,14 +231,24 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("s3quilt-bench-")
         .tempdir()?;
-    eprintln!("bench: starting {}", moto_bin.display());
-    let moto = Moto::start(&moto_bin, &dir.path().join("moto.log")).await?;
     let latency = Duration::from_millis(args.latency_ms);
-    let proxy = LatencyProxy::start(moto.addr, latency)?;
-    let endpoint = proxy.endpoint();
+    let backend = match args.server {
+        ServerKind::Memory => {
+            eprintln!("bench: starting the in-memory S3");
+            Backend::Memory(MemoryServer::start(latency, ACCESS_KEY, SECRET_KEY)?)
+        }
+        ServerKind::Moto => {
+            let moto_bin = tools::find_moto(args.moto.as_deref())?;
+            eprintln!("bench: starting {}", moto_bin.display());
+            let moto = Moto::start(&moto_bin, &dir.path().join("moto.log")).await?;
+            let proxy = LatencyProxy::start(moto.addr, latency)?;
+            Backend::Moto { moto, proxy }
+        }
+    };
+    let endpoint = backend.endpoint();
 
-    // Seed directly into moto (no proxy): untimed.
-    let direct = client(&format!("http://{}", moto.addr));
+    // Seed directly (no delay): untimed.
+    let direct = client(&backend.direct_endpoint());
     for bucket in [
         SOURCE_BUCKET,
         FLOOR_BUCKET,
@@ -176,75 +260,52 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .bucket(bucket)
             .send()
             .await
-            .with_context(|| format!("creating bucket {bucket} in moto"))?;
+            .with_context(|| format!("creating bucket {bucket}"))?;
     }
-    let sizes = object_sizes(args.objects);
+    let sizes = match args.object_size {
+        Some(size) => vec![size; args.objects as usize],
+        None => object_sizes(args.objects),
+    };
     let keys: Vec<String> = (0..args.objects)
         .map(|i| format!("{SOURCE_PREFIX}part-{:02}/obj-{i:07}.bin", i % 16))
         .collect();
     let bytes: u64 = sizes.iter().sum();
     eprintln!(
-        "bench: seeding {} objects, {:.1} MB, into moto",
+        "bench: seeding {} objects, {:.1} MB, into the {}",
         args.objects,
-        mb(bytes)
+        mb(bytes),
+        backend.name()
     );
     let seeded = Instant::now();
-    let mut puts = futures::stream::iter(keys.iter().zip(&sizes).map(|(key, size)| {
-        let direct = direct.clone();
-        async move {
-            let body = vec![(key.len() % 251) as u8; usize::try_from(*size)?];
-            direct
-                .put_object()
-                .bucket(SOURCE_BUCKET)
-                .key(key)
-                .content_type("application/octet-stream")
-                .metadata("bench", "1")
-                .body(body.into())
-                .send()
-                .await
-                .with_context(|| format!("seeding {key}"))?;
-            anyhow::Ok(())
+    match (&backend, args.object_size) {
+        (Backend::Memory(m), Some(_)) => {
+            for (key, size) in keys.iter().zip(&sizes) {
+                m.store.insert_fill(
+                    SOURCE_BUCKET,
+                    key,
+                    (key.len() % 251) as u8,
+                    *size,
+                    "application/octet-stream",
+                );
+            }
         }
-    }))
-    .buffer_unordered(32);
-    while let Some(r) = puts.next().await {
-        r?;
+        _ => seed(&direct, &keys, &sizes).await?,
     }
-    drop(puts);
     eprintln!("bench: seeded in {:.1} s", seeded.elapsed().as_secs_f64());
 
-    // (1) The floor: only the CopyObject requests, through the proxy, per concurrency.
+    // (1) The floor: only the copy requests, through the delay, per concurrency.
     let via_proxy = client(&endpoint);
     let mut sweep: Vec<(u16, f64, Counts)> = Vec::new();
     for &conc in &args.concurrency {
         let dest = format!("c{conc}/");
-        let before = proxy.counts();
+        let before = backend.counts();
         let start = Instant::now();
-        let mut copies = futures::stream::iter(keys.iter().map(|key| {
-            let (c, dest) = (via_proxy.clone(), &dest);
-            async move {
-                c.copy_object()
-                    .copy_source(format!("{SOURCE_BUCKET}/{key}"))
-                    .bucket(FLOOR_BUCKET)
-                    .key(format!("{dest}{key}"))
-                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                    .metadata_directive(MetadataDirective::Copy)
-                    .send()
-                    .await
-                    .with_context(|| format!("floor: copying {key}"))?;
-                anyhow::Ok(())
-            }
-        }))
-        .buffer_unordered(usize::from(conc));
-        while let Some(r) = copies.next().await {
-            r?;
-        }
-        drop(copies);
+        floor_copies(&via_proxy, &keys, &sizes, &dest, usize::from(conc)).await?;
         let secs = start.elapsed().as_secs_f64();
-        let requests = diff(&before, &proxy.counts());
+        let requests = diff(&before, &backend.counts());
         eprintln!("bench: floor at concurrency {conc}: {secs:.2} s");
         sweep.push((conc, secs, requests));
-        // Free moto's memory before the next contender (direct, untimed).
+        // Free the server's memory before the next contender (direct, untimed).
         delete_prefix(&direct, FLOOR_BUCKET, &dest).await?;
     }
     let (best_conc, floor_s, floor_requests) = sweep
@@ -276,10 +337,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ]);
         apply_env(&mut cmd, &endpoint, dir.path());
         eprintln!("bench: s3quilt create --object-metadata {mode} at concurrency {best_conc}");
-        let before = proxy.counts();
+        let before = backend.counts();
         let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
-        let requests = diff(&before, &proxy.counts());
-        let phases = Phases::from_log(&proxy.log_since(ours.started), &ours);
+        let requests = diff(&before, &backend.counts());
+        let phases = Phases::from_log(&backend.log_since(ours.started), &ours);
         let outcome: serde_json::Value = serde_json::from_str(&ours.stdout)
             .with_context(|| format!("s3quilt create printed no JSON:\n{}", ours.stdout))?;
         let packaged = outcome["package"]["objects"].as_u64();
@@ -296,54 +357,72 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--s3quilt-modes is empty: give full, listing or both");
     }
 
-    // (3) quilt3 8.0.0: set_dir + push to another registry.
-    let mut quilt3_row = None;
-    let mut quilt3_process_s = None;
+    // (3) quilt3 8.0.0: set_dir + push to another registry, once per thread count.
+    let mut quilt3_runs: Vec<Quilt3Run> = Vec::new();
     let mut quilt3_version = None;
-    let mut quilt3_phases = None;
     if let Some((python, version)) = python {
-        let mut cmd = Command::new(&python);
-        cmd.args([
-            "-c",
-            QUILT3_SCRIPT,
-            &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
-            &format!("s3://{QUILT3_REGISTRY}"),
-        ]);
-        apply_env(&mut cmd, &endpoint, dir.path());
-        eprintln!("bench: quilt3 {version} set_dir + push");
-        let before = proxy.counts();
-        let theirs: Measured = blocking(move || run_measured(cmd, "quilt3 push")).await?;
-        let requests = diff(&before, &proxy.counts());
-        quilt3_phases = Some(Phases::from_log(&proxy.log_since(theirs.started), &theirs));
-        let last = theirs.stdout.lines().last().unwrap_or("");
-        let report: serde_json::Value = serde_json::from_str(last).with_context(|| {
-            format!(
-                "the quilt3 script printed no JSON:\n{}\n{}",
-                theirs.stdout, theirs.stderr
-            )
-        })?;
-        if report["entries"].as_u64() != Some(u64::from(args.objects)) {
-            bail!(
-                "quilt3 pushed {} entries, expected {}",
-                report["entries"],
-                args.objects
-            );
+        for threads in &args.quilt3_concurrency {
+            let mut cmd = Command::new(&python);
+            let package = format!("bench/q3-{threads}");
+            cmd.args([
+                "-c",
+                QUILT3_SCRIPT,
+                &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
+                &format!("s3://{QUILT3_REGISTRY}"),
+                &package,
+            ]);
+            apply_env(&mut cmd, &endpoint, dir.path());
+            let label = if threads == "default" {
+                cmd.env_remove("QUILT_TRANSFER_MAX_CONCURRENCY");
+                "quilt3 default".to_string()
+            } else {
+                let n: u32 = threads.parse().with_context(|| {
+                    format!("--quilt3-concurrency {threads}: not `default` or a number")
+                })?;
+                cmd.env("QUILT_TRANSFER_MAX_CONCURRENCY", n.to_string());
+                format!("quilt3 threads={n}")
+            };
+            eprintln!("bench: {label} ({version}) set_dir + push");
+            let before = backend.counts();
+            let theirs: Measured = blocking(move || run_measured(cmd, "quilt3 push")).await?;
+            let requests = diff(&before, &backend.counts());
+            let phases = Phases::from_log(&backend.log_since(theirs.started), &theirs);
+            let last = theirs.stdout.lines().last().unwrap_or("");
+            let report: serde_json::Value = serde_json::from_str(last).with_context(|| {
+                format!(
+                    "the quilt3 script printed no JSON:\n{}\n{}",
+                    theirs.stdout, theirs.stderr
+                )
+            })?;
+            if report["entries"].as_u64() != Some(u64::from(args.objects)) {
+                bail!(
+                    "quilt3 pushed {} entries, expected {}",
+                    report["entries"],
+                    args.objects
+                );
+            }
+            quilt3_runs.push(Quilt3Run {
+                threads: threads.clone(),
+                process_s: theirs.wall.as_secs_f64(),
+                phases,
+                row: Row {
+                    name: label,
+                    seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
+                    cpu_s: Some(theirs.cpu.as_secs_f64()),
+                    peak_rss: Some(theirs.peak_rss),
+                    requests,
+                },
+            });
         }
-        quilt3_process_s = Some(theirs.wall.as_secs_f64());
         quilt3_version = Some(version);
-        quilt3_row = Some(Row {
-            name: "quilt3 set_dir+push".into(),
-            seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
-            peak_rss: Some(theirs.peak_rss),
-            requests,
-        });
     }
-    drop(proxy);
-    drop(moto);
+    let server = backend.name();
+    drop(backend);
 
     let floor = Row {
         name: format!("floor (c={best_conc})"),
         seconds: floor_s,
+        cpu_s: None,
         peak_rss: None,
         requests: floor_requests,
     };
@@ -352,24 +431,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|(mode, measured, requests, _)| Row {
             name: format!("s3quilt {mode} (c={best_conc})"),
             seconds: measured.wall.as_secs_f64(),
+            cpu_s: Some(measured.cpu.as_secs_f64()),
             peak_rss: Some(measured.peak_rss),
             requests: requests.clone(),
         })
         .collect();
-    // The first mode given (by default `full`, s3quilt's default) is the headline figure.
+    // The first mode given (by default `full`, s3quilt's default) is the headline figure, and
+    // the first quilt3 run (by default quilt3's own thread count) its comparison.
     let ours_row = &ours_rows[0];
+    let quilt3_row = quilt3_runs.first().map(|q| &q.row);
     let peak_rss = ours_runs
         .iter()
         .map(|(_, m, _, _)| m.peak_rss)
         .max()
         .unwrap_or(0);
     let ratio_floor = ours_row.seconds / floor.seconds;
-    let ratio_quilt3 = quilt3_row.as_ref().map(|q| q.seconds / ours_row.seconds);
+    let ratio_quilt3 = quilt3_row.map(|q| q.seconds / ours_row.seconds);
 
     // The table.
+    let sizes_text = match args.object_size {
+        Some(size) => format!("{:.1} MiB each", size as f64 / f64::from(1u32 << 20)),
+        None => "1 KiB–256 KiB each".to_string(),
+    };
     println!(
-        "\n{} objects, {:.1} MB (1 KiB–256 KiB each; all under 8 MiB because quilt3's push cannot \
-         copy larger objects on moto), +{} ms per request",
+        "\n{} objects, {:.1} MB ({sizes_text}), +{} ms per request, on the {server}",
         args.objects,
         mb(bytes),
         args.latency_ms
@@ -383,17 +468,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .join(", ")
     );
     println!(
-        "{:<22} {:>9} {:>10} {:>8} {:>12} {:>9}",
-        "", "wall s", "objects/s", "MB/s", "peak RSS MB", "requests"
+        "{:<26} {:>9} {:>8} {:>8} {:>10} {:>8} {:>12} {:>9}",
+        "", "wall s", "× floor", "CPU s", "objects/s", "MB/s", "peak RSS MB", "requests"
     );
-    for row in std::iter::once(&floor)
-        .chain(&ours_rows)
-        .chain(quilt3_row.as_ref())
-    {
+    let quilt3_rows = quilt3_runs.iter().map(|q| &q.row);
+    for row in std::iter::once(&floor).chain(&ours_rows).chain(quilt3_rows) {
         println!(
-            "{:<22} {:>9.2} {:>10.0} {:>8.1} {:>12} {:>9}",
+            "{:<26} {:>9.2} {:>8.2} {:>8} {:>10.0} {:>8.1} {:>12} {:>9}",
             row.name,
             row.seconds,
+            row.seconds / floor.seconds,
+            row.cpu_s
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "n/a".into()),
             f64::from(args.objects) / row.seconds,
             mb(bytes) / row.seconds,
             row.peak_rss
@@ -405,9 +492,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for row in &ours_rows {
         let name = row.name.split(" (").next().unwrap_or(&row.name);
         println!("{name} / floor: {:.2}", row.seconds / floor.seconds);
-        match &quilt3_row {
-            Some(q) => println!("quilt3 / {name}: {:.2}", q.seconds / row.seconds),
-            None => println!("quilt3 / {name}: n/a (--no-quilt3)"),
+        if quilt3_runs.is_empty() {
+            println!("quilt3 / {name}: n/a (--no-quilt3)");
+        }
+        for q in &quilt3_runs {
+            println!(
+                "{} / {name}: {:.2}",
+                q.row.name,
+                q.row.seconds / row.seconds
+            );
         }
     }
     let by_op = |c: &Counts| {
@@ -416,11 +509,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for row in &ours_rows {
+    for row in ours_rows.iter().chain(quilt3_runs.iter().map(|q| &q.row)) {
         println!("requests, {}: {}", row.name, by_op(&row.requests));
-    }
-    if let Some(q) = &quilt3_row {
-        println!("requests, quilt3:  {}", by_op(&q.requests));
     }
     for (mode, _, _, phases) in &ours_runs {
         println!(
@@ -428,13 +518,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             phases.describe(args.latency_ms)
         );
     }
-    if let Some(p) = &quilt3_phases {
-        println!("phases, quilt3:  {}", p.describe(args.latency_ms));
-    }
-    if let Some(p) = quilt3_process_s {
+    for q in &quilt3_runs {
         println!(
-            "quilt3 time is set_dir+push inside Python; the whole process (interpreter, imports) took {p:.2} s. \
-             s3quilt time is its whole process. The floor runs in this process (RSS not measured)."
+            "phases, {}: {}",
+            q.row.name,
+            q.phases.describe(args.latency_ms)
+        );
+    }
+    if let Some(q) = quilt3_runs.first() {
+        println!(
+            "quilt3 time is set_dir+push inside Python; the whole process (interpreter, imports) took {:.2} s \
+             and its CPU s are the whole process's. s3quilt time and CPU are its whole process. \
+             The floor runs in this process (RSS and CPU not measured).",
+            q.process_s
         );
     }
 
@@ -442,14 +538,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let row_json = |r: &Row| {
             json!({
                 "seconds": r.seconds,
+                "cpu_s": r.cpu_s,
                 "peak_rss_mb": r.peak_rss.map(mb),
                 "requests": total(&r.requests),
                 "requests_by_op": r.requests,
             })
         };
         let doc = json!({
+            "server": format!("{:?}", args.server).to_lowercase(),
             "objects": args.objects,
             "bytes": bytes,
+            "object_size": args.object_size,
             "latency_ms": args.latency_ms,
             "floor_s": floor.seconds,
             "floor_concurrency": best_conc,
@@ -459,29 +558,186 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "s3quilt_runs": ours_runs.iter().zip(&ours_rows).map(|((mode, _, _, phases), row)| json!({
                 "object_metadata": mode,
                 "seconds": row.seconds,
+                "cpu_s": row.cpu_s,
                 "over_floor": row.seconds / floor.seconds,
-                "quilt3_over": quilt3_row.as_ref().map(|q| q.seconds / row.seconds),
+                "quilt3_over": quilt3_row.map(|q| q.seconds / row.seconds),
                 "peak_rss_mb": row.peak_rss.map(mb),
                 "requests": total(&row.requests),
                 "requests_by_op": row.requests,
                 "phases": phases.to_json(),
             })).collect::<Vec<_>>(),
-            "quilt3_s": quilt3_row.as_ref().map(|q| q.seconds),
-            "quilt3_process_s": quilt3_process_s,
+            "quilt3_runs": quilt3_runs.iter().map(|q| json!({
+                "threads": q.threads,
+                "seconds": q.row.seconds,
+                "cpu_s": q.row.cpu_s,
+                "process_s": q.process_s,
+                "over_floor": q.row.seconds / floor.seconds,
+                "peak_rss_mb": q.row.peak_rss.map(mb),
+                "requests": total(&q.row.requests),
+                "requests_by_op": q.row.requests,
+                "phases": q.phases.to_json(),
+            })).collect::<Vec<_>>(),
+            "quilt3_s": quilt3_row.map(|q| q.seconds),
+            "quilt3_process_s": quilt3_runs.first().map(|q| q.process_s),
             "quilt3_version": quilt3_version,
             "peak_rss_mb": mb(peak_rss),
-            "quilt3_peak_rss_mb": quilt3_row.as_ref().and_then(|q| q.peak_rss).map(mb),
+            "quilt3_peak_rss_mb": quilt3_row.and_then(|q| q.peak_rss).map(mb),
             "s3quilt_over_floor": ratio_floor,
             "quilt3_over_s3quilt": ratio_quilt3,
             "floor": row_json(&floor),
             "s3quilt": row_json(ours_row),
-            "quilt3": quilt3_row.as_ref().map(row_json),
+            "quilt3": quilt3_row.map(row_json),
             "s3quilt_phases": ours_runs[0].3.to_json(),
-            "quilt3_phases": quilt3_phases.as_ref().map(Phases::to_json),
+            "quilt3_phases": quilt3_runs.first().map(|q| q.phases.to_json()),
         });
         println!("{doc}");
     }
     Ok(())
+}
+
+/// One timed quilt3 push.
+struct Quilt3Run {
+    /// `default` or the `QUILT_TRANSFER_MAX_CONCURRENCY` given.
+    threads: String,
+    /// The whole Python process's wall time.
+    process_s: f64,
+    phases: Phases,
+    row: Row,
+}
+
+/// Seeds the small-object dataset over HTTP (bytes the size of each object).
+async fn seed(direct: &Client, keys: &[String], sizes: &[u64]) -> anyhow::Result<()> {
+    let mut puts = futures::stream::iter(keys.iter().zip(sizes).map(|(key, size)| {
+        let direct = direct.clone();
+        async move {
+            let body = vec![(key.len() % 251) as u8; usize::try_from(*size)?];
+            direct
+                .put_object()
+                .bucket(SOURCE_BUCKET)
+                .key(key)
+                .content_type("application/octet-stream")
+                .metadata("bench", "1")
+                .body(body.into())
+                .send()
+                .await
+                .with_context(|| format!("seeding {key}"))?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(32);
+    while let Some(r) = puts.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The floor: every object copied to `FLOOR_BUCKET/dest` with only the requests a copy needs,
+/// `concurrency` requests in flight. An object under 8 MiB is one CopyObject (SHA-256
+/// checksum, metadata copied); a larger one is a multipart upload whose parts (Quilt's chunk
+/// layout, as s3quilt copies them) share the request budget with every other object's.
+async fn floor_copies(
+    c: &Client,
+    keys: &[String],
+    sizes: &[u64],
+    dest: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let slots = tokio::sync::Semaphore::new(concurrency.max(1));
+    // Every object is in progress at once; the slots bound the requests.
+    let mut copies = futures::stream::iter(
+        keys.iter()
+            .zip(sizes)
+            .map(|(k, s)| floor_copy(c, &slots, k, *s, dest)),
+    )
+    .buffer_unordered(concurrency.max(1) * 2);
+    while let Some(r) = copies.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// One object of the floor (see [`floor_copies`]).
+async fn floor_copy(
+    c: &Client,
+    slots: &tokio::sync::Semaphore,
+    key: &str,
+    size: u64,
+    dest: &str,
+) -> anyhow::Result<()> {
+    use s3quilt_core::quilt::checksum::{chunk_count, chunk_size, is_multipart};
+    {
+        let dst = format!("{dest}{key}");
+        let source = format!("{SOURCE_BUCKET}/{key}");
+        if !is_multipart(size) {
+            let _slot = slots.acquire().await?;
+            c.copy_object()
+                .copy_source(&source)
+                .bucket(FLOOR_BUCKET)
+                .key(&dst)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .metadata_directive(MetadataDirective::Copy)
+                .send()
+                .await
+                .with_context(|| format!("floor: copying {key}"))?;
+            return anyhow::Ok(());
+        }
+        let upload = {
+            let _slot = slots.acquire().await?;
+            c.create_multipart_upload()
+                .bucket(FLOOR_BUCKET)
+                .key(&dst)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .with_context(|| format!("floor: starting the upload of {key}"))?
+        };
+        let id = upload.upload_id().context("no upload id")?;
+        let chunk = chunk_size(size);
+        let parts = futures::future::try_join_all((0..chunk_count(size)).map(|i| {
+            let (dst, source) = (&dst, &source);
+            async move {
+                let first = i * chunk;
+                let last = (first + chunk).min(size) - 1;
+                let _slot = slots.acquire().await?;
+                let out = c
+                    .upload_part_copy()
+                    .copy_source(source)
+                    .copy_source_range(format!("bytes={first}-{last}"))
+                    .bucket(FLOOR_BUCKET)
+                    .key(dst)
+                    .upload_id(id)
+                    .part_number(i as i32 + 1)
+                    .send()
+                    .await
+                    .with_context(|| format!("floor: copying part {} of {key}", i + 1))?;
+                let result = out.copy_part_result();
+                anyhow::Ok(
+                    aws_sdk_s3::types::CompletedPart::builder()
+                        .part_number(i as i32 + 1)
+                        .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_string))
+                        .set_checksum_sha256(
+                            result.and_then(|r| r.checksum_sha256()).map(str::to_string),
+                        )
+                        .build(),
+                )
+            }
+        }))
+        .await?;
+        let _slot = slots.acquire().await?;
+        c.complete_multipart_upload()
+            .bucket(FLOOR_BUCKET)
+            .key(&dst)
+            .upload_id(id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("floor: completing {key}"))?;
+        Ok(())
+    }
 }
 
 /// A child's run split by the proxy's log: before its first copy request (startup, listing,
@@ -496,7 +752,7 @@ struct Phases {
 }
 
 impl Phases {
-    fn from_log(log: &[proxy::Logged], run: &Measured) -> Phases {
+    fn from_log(log: &[Logged], run: &Measured) -> Phases {
         let end = run.started + run.wall;
         let is_copy = |op: &str| op == "CopyObject" || op == "UploadPartCopy";
         let first = log.iter().filter(|l| is_copy(l.2)).map(|l| l.0).min();
@@ -585,10 +841,10 @@ async fn delete_prefix(c: &Client, bucket: &str, prefix: &str) -> anyhow::Result
 const QUILT3_SCRIPT: &str = r#"
 import json, sys, time
 import quilt3
-src, registry = sys.argv[1], sys.argv[2]
+src, registry, name = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 pkg = quilt3.Package().set_dir('', src)
-pkg.push('bench/q3', registry=registry, force=True, message='bench')
+pkg.push(name, registry=registry, force=True, message='bench')
 seconds = time.perf_counter() - t
 entries = sum(1 for _ in pkg.walk())
 print(json.dumps({'seconds': seconds, 'entries': entries}))

@@ -29,10 +29,44 @@ struct Seen {
     log: Vec<Logged>,
 }
 
+/// Counts requests by operation and logs when each arrived and was answered (shared by the
+/// latency proxy and the in-memory S3).
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Seen>>);
+
+impl Recorder {
+    /// A request of `op` arrived.
+    pub fn arrived(&self, op: &'static str) {
+        if let Ok(mut s) = self.0.lock() {
+            *s.counts.entry(op).or_insert(0) += 1;
+        }
+    }
+
+    /// The answer to a request of `op` that arrived at `arrived` starts now.
+    pub fn answered(&self, arrived: Instant, op: &'static str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.log.push((arrived, Instant::now(), op));
+        }
+    }
+
+    /// Requests seen so far, by operation.
+    pub fn counts(&self) -> Counts {
+        self.0.lock().map(|s| s.counts.clone()).unwrap_or_default()
+    }
+
+    /// Requests that arrived at or after `since`, in arrival order.
+    pub fn log_since(&self, since: Instant) -> Vec<Logged> {
+        self.0
+            .lock()
+            .map(|s| s.log.iter().filter(|l| l.0 >= since).copied().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A running proxy; dropping it stops it.
 pub struct LatencyProxy {
     addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
+    seen: Recorder,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -45,7 +79,7 @@ impl LatencyProxy {
             .context("binding the latency proxy on 127.0.0.1")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Seen::default()));
+        let seen = Recorder::default();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -87,18 +121,12 @@ impl LatencyProxy {
 
     /// Requests seen so far, by operation.
     pub fn counts(&self) -> Counts {
-        self.seen
-            .lock()
-            .map(|s| s.counts.clone())
-            .unwrap_or_default()
+        self.seen.counts()
     }
 
     /// Requests that arrived at or after `since`, in arrival order.
     pub fn log_since(&self, since: Instant) -> Vec<Logged> {
-        self.seen
-            .lock()
-            .map(|s| s.log.iter().filter(|l| l.0 >= since).copied().collect())
-            .unwrap_or_default()
+        self.seen.log_since(since)
     }
 }
 
@@ -126,7 +154,7 @@ async fn serve(
     stream: tokio::net::TcpStream,
     upstream: SocketAddr,
     latency: Duration,
-    seen: Arc<Mutex<Seen>>,
+    seen: Recorder,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
@@ -143,18 +171,14 @@ async fn serve(
         async move {
             let arrived = Instant::now();
             let op = classify(&req);
-            if let Ok(mut s) = seen.lock() {
-                *s.counts.entry(op).or_insert(0) += 1;
-            }
+            seen.arrived(op);
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
             let mut sender = sender.lock().await;
             sender.ready().await?;
             let response: Response<Incoming> = sender.send_request(req).await?;
-            if let Ok(mut s) = seen.lock() {
-                s.log.push((arrived, Instant::now(), op));
-            }
+            seen.answered(arrived, op);
             Ok::<_, hyper::Error>(response)
         }
     });
@@ -164,7 +188,7 @@ async fn serve(
 }
 
 /// The S3 operation a request is, as far as the HTTP request tells (path-style addressing).
-fn classify(req: &Request<Incoming>) -> &'static str {
+pub fn classify<B>(req: &Request<B>) -> &'static str {
     let query = req.uri().query().unwrap_or("");
     let has = |name: &str| {
         query

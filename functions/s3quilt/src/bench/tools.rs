@@ -1,5 +1,5 @@
 //! Finding `moto_server` and a Python with quilt3, starting moto, and running child processes
-//! with their peak RSS measured (`wait4`).
+//! with their peak RSS and CPU time measured (`wait4`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -194,6 +194,8 @@ pub struct Measured {
     pub wall: Duration,
     /// Peak resident set size, bytes (`ru_maxrss`).
     pub peak_rss: u64,
+    /// CPU time, user and system (`ru_utime` + `ru_stime`).
+    pub cpu: Duration,
     /// Its stdout.
     pub stdout: String,
     /// Its stderr.
@@ -221,6 +223,7 @@ pub fn run_measured(mut cmd: Command, what: &str) -> anyhow::Result<Measured> {
     let out = reader(child.stdout.take().map(|p| Box::new(p) as _));
     let err = reader(child.stderr.take().map(|p| Box::new(p) as _));
     let pid = libc::pid_t::try_from(child.id())?;
+    let hwm = HighWater::watch(child.id());
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; wait4 fills it and `status` for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -236,6 +239,7 @@ pub fn run_measured(mut cmd: Command, what: &str) -> anyhow::Result<Measured> {
         }
     }
     let wall = start.elapsed();
+    let polled_rss = hwm.stop();
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -245,8 +249,68 @@ pub fn run_measured(mut cmd: Command, what: &str) -> anyhow::Result<Measured> {
     Ok(Measured {
         started: start,
         wall,
-        peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        peak_rss: polled_rss.unwrap_or(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024),
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         stdout,
         stderr,
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+}
+
+/// Polls a child's `VmHWM` (its peak RSS since it exec'd) while it runs. `ru_maxrss` from
+/// `wait4` is no use here: Linux carries the RSS a child had before exec (a fork of this
+/// process, which holds the in-memory S3's objects) into it. `VmHWM` only grows after exec, so
+/// the last value read is the peak, give or take the last poll interval.
+struct HighWater {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl HighWater {
+    fn watch(pid: u32) -> HighWater {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut last = None;
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(kb) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| vm_hwm_kb(&s))
+                {
+                    last = Some(kb * 1024);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            last
+        });
+        HighWater { stop, thread }
+    }
+
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().ok().flatten()
+    }
+}
+
+/// `VmHWM:   1234 kB` from a `/proc/PID/status` text.
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_high_water_mark() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t   1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(super::vm_hwm_kb(status), Some(1234));
+        assert_eq!(super::vm_hwm_kb("Name: x\n"), None);
+    }
 }
