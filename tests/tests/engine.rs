@@ -145,8 +145,8 @@ async fn creates_a_package_quilt3_reads_with_metadata_and_walk_order() {
     assert_eq!(counted.count("CopyObject"), 8);
     assert_eq!(
         counted.count("HeadObject"),
-        8 + 1,
-        "one per object (beside its copy) and the read-access check"
+        8 + 1 + 1,
+        "one per object (beside its copy), the read-access check and the registry's workflow config"
     );
     assert_eq!(
         counted.count("PutObject"),
@@ -1035,7 +1035,11 @@ async fn listing_metadata_copies_with_one_request_per_object() {
     let counted = InstrumentedStore::new(store(server).await, Vec::new());
     let package = created(run(counted.clone(), &request).await.unwrap());
     assert_eq!(counted.count("CopyObject"), 8);
-    assert_eq!(counted.count("HeadObject"), 1, "only the read-access check");
+    assert_eq!(
+        counted.count("HeadObject"),
+        2,
+        "only the read-access check and the registry's workflow config"
+    );
     let browsed = browse(server, &registry, "team/listing");
     assert_eq!(browsed["top_hash"].as_str().unwrap(), package.top_hash);
     for entry in browsed["entries"].as_array().unwrap() {
