@@ -6,6 +6,7 @@
 //! quilt3's `set_dir` + `push`, at its default and at other `QUILT_TRANSFER_MAX_CONCURRENCY`.
 //! Measuring only: no domain logic lives here.
 
+mod incremental;
 mod memory;
 mod proxy;
 mod tools;
@@ -21,6 +22,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
+use self::incremental::{ChangeSet, IncrementalReport, RunFigures, measured_create};
 use self::memory::MemoryServer;
 use self::proxy::{Counts, LatencyProxy, Logged, diff};
 use self::tools::{Measured, Moto, run_measured};
@@ -72,6 +74,11 @@ pub struct BenchArgs {
     /// own, 10 threads) or a number.
     #[arg(long, value_name = "N,..", value_delimiter = ',', default_values_t = [String::from("default"), String::from("64")])]
     pub quilt3_concurrency: Vec<String>,
+    /// Then the second version: change 1 % of the objects, remove 0.5 % and add as many,
+    /// and time the incremental run of the first `--s3quilt-modes` mode's package, then an
+    /// up-to-date run (see `bench/incremental.rs`).
+    #[arg(long)]
+    pub incremental: bool,
     /// After the table, print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -212,6 +219,35 @@ fn apply_env(cmd: &mut Command, endpoint: &str, dir: &std::path::Path) {
     ]);
 }
 
+/// `s3quilt create` of the bench's source into `bench/s3quilt-<mode>`, through the delay.
+fn create_command(
+    exe: &std::path::Path,
+    endpoint: &str,
+    dir: &std::path::Path,
+    concurrency: u16,
+    mode: &str,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "create",
+        &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
+        &format!("bench/s3quilt-{mode}"),
+        "--registry",
+        &format!("s3://{S3QUILT_REGISTRY}"),
+        "--message",
+        "bench",
+        "--json",
+        "--endpoint-url",
+        endpoint,
+        "--concurrency",
+        &concurrency.to_string(),
+        "--object-metadata",
+        mode,
+    ]);
+    apply_env(&mut cmd, endpoint, dir);
+    cmd
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -318,24 +354,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the s3quilt executable")?;
     let mut ours_runs: Vec<(String, Measured, Counts, Phases)> = Vec::new();
     for mode in &args.s3quilt_modes {
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "create",
-            &format!("s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"),
-            &format!("bench/s3quilt-{mode}"),
-            "--registry",
-            &format!("s3://{S3QUILT_REGISTRY}"),
-            "--message",
-            "bench",
-            "--json",
-            "--endpoint-url",
-            &endpoint,
-            "--concurrency",
-            &best_conc.to_string(),
-            "--object-metadata",
-            mode,
-        ]);
-        apply_env(&mut cmd, &endpoint, dir.path());
+        let cmd = create_command(&exe, &endpoint, dir.path(), best_conc, mode);
         eprintln!("bench: s3quilt create --object-metadata {mode} at concurrency {best_conc}");
         let before = backend.counts();
         let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
@@ -416,6 +435,38 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         quilt3_version = Some(version);
     }
+    // (4) The second version, after a small change to the source (`--incremental`).
+    let incremental = if args.incremental {
+        let changes = ChangeSet::choose(keys.len())?;
+        let memory = match (&backend, args.object_size) {
+            (Backend::Memory(m), Some(_)) => Some(m.store.as_ref()),
+            _ => None,
+        };
+        changes.apply(&direct, memory, &keys, &sizes).await?;
+        let (mode, plain, plain_requests, _) = &ours_runs[0];
+        let mut runs = Vec::new();
+        for (what, status) in [
+            ("s3quilt create (incremental)", "created"),
+            ("s3quilt create (up to date)", "up_to_date"),
+        ] {
+            let cmd = create_command(&exe, &endpoint, dir.path(), best_conc, mode);
+            eprintln!("bench: {what}, --object-metadata {mode}");
+            let before = backend.counts();
+            let run = measured_create(cmd, what, status, changes.objects_after(keys.len())).await?;
+            runs.push(RunFigures::of(&run, diff(&before, &backend.counts())));
+        }
+        let up_to_date = runs.pop().context("two runs")?;
+        let incremental = runs.pop().context("two runs")?;
+        Some(IncrementalReport {
+            objects: keys.len(),
+            changes,
+            plain: RunFigures::of(plain, plain_requests.clone()),
+            incremental,
+            up_to_date,
+        })
+    } else {
+        None
+    };
     let server = backend.name();
     drop(backend);
 
@@ -534,6 +585,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(report) = &incremental {
+        report.print();
+    }
+
     if args.json {
         let row_json = |r: &Row| {
             json!({
@@ -589,6 +644,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "quilt3": quilt3_row.map(row_json),
             "s3quilt_phases": ours_runs[0].3.to_json(),
             "quilt3_phases": quilt3_runs.first().map(|q| q.phases.to_json()),
+            "incremental": incremental.as_ref().map(IncrementalReport::to_json),
         });
         println!("{doc}");
     }
