@@ -10,16 +10,14 @@
 //! ≤ 10 % of the plain run's; peak RSS ≤ 1.5 × the plain run's; an up-to-date run makes no
 //! CopyObject, HeadObject or PutObject beyond the staging plan.
 
-use std::process::Command;
-
 use anyhow::{Context, bail};
 use aws_sdk_s3::Client;
 use serde_json::json;
 
 use super::memory::MemoryS3;
 use super::proxy::Counts;
-use super::tools::{Measured, run_measured};
-use super::{SOURCE_BUCKET, SOURCE_PREFIX, blocking, total};
+use super::tools::Measured;
+use super::{SOURCE_BUCKET, SOURCE_PREFIX, total};
 
 /// Requests that read the listing (of the source, and of the target's existing keys).
 const LISTING_OPS: [&str; 2] = ["ListObjectsV2", "ListObjectVersions"];
@@ -272,34 +270,6 @@ impl IncrementalReport {
             "peak_rss_over_plain": self.incremental.peak_rss as f64 / self.plain.peak_rss as f64,
         })
     }
-}
-
-/// Runs one `s3quilt create` of the scenario and checks its outcome's `status` and, for a new
-/// version, that it holds `objects` entries.
-pub async fn measured_create(
-    cmd: Command,
-    what: &'static str,
-    want_status: &str,
-    objects: usize,
-) -> anyhow::Result<Measured> {
-    let run: Measured = blocking(move || run_measured(cmd, what)).await?;
-    let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
-        .with_context(|| format!("{what} printed no JSON:\n{}", run.stdout))?;
-    let status = outcome["status"].as_str().unwrap_or_default();
-    if status != want_status {
-        bail!(
-            "{what}: status {status:?}, expected {want_status:?}:\n{}",
-            run.stdout
-        );
-    }
-    let packaged = outcome["package"]["objects"].as_u64();
-    if status == "created" && packaged != u64::try_from(objects).ok() {
-        bail!(
-            "{what}: packaged {packaged:?} objects, expected {objects}:\n{}",
-            run.stdout
-        );
-    }
-    Ok(run)
 }
 
 #[cfg(test)]

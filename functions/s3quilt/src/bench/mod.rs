@@ -22,7 +22,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
-use self::incremental::{ChangeSet, IncrementalReport, RunFigures, measured_create};
+use self::incremental::{ChangeSet, IncrementalReport, RunFigures};
 use self::memory::MemoryServer;
 use self::proxy::{Counts, LatencyProxy, Logged, diff};
 use self::tools::{Measured, Moto, run_measured};
@@ -248,6 +248,34 @@ fn create_command(
     cmd
 }
 
+/// Runs one `s3quilt create` (see [`create_command`]) and checks its outcome's `status` and, for a new
+/// version, that it holds `objects` entries.
+async fn measured_create(
+    cmd: Command,
+    what: &'static str,
+    want_status: &str,
+    objects: usize,
+) -> anyhow::Result<Measured> {
+    let run: Measured = blocking(move || run_measured(cmd, what)).await?;
+    let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("{what} printed no JSON:\n{}", run.stdout))?;
+    let status = outcome["status"].as_str().unwrap_or_default();
+    if status != want_status {
+        bail!(
+            "{what}: status {status:?}, expected {want_status:?}:\n{}",
+            run.stdout
+        );
+    }
+    let packaged = outcome["package"]["objects"].as_u64();
+    if status == "created" && packaged != u64::try_from(objects).ok() {
+        bail!(
+            "{what}: packaged {packaged:?} objects, expected {objects}:\n{}",
+            run.stdout
+        );
+    }
+    Ok(run)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -357,19 +385,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let cmd = create_command(&exe, &endpoint, dir.path(), best_conc, mode);
         eprintln!("bench: s3quilt create --object-metadata {mode} at concurrency {best_conc}");
         let before = backend.counts();
-        let ours: Measured = blocking(move || run_measured(cmd, "s3quilt create")).await?;
+        let ours = measured_create(cmd, "s3quilt create", "created", keys.len()).await?;
         let requests = diff(&before, &backend.counts());
         let phases = Phases::from_log(&backend.log_since(ours.started), &ours);
-        let outcome: serde_json::Value = serde_json::from_str(&ours.stdout)
-            .with_context(|| format!("s3quilt create printed no JSON:\n{}", ours.stdout))?;
-        let packaged = outcome["package"]["objects"].as_u64();
-        if packaged != Some(u64::from(args.objects)) {
-            bail!(
-                "s3quilt packaged {packaged:?} objects, expected {}:\n{}",
-                args.objects,
-                ours.stdout
-            );
-        }
         ours_runs.push((mode.clone(), ours, requests, phases));
     }
     if ours_runs.is_empty() {
