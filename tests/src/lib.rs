@@ -4,7 +4,7 @@
 //!   stopped on drop and by an external watchdog when the test process goes away.
 //! - [`moto`], [`localstack`], [`seaweedfs`]: one shared server of each kind per test binary.
 //! - [`server_tests!`]: one test per server kind from one `async fn(&'static S3Server)`;
-//!   [`servers`] and [`selected_kinds`] (env `S3QUILT_SERVERS`, default `moto,localstack`).
+//!   [`servers`] and [`selected_kinds`] (env `S3QUILT_SERVERS`, default every server).
 //! - [`ServerKind`]'s capability methods: each server's known gaps, stated once.
 //! - S3 helpers: [`create_bucket`], [`seed`], [`list_all_versions`], [`get_bytes`].
 //! - [`InstrumentedStore`]: counts store calls and injects failures by rule.
@@ -39,7 +39,8 @@ pub use s3::{
 #[doc(hidden)]
 pub use server::selected_server;
 pub use server::{
-    S3Server, ServerKind, localstack, localstack_python, moto, seaweedfs, selected_kinds, servers,
+    S3Server, ServerKind, demo, localstack, localstack_python, moto, seaweedfs, selected_kinds,
+    servers,
 };
 pub use sfn_env::{FUNCTIONS, SfnStack, substituted_definition};
 pub use sfn_router::{HookAction, InvokeCall, InvokeHook, LambdaRouter, bare_function_name};

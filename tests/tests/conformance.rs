@@ -1,7 +1,9 @@
-//! Conformance with quilt3 8.0.0 on a real S3 server (moto):
+//! Conformance with quilt3 8.0.0, on every S3 server of the harness (moto, LocalStack's S3,
+//! SeaweedFS and the demo's server; what each does not do is stated once, on `ServerKind`):
 //! (a) a package written by our registry code with our hashes is read by quilt3, which computes
 //!     the same top hash and finds every entry's hash valid;
-//! (b) a package pushed by quilt3 is read by our code with the same entries and top hash.
+//! (b) a package pushed by quilt3 is read by our code with the same entries and top hash;
+//! (c) package metadata numbers hash as quilt3 reads them.
 
 use std::sync::Arc;
 
@@ -14,7 +16,9 @@ use s3quilt_core::quilt::{
 use s3quilt_core::registry::Registry;
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::{ObjectStore, S3Store, unix_now};
-use s3quilt_tests::{S3Server, SeedObject, create_bucket, manifest_header, moto, run_oracle, seed};
+use s3quilt_tests::{
+    S3Server, SeedObject, create_bucket, manifest_header, run_oracle, seed, server_tests,
+};
 use serde_json::{Value, json};
 
 /// Objects covering the traps: nesting, space + unicode, empty, larger than one chunk.
@@ -58,20 +62,17 @@ fn entry_user_meta() -> JsonObject {
     }
 }
 
-/// moto, a client, a store and two fresh versioned buckets (source, registry).
-async fn moto_with_two_buckets() -> (
-    &'static S3Server,
-    aws_sdk_s3::Client,
-    Arc<dyn ObjectStore>,
-    String,
-    String,
-) {
-    let server = moto();
+/// A client, a store and two fresh buckets (source, registry) on `server`, versioned where the
+/// server keeps versions.
+async fn two_buckets(
+    server: &S3Server,
+) -> (aws_sdk_s3::Client, Arc<dyn ObjectStore>, String, String) {
     let client = server.client().await;
     let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
-    let source = create_bucket(&client, true).await;
-    let registry_bucket = create_bucket(&client, true).await;
-    (server, client, store, source, registry_bucket)
+    let versioned = server.kind().supports_versioning();
+    let source = create_bucket(&client, versioned).await;
+    let registry_bucket = create_bucket(&client, versioned).await;
+    (client, store, source, registry_bucket)
 }
 
 /// quilt3's `browse` of `registry`'s `name` (see `tests/py/quilt_oracle.py`), `extra` appended.
@@ -82,9 +83,8 @@ fn browse(server: &S3Server, registry: &str, name: &str, extra: &[&str]) -> Valu
     run_oracle(server, &args)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn quilt3_reads_what_we_write() {
-    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
+async fn quilt3_reads_what_we_write(server: &'static S3Server) {
+    let (client, store, source, registry_bucket) = two_buckets(server).await;
     let objects = dataset();
     let versions = seed(&client, &source, &objects).await;
 
@@ -162,13 +162,13 @@ async fn quilt3_reads_what_we_write() {
     assert_eq!(nested["user_meta"]["ünï"], json!("ö 😀"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn we_read_what_quilt3_pushes() {
-    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
-    // quilt3's own push cannot copy objects of 8 MiB or more on moto (no part checksums).
+async fn we_read_what_quilt3_pushes(server: &'static S3Server) {
+    let (client, store, source, registry_bucket) = two_buckets(server).await;
+    // quilt3's own push copies objects of 8 MiB or more in parts and needs each part's
+    // checksum, which not every server returns.
     let objects: Vec<SeedObject> = dataset()
         .into_iter()
-        .filter(|o| o.body.len() < 8 * 1024 * 1024)
+        .filter(|o| server.kind().returns_part_checksums() || o.body.len() < 8 * 1024 * 1024)
         .collect();
     seed(&client, &source, &objects).await;
 
@@ -285,9 +285,8 @@ fn numbers_metadata_text() -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn package_metadata_numbers_hash_as_quilt3_reads_them() {
-    let (server, client, store, source, registry_bucket) = moto_with_two_buckets().await;
+async fn package_metadata_numbers_hash_as_quilt3_reads_them(server: &'static S3Server) {
+    let (client, store, source, registry_bucket) = two_buckets(server).await;
     seed(
         &client,
         &source,
@@ -332,4 +331,11 @@ async fn package_metadata_numbers_hash_as_quilt3_reads_them() {
         ),
         "{header}"
     );
+}
+
+server_tests! {
+    quilt3_reads_what_we_write => [moto, localstack, seaweedfs, demo];
+    // quilt3's push needs CopyObject's checksum (`ServerKind::returns_copy_checksums`).
+    we_read_what_quilt3_pushes => [moto, localstack];
+    package_metadata_numbers_hash_as_quilt3_reads_them => [moto, localstack, seaweedfs, demo];
 }

@@ -42,9 +42,12 @@ enum Target {
 }
 
 impl Target {
-    /// The kinds this server can serve faithfully: suspended versioning needs a server whose
-    /// versioning answer the SDK can read.
+    /// The kinds this server can serve faithfully: versioned ones need a server that keeps
+    /// versions, suspended versioning one whose versioning answer the SDK can read.
     fn on(kind: ServerKind) -> Vec<Target> {
+        if !kind.supports_versioning() {
+            return vec![Target::Unversioned];
+        }
         let mut targets = vec![Target::Versioned, Target::Unversioned];
         if kind.parses_bucket_versioning() {
             targets.push(Target::Suspended);

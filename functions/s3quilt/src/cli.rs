@@ -63,6 +63,10 @@ pub enum Command {
     /// clean up): list them, finish a committed one, roll back one that is not.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The demo's embedded S3 server alone, until SIGINT/SIGTERM (for the test harness, which
+    /// runs every S3 suite on it as on its other servers).
+    #[command(hide = true)]
+    DemoServer(DemoServerArgs),
 }
 
 /// `runs` subcommands.
@@ -290,6 +294,17 @@ pub struct DemoArgs {
     /// Print one JSON document on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `demo-server` options.
+#[derive(Debug, Clone, Args)]
+pub struct DemoServerArgs {
+    /// Directory served: each sub-directory is a bucket (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub root: std::path::PathBuf,
+    /// Port on 127.0.0.1 (0: any free port; the address is printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 /// An argument with a value the program cannot use; names the argument.
@@ -535,9 +550,11 @@ mod tests {
     fn package_args(args: &[&str]) -> PackageArgs {
         match parse(args).command {
             Command::Create(a) | Command::Plan(a) => a,
-            Command::Demo(_) | Command::Mcp(_) | Command::Bench(_) | Command::Runs(_) => {
-                panic!("not a package command")
-            }
+            Command::Demo(_)
+            | Command::Mcp(_)
+            | Command::Bench(_)
+            | Command::Runs(_)
+            | Command::DemoServer(_) => panic!("not a package command"),
         }
     }
 

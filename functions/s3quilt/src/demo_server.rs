@@ -158,14 +158,19 @@ pub struct DemoServer {
 impl DemoServer {
     /// Serves `root` (each sub-directory is a bucket) on a free port of 127.0.0.1.
     pub async fn start(root: &Path) -> anyhow::Result<DemoServer> {
+        Self::start_on(root, 0).await
+    }
+
+    /// Serves `root` on 127.0.0.1:`port` (0: a free port).
+    pub async fn start_on(root: &Path, port: u16) -> anyhow::Result<DemoServer> {
         let fs =
             FileSystem::new(root).map_err(|e| anyhow!("cannot serve {}: {e:?}", root.display()))?;
         let mut builder = S3ServiceBuilder::new(DemoS3(fs));
         builder.set_auth(SimpleAuth::from_single(DEMO_ACCESS_KEY, DEMO_SECRET_KEY));
         let service = builder.build();
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
             .await
-            .context("binding 127.0.0.1")?;
+            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -211,4 +216,21 @@ impl DemoServer {
         }
         tracing::debug!("demo S3 server stopped");
     }
+}
+
+/// `s3quilt demo-server`: the demo's server on its own, until SIGINT or SIGTERM. Prints
+/// `listening <endpoint>` on stdout once it accepts connections.
+pub async fn serve_until_signal(args: &crate::cli::DemoServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("cannot create {}", args.root.display()))?;
+    let server = DemoServer::start_on(&args.root, args.port).await?;
+    println!("listening {}", server.endpoint);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.stop().await;
+    Ok(())
 }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Mcp(_) => false,
         Command::Bench(a) => a.json,
         Command::Runs(r) => r.args().json,
+        Command::DemoServer(_) => false,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
@@ -57,6 +58,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Mcp(args) => mcp::run(args).await,
         Command::Bench(args) => bench::run(&args).await,
         Command::Runs(command) => runs::run(&command).await,
+        Command::DemoServer(args) => demo_server::serve_until_signal(&args).await,
     }
 }
 
