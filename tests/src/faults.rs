@@ -216,6 +216,18 @@ impl ObjectStore for InstrumentedStore {
         let _flight = self.fly("UploadPartCopy").await;
         self.inner.upload_part_copy(r).await
     }
+    async fn upload_part(
+        &self,
+        b: &str,
+        k: &str,
+        u: &str,
+        n: u32,
+        body: Bytes,
+    ) -> Result<CopiedPart, StoreError> {
+        self.enter("UploadPart", b, k)?;
+        let _flight = self.fly("UploadPart").await;
+        self.inner.upload_part(b, k, u, n, body).await
+    }
     async fn complete_multipart(
         &self,
         b: &str,

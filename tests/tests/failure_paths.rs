@@ -440,6 +440,16 @@ impl ObjectStore for LostFirstAnswer {
     async fn upload_part_copy(&self, r: PartCopyRequest<'_>) -> Result<CopiedPart, StoreError> {
         self.inner.upload_part_copy(r).await
     }
+    async fn upload_part(
+        &self,
+        b: &str,
+        k: &str,
+        u: &str,
+        n: u32,
+        body: Bytes,
+    ) -> Result<CopiedPart, StoreError> {
+        self.inner.upload_part(b, k, u, n, body).await
+    }
     async fn complete_multipart(
         &self,
         b: &str,
@@ -638,9 +648,12 @@ async fn a_finalize_that_cannot_write_its_pointers_is_committed_and_finishes_whe
     assert!(err.is_committed(), "{err}");
     match &err {
         FinalizeError::Unpublished { source, run_id, .. }
-            if matches!(source.as_ref(), RegistryError::Store(_)) =>
+            if matches!(
+                source.as_ref(),
+                FinalizeError::Registry(RegistryError::Store(_))
+            ) =>
         {
-            let RegistryError::Store(e) = source.as_ref() else {
+            let FinalizeError::Registry(RegistryError::Store(e)) = source.as_ref() else {
                 unreachable!()
             };
             assert_eq!(run_id, run.run_id());

@@ -4,16 +4,20 @@
 //! `.quilt/` is written before the commit; nothing after it is ever rolled back: a publish
 //! that fails is retried, and else left for `s3quilt runs resume`.
 
-use std::collections::HashSet;
+use std::cmp::Ordering;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::quilt::manifest::{Manifest, ManifestEntry, ManifestError};
-use crate::registry::{ManifestWrite, Registry, RegistryError};
+use crate::quilt::PackageHeader;
+use crate::quilt::manifest::{
+    EncodedManifest, ManifestEncoder, ManifestEntry, ManifestError, walk_order,
+};
+use crate::registry::{MANIFEST_PART_BYTES, ManifestWrite, Registry, RegistryError};
 use crate::staging::{FragmentEntry, ManifestFragment, RunPlan, Staging, StagingError};
-use crate::storage::{ObjectStore, unix_now};
+use crate::storage::{ObjectStore, StoreErrorKind, unix_now};
 use crate::transaction::{self, Outcome, TransactionError};
 
 pub use crate::transaction::RollbackReport;
@@ -84,6 +88,18 @@ pub enum FinalizeError {
     /// The commit was refused (the run was aborted) or is not this manifest's.
     #[error(transparent)]
     Transaction(#[from] TransactionError),
+    /// The registry failed (its manifest or pointers).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The second reading of the entries (to write the manifest) differs from the first (the
+    /// one the commit is for): staging changed under a committed run.
+    #[error(
+        "the entries of run {run_id} read back differently while its manifest was written: staging changed after the commit"
+    )]
+    EntriesChanged {
+        /// Run id.
+        run_id: String,
+    },
     /// Resume of a run that never reached its commit point.
     #[error(
         "run {run_id} is not committed: nothing of it may be published; `s3quilt runs abort {run_id}` rolls it back"
@@ -103,7 +119,7 @@ pub enum FinalizeError {
         /// The committed top hash.
         top_hash: String,
         /// The failure.
-        source: Box<RegistryError>,
+        source: Box<FinalizeError>,
     },
 }
 
@@ -112,12 +128,11 @@ impl FinalizeError {
     pub fn is_transient(&self) -> bool {
         match self {
             FinalizeError::Staging(StagingError::Store(e))
+            | FinalizeError::Registry(RegistryError::Store(e))
             | FinalizeError::Transaction(TransactionError::Staging(StagingError::Store(e))) => {
                 e.kind.is_retryable()
             }
-            FinalizeError::Unpublished { source, .. } => {
-                matches!(source.as_ref(), RegistryError::Store(e) if e.kind.is_retryable())
-            }
+            FinalizeError::Unpublished { source, .. } => source.is_transient(),
             _ => false,
         }
     }
@@ -158,7 +173,8 @@ fn fragment_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, F
 
 /// Finalizes run `run_id` from its staging area (what the finalizer Lambda does, and what
 /// `s3quilt runs resume` does for a committed run): see the module docs. Finalizing twice (a
-/// retried Lambda, a re-run) gives the same package.
+/// retried Lambda, a re-run) gives the same package. Memory does not grow with the run: the
+/// fragments are read a few at a time, twice (once for the top hash, once into the manifest).
 pub async fn finalize(
     store: Arc<dyn ObjectStore>,
     registry_bucket: &str,
@@ -189,75 +205,215 @@ pub async fn finalize(
     }
     // Checked from the listing before anything is read.
     require_every_shard(&plan, &present)?;
-    let fragments: Vec<ManifestFragment> = futures::stream::iter((0..plan.shards).map(|s| {
-        let staging = &staging;
-        async move {
-            staging
-                .require::<ManifestFragment>(&staging.fragment_key(s))
-                .await
-        }
-    }))
-    .buffered(16)
-    .try_collect()
-    .await?;
-    let reused = read_reused(&staging, &plan).await?;
-    publish_fragments(store, &plan, fragments, reused, true).await
-}
-
-/// The staged documents of entries an incremental run reuses from its base.
-async fn read_reused(
-    staging: &Staging,
-    plan: &RunPlan,
-) -> Result<Vec<ManifestFragment>, FinalizeError> {
-    let documents = plan.base.as_ref().map_or(0, |b| b.reused_documents);
-    Ok(futures::stream::iter((0..documents).map(|d| async move {
-        staging
-            .require::<ManifestFragment>(&staging.reused_key(d))
-            .await
-    }))
-    .buffered(16)
-    .try_collect()
-    .await?)
+    let source = EntrySource::Staged {
+        staging: &staging,
+        plan: &plan,
+    };
+    publish_entries(store.clone(), &plan, &source, true).await
 }
 
 /// Merges the fragments of every shard of `plan` (any order) into the manifest, commits the
 /// run and publishes the version (manifest, timestamped pointer, `latest`), then records the
 /// result and removes staging. The local engine calls this with the fragments it kept in
-/// memory; [`finalize`] with those it read from staging. An error before the commit leaves
-/// the registry untouched (the caller rolls back); after it, [`FinalizeError::Unpublished`].
+/// memory; [`finalize`] reads them from staging. An error before the commit leaves the
+/// registry untouched (the caller rolls back); after it, [`FinalizeError::Unpublished`].
 pub async fn finalize_fragments(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
-    fragments: Vec<ManifestFragment>,
+    mut fragments: Vec<ManifestFragment>,
     reused: Vec<FragmentEntry>,
 ) -> Result<PackageResult, FinalizeError> {
-    let reused = vec![ManifestFragment {
+    fragments.sort_by_key(|f| f.shard);
+    require_every_shard(plan, &fragments.iter().map(|f| f.shard).collect())?;
+    let reused = [ManifestFragment {
         shard: 0,
         entries: reused,
         created: Vec::new(),
         attempt: String::new(),
     }];
-    publish_fragments(store, plan, fragments, reused, false).await
+    let source = EntrySource::Held {
+        fragments: &fragments,
+        reused: &reused,
+    };
+    publish_entries(store, plan, &source, false).await
 }
 
-/// [`finalize_fragments`], keeping a result record (`.s3quilt/results/<run id>.json`) when
-/// `keep_result`: a finalizer Lambda that runs again after it published answers from it. The
-/// local engine keeps none (resuming it repeats the idempotent publish instead).
-async fn publish_fragments(
+/// Fragments read ahead of the one being merged (each at most a shard's entries).
+const FRAGMENTS_AHEAD: usize = 4;
+
+/// Where a run's entries are: each fragment holds a slice of the walk order (shards are cut
+/// from the walk-ordered selection, so shard `n`'s keys all come before shard `n + 1`'s), and
+/// the entries reused from the base are another walk-ordered list. Merging the two streams
+/// gives the manifest's order with one fragment of each in memory.
+enum EntrySource<'a> {
+    /// Staged fragments and reused documents (the finalizer Lambda, a resumed run).
+    Staged {
+        staging: &'a Staging,
+        plan: &'a RunPlan,
+    },
+    /// What the local engine holds, fragments sorted by shard.
+    Held {
+        fragments: &'a [ManifestFragment],
+        reused: &'a [ManifestFragment],
+    },
+}
+
+type EntryChunks<'a> = BoxStream<'a, Result<Vec<ManifestEntry>, FinalizeError>>;
+
+impl EntrySource<'_> {
+    /// Every entry, in walk order (an entry out of order is left for the
+    /// [`ManifestEncoder`] to refuse).
+    fn entries(&self) -> BoxStream<'_, Result<ManifestEntry, FinalizeError>> {
+        let (copied, reused): (EntryChunks, EntryChunks) = match *self {
+            EntrySource::Staged { staging, plan } => {
+                let documents = plan.base.as_ref().map_or(0, |b| b.reused_documents);
+                let read = move |key: String| async move {
+                    sorted_entries(&staging.require::<ManifestFragment>(&key).await?)
+                };
+                (
+                    stream::iter(0..plan.shards)
+                        .map(move |s| read(staging.fragment_key(s)))
+                        .buffered(FRAGMENTS_AHEAD)
+                        .boxed(),
+                    stream::iter(0..documents)
+                        .map(move |d| read(staging.reused_key(d)))
+                        .buffered(FRAGMENTS_AHEAD)
+                        .boxed(),
+                )
+            }
+            EntrySource::Held { fragments, reused } => (
+                stream::iter(fragments.iter().map(sorted_entries)).boxed(),
+                stream::iter(reused.iter().map(sorted_entries)).boxed(),
+            ),
+        };
+        merge_in_walk_order(copied, reused)
+    }
+}
+
+/// A fragment's entries in walk order (a copier records them as its copies finish).
+fn sorted_entries(fragment: &ManifestFragment) -> Result<Vec<ManifestEntry>, FinalizeError> {
+    let mut entries = fragment_entries(fragment)?;
+    entries.sort_by(|a, b| walk_order(&a.logical_key, &b.logical_key));
+    Ok(entries)
+}
+
+/// One side of [`merge_in_walk_order`]: its stream of chunks and what is left of the current one.
+struct MergeSide<'a> {
+    chunks: EntryChunks<'a>,
+    head: VecDeque<ManifestEntry>,
+    done: bool,
+}
+
+impl MergeSide<'_> {
+    async fn fill(&mut self) -> Result<(), FinalizeError> {
+        while self.head.is_empty() && !self.done {
+            match self.chunks.try_next().await? {
+                Some(chunk) => self.head = chunk.into(),
+                None => self.done = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Merges two streams of walk-ordered chunks into one walk-ordered stream; on equal keys the
+/// first stream's entry comes first (and the encoder refuses the pair).
+fn merge_in_walk_order<'a>(
+    first: EntryChunks<'a>,
+    second: EntryChunks<'a>,
+) -> BoxStream<'a, Result<ManifestEntry, FinalizeError>> {
+    let side = |chunks| MergeSide {
+        chunks,
+        head: VecDeque::new(),
+        done: false,
+    };
+    stream::try_unfold((side(first), side(second)), |(mut a, mut b)| async move {
+        a.fill().await?;
+        b.fill().await?;
+        let take_first = match (a.head.front(), b.head.front()) {
+            (None, None) => return Ok(None),
+            (Some(x), Some(y)) => walk_order(&x.logical_key, &y.logical_key) != Ordering::Greater,
+            (first, _) => first.is_some(),
+        };
+        let next = if take_first {
+            a.head.pop_front()
+        } else {
+            b.head.pop_front()
+        };
+        Ok(next.map(|entry| (entry, (a, b))))
+    })
+    .boxed()
+}
+
+/// The manifest's header for `plan`: its message and metadata, and the workflow it passed.
+fn plan_header(plan: &RunPlan) -> Result<PackageHeader, FinalizeError> {
+    let valid = plan
+        .request
+        .validate()
+        .map_err(|e| FinalizeError::Fragment {
+            shard: 0,
+            reason: e.to_string(),
+        })?;
+    Ok(valid
+        .header()
+        .with_workflow(plan.workflow.as_ref().map(|w| w.to_json())))
+}
+
+/// The first reading of the entries: top hash, totals and, while the manifest fits in one
+/// part, its text (so a small manifest is read once).
+struct FirstReading {
+    encoded: EncodedManifest,
+    text: Option<String>,
+}
+
+async fn read_entries(
+    plan: &RunPlan,
+    header: &PackageHeader,
+    source: &EntrySource<'_>,
+) -> Result<FirstReading, FinalizeError> {
+    let (mut encoder, header_line) = ManifestEncoder::new(header)?;
+    let mut text = Some(header_line);
+    let mut entries = source.entries();
+    while let Some(entry) = entries.try_next().await? {
+        let line = encoder.push(&entry)?;
+        if let Some(kept) = &mut text {
+            if kept.len() + line.len() <= MANIFEST_PART_BYTES {
+                kept.push_str(&line);
+            } else {
+                text = None;
+            }
+        }
+    }
+    let encoded = encoder.finish();
+    if encoded.entries != plan.objects {
+        return Err(FinalizeError::CountMismatch {
+            run_id: plan.run_id.clone(),
+            found: encoded.entries,
+            planned: plan.objects,
+        });
+    }
+    Ok(FirstReading { encoded, text })
+}
+
+/// Reads the entries (the top hash), commits the run, publishes the version, keeping a result
+/// record (`.s3quilt/results/<run id>.json`) when `keep_result`: a finalizer Lambda that runs
+/// again after it published answers from it. The local engine keeps none (resuming it repeats
+/// the idempotent publish instead).
+async fn publish_entries(
     store: Arc<dyn ObjectStore>,
     plan: &RunPlan,
-    fragments: Vec<ManifestFragment>,
-    reused: Vec<ManifestFragment>,
+    source: &EntrySource<'_>,
     keep_result: bool,
 ) -> Result<PackageResult, FinalizeError> {
-    let (manifest, bytes) = build_manifest(plan, fragments, reused)?;
-    let top_hash = manifest.top_hash();
+    let header = plan_header(plan)?;
+    let first = read_entries(plan, &header, source).await?;
+    let top_hash = first.encoded.top_hash.clone();
     let staging = Staging::new(store.clone(), &plan.registry_bucket, &plan.run_id);
     // The commit point. A run committed before (a resumed or retried finalize) keeps the
     // timestamp it committed with.
     let timestamp = transaction::commit(&staging, &top_hash, unix_now()).await?;
     let registry = Registry::new(store.clone(), &plan.registry_bucket);
-    let (stamp, manifest_write) = publish(&registry, plan, &manifest, &top_hash, timestamp)
+    let (stamp, manifest_write) = publish(&registry, plan, &header, source, &first, timestamp)
         .await
         .map_err(|source| FinalizeError::Unpublished {
             run_id: plan.run_id.clone(),
@@ -271,7 +427,7 @@ async fn publish_fragments(
         registry: registry.url(),
         timestamp: stamp,
         objects: plan.objects,
-        bytes,
+        bytes: first.encoded.entry_bytes,
         browse: browse_command(plan.package_name.as_str(), &registry.url(), &top_hash),
         manifest_replaced: manifest_write == ManifestWrite::Replaced,
     };
@@ -296,10 +452,10 @@ async fn finish_published(
     top_hash: &str,
 ) -> Result<PackageResult, FinalizeError> {
     let registry = Registry::new(store.clone(), &plan.registry_bucket);
-    let unpublished = |source| FinalizeError::Unpublished {
+    let unpublished = |source: RegistryError| FinalizeError::Unpublished {
         run_id: plan.run_id.clone(),
         top_hash: top_hash.to_string(),
-        source: Box::new(source),
+        source: Box::new(source.into()),
     };
     let manifest = registry.manifest(top_hash).await.map_err(unpublished)?;
     let version = registry
@@ -332,56 +488,20 @@ async fn finish_published(
     })
 }
 
-/// The manifest of `plan` from its fragments and the entries reused from its base, and its bytes.
-fn build_manifest(
-    plan: &RunPlan,
-    mut fragments: Vec<ManifestFragment>,
-    reused: Vec<ManifestFragment>,
-) -> Result<(Manifest, u64), FinalizeError> {
-    let run_id = plan.run_id.as_str();
-    fragments.sort_by_key(|f| f.shard);
-    require_every_shard(plan, &fragments.iter().map(|f| f.shard).collect())?;
-    let mut entries = Vec::with_capacity(plan.objects as usize);
-    // Each fragment is freed as soon as its entries are built: the fragments and the manifest
-    // are never both whole in memory.
-    for fragment in fragments.into_iter().chain(reused) {
-        entries.extend(fragment_entries(&fragment)?);
-    }
-    if entries.len() as u64 != plan.objects {
-        return Err(FinalizeError::CountMismatch {
-            run_id: run_id.to_string(),
-            found: entries.len() as u64,
-            planned: plan.objects,
-        });
-    }
-    let bytes = entries.iter().map(|e| e.size).sum();
-    let valid = plan
-        .request
-        .validate()
-        .map_err(|e| FinalizeError::Fragment {
-            shard: 0,
-            reason: e.to_string(),
-        })?;
-    let header = valid
-        .header()
-        .with_workflow(plan.workflow.as_ref().map(|w| w.to_json()));
-    // Sorting into walk order is n log n; the manifest is the only thing held in memory.
-    Ok((Manifest::new(header, entries)?, bytes))
-}
-
-/// Publishes a committed version: the manifest (replacing one of the same top hash whose
-/// entries are elsewhere: [`Registry::put_manifest_last_writer`]), the timestamped pointer (a
-/// free second from `timestamp` on), and `latest` unless a newer version of the package was
+/// Publishes a committed version: the manifest ([`write_manifest`]), the timestamped pointer
+/// (a free second from `timestamp` on), and `latest` unless a newer version of the package was
 /// published meanwhile. Every write is idempotent, so a resumed run repeats this safely.
 /// Returns the pointer's timestamp and what the manifest write found.
 async fn publish(
     registry: &Registry,
     plan: &RunPlan,
-    manifest: &Manifest,
-    top_hash: &str,
+    header: &PackageHeader,
+    source: &EntrySource<'_>,
+    first: &FirstReading,
     timestamp: u64,
-) -> Result<(u64, ManifestWrite), RegistryError> {
-    let (_, manifest_write) = registry.put_manifest_last_writer(manifest).await?;
+) -> Result<(u64, ManifestWrite), FinalizeError> {
+    let top_hash = first.encoded.top_hash.as_str();
+    let manifest_write = write_manifest(registry, plan, header, source, first).await?;
     if manifest_write == ManifestWrite::Replaced {
         tracing::info!(run_id = %plan.run_id, top_hash, "an earlier version had this top hash with entries elsewhere: its manifest is replaced by this run's");
     }
@@ -395,6 +515,93 @@ async fn publish(
         tracing::info!(run_id = %plan.run_id, stamp, ?newest, "a newer version was published meanwhile: `latest` left to it");
     }
     Ok((stamp, manifest_write))
+}
+
+/// Writes a version's manifest by quilt3's rule, the last writer's manifest stands: a manifest
+/// already under its top hash (the same content, so the same top hash) is left when its bytes
+/// are the same (an identical package, or this run's own earlier write) and replaced when they
+/// differ (entries elsewhere: another package's copies, or objects referenced in place), so
+/// the new version points where it was asked to. Versions published earlier under the same
+/// top hash then read the new physical keys: objects with the same bytes and hashes. See
+/// `docs/architecture.md`. Bytes are compared by SHA-256, read as a stream.
+async fn write_manifest(
+    registry: &Registry,
+    plan: &RunPlan,
+    header: &PackageHeader,
+    source: &EntrySource<'_>,
+    first: &FirstReading,
+) -> Result<ManifestWrite, FinalizeError> {
+    let encoded = &first.encoded;
+    let there = registry.manifest_sha256(&encoded.top_hash).await?;
+    if there == Some(encoded.content_sha256) {
+        return Ok(ManifestWrite::Unchanged);
+    }
+    let replacing = there.is_some();
+    let written = if replacing {
+        ManifestWrite::Replaced
+    } else {
+        ManifestWrite::Written
+    };
+    // Absent: written only if still absent, so a manifest another run puts meanwhile is
+    // looked at before it is replaced.
+    let Err(error) = write_manifest_once(registry, plan, header, source, first, !replacing).await
+    else {
+        return Ok(written);
+    };
+    match registry.manifest_sha256(&encoded.top_hash).await? {
+        // The write landed and its answer was lost.
+        Some(now) if now == encoded.content_sha256 => Ok(written),
+        // Another writer of this top hash came in between: this run is the last writer.
+        Some(_) if !replacing && is_precondition_failed(&error) => {
+            write_manifest_once(registry, plan, header, source, first, false).await?;
+            Ok(ManifestWrite::Replaced)
+        }
+        _ => Err(error),
+    }
+}
+
+fn is_precondition_failed(error: &FinalizeError) -> bool {
+    matches!(error, FinalizeError::Registry(RegistryError::Store(e)) if e.kind == StoreErrorKind::PreconditionFailed)
+}
+
+/// One write of the manifest: the text kept by the first reading, or the entries read again
+/// (and checked to be the ones committed) into parts.
+async fn write_manifest_once(
+    registry: &Registry,
+    plan: &RunPlan,
+    header: &PackageHeader,
+    source: &EntrySource<'_>,
+    first: &FirstReading,
+    if_none_match: bool,
+) -> Result<(), FinalizeError> {
+    let encoded = &first.encoded;
+    let mut writer =
+        registry.manifest_writer(&encoded.top_hash, encoded.manifest_bytes, if_none_match);
+    if let Some(text) = &first.text {
+        writer.write(text).await?;
+    } else {
+        let streamed: Result<(), FinalizeError> = async {
+            let (mut encoder, header_line) = ManifestEncoder::new(header)?;
+            writer.write(&header_line).await?;
+            let mut entries = source.entries();
+            while let Some(entry) = entries.try_next().await? {
+                writer.write(&encoder.push(&entry)?).await?;
+            }
+            if encoder.finish() != *encoded {
+                return Err(FinalizeError::EntriesChanged {
+                    run_id: plan.run_id.clone(),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            writer.abort().await;
+            return Err(e);
+        }
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// Refuses to finalize unless every shard of `plan` has a fragment in `present`.

@@ -7,15 +7,20 @@
 
 pub mod workflow;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::quilt::manifest::{Manifest, ManifestError};
 use crate::quilt::names::PackageName;
 use crate::retry::RetryPolicy;
 use crate::storage::{
-    ObjectStore, PutOptions, StoreError, StoreErrorKind, WriteResult, get_bytes, list_all,
+    CopiedPart, ObjectStore, PutOptions, StoreError, StoreErrorKind, WriteChecksum, WriteResult,
+    get_bytes, list_all,
 };
 
 /// Prefix of manifests.
@@ -88,7 +93,7 @@ pub struct PackageVersion {
     pub top_hash: String,
 }
 
-/// What [`Registry::put_manifest_last_writer`] did.
+/// What writing a version's manifest found (quilt3's rule: the last writer's manifest stands).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestWrite {
     /// No manifest had this top hash: written.
@@ -120,6 +125,164 @@ impl WrittenObject {
             key: key.into(),
             version_id: written.version_id.clone(),
             etag: written.etag.clone(),
+        }
+    }
+}
+
+/// Smallest part of a manifest written in parts: S3 wants at least 5 MiB in every part but
+/// the last, and larger parts mean fewer requests; a manifest this size or smaller is one
+/// PutObject.
+pub const MANIFEST_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one manifest uploading at once (memory: this many parts plus the one being filled).
+pub const MANIFEST_PARTS_IN_FLIGHT: usize = 4;
+/// S3's most parts in one upload, less a margin for the lines that overfill a part.
+const MANIFEST_MAX_PARTS: u64 = 9_000;
+
+/// The part size for a manifest of `manifest_bytes`: [`MANIFEST_PART_BYTES`], grown (in MiB)
+/// so the upload stays under S3's 10,000 parts.
+fn manifest_part_bytes(manifest_bytes: u64) -> usize {
+    const MIB: u64 = 1024 * 1024;
+    let needed = manifest_bytes.div_ceil(MANIFEST_MAX_PARTS).div_ceil(MIB) * MIB;
+    needed.max(MANIFEST_PART_BYTES as u64) as usize
+}
+
+type PartUpload = BoxFuture<'static, Result<CopiedPart, StoreError>>;
+
+/// A manifest being written in pieces ([`Registry::manifest_writer`]). Dropping it without
+/// [`ManifestWriter::finish`] leaves an open upload, which [`ManifestWriter::abort`] avoids.
+pub struct ManifestWriter {
+    store: Arc<dyn ObjectStore>,
+    retry: RetryPolicy,
+    bucket: String,
+    key: String,
+    if_none_match: bool,
+    part_bytes: usize,
+    buffer: Vec<u8>,
+    upload_id: Option<String>,
+    next_part: u32,
+    in_flight: FuturesUnordered<PartUpload>,
+    parts: Vec<CopiedPart>,
+}
+
+impl ManifestWriter {
+    /// Appends text (whole lines); sends a part once a part's worth is buffered.
+    pub async fn write(&mut self, text: &str) -> Result<(), RegistryError> {
+        self.buffer.extend_from_slice(text.as_bytes());
+        if self.buffer.len() >= self.part_bytes {
+            self.send_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<(), RegistryError> {
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let no_metadata = BTreeMap::new();
+                let id = self
+                    .retry
+                    .run(|_| {
+                        self.store.create_multipart(
+                            &self.bucket,
+                            &self.key,
+                            WriteChecksum::Sha256,
+                            None,
+                            &no_metadata,
+                            None,
+                        )
+                    })
+                    .await?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        while self.in_flight.len() >= MANIFEST_PARTS_IN_FLIGHT {
+            self.collect_one().await?;
+        }
+        let body = Bytes::from(std::mem::take(&mut self.buffer));
+        let (store, retry) = (self.store.clone(), self.retry);
+        let (bucket, key, number) = (self.bucket.clone(), self.key.clone(), self.next_part);
+        self.next_part += 1;
+        self.in_flight.push(Box::pin(async move {
+            retry
+                .run(|_| store.upload_part(&bucket, &key, &upload_id, number, body.clone()))
+                .await
+        }));
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<(), RegistryError> {
+        if let Some(part) = self.in_flight.next().await {
+            self.parts.push(part?);
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and completes the manifest. On failure an open upload is
+    /// aborted.
+    pub async fn finish(mut self) -> Result<WrittenObject, RegistryError> {
+        let result = self.complete().await;
+        if result.is_err() {
+            self.abort_upload().await;
+        }
+        result
+    }
+
+    async fn complete(&mut self) -> Result<WrittenObject, RegistryError> {
+        let Some(upload_id) = self.upload_id.clone() else {
+            // It fits in one part: one PutObject.
+            let body = Bytes::from(std::mem::take(&mut self.buffer));
+            let options = PutOptions {
+                if_none_match: self.if_none_match,
+                ..PutOptions::default()
+            };
+            let written = self
+                .retry
+                .run(|_| {
+                    self.store
+                        .put(&self.bucket, &self.key, body.clone(), options.clone())
+                })
+                .await?;
+            return Ok(WrittenObject::from_write(self.key.clone(), &written));
+        };
+        if !self.buffer.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        self.parts.sort_by_key(|p| p.part_number);
+        let written = self
+            .retry
+            .run(|_| {
+                self.store.complete_multipart(
+                    &self.bucket,
+                    &self.key,
+                    &upload_id,
+                    &self.parts,
+                    self.if_none_match,
+                )
+            })
+            .await?;
+        self.upload_id = None;
+        Ok(WrittenObject::from_write(self.key.clone(), &written))
+    }
+
+    /// Gives the manifest up: aborts an open upload (best effort; an upload left open is
+    /// only litter, which a lifecycle rule on incomplete uploads removes).
+    pub async fn abort(mut self) {
+        self.abort_upload().await;
+    }
+
+    async fn abort_upload(&mut self) {
+        self.in_flight.clear();
+        if let Some(upload_id) = self.upload_id.take()
+            && let Err(e) = self
+                .store
+                .abort_multipart(&self.bucket, &self.key, &upload_id)
+                .await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not abort the manifest's upload");
         }
     }
 }
@@ -231,51 +394,52 @@ impl Registry {
         }
     }
 
-    /// Writes a version's manifest by quilt3's rule, the last writer's manifest stands: a
-    /// manifest already under its top hash (the same content, so the same top hash) is left
-    /// when its bytes are the same and replaced when they differ (entries elsewhere: another
-    /// package's copies, or objects referenced in place), so the new version points where it
-    /// was asked to. A version published earlier under the same top hash then reads the new
-    /// physical keys: objects with the same bytes and hashes. See `docs/architecture.md`.
-    pub async fn put_manifest_last_writer(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<(String, ManifestWrite), RegistryError> {
-        let (top_hash, written) = self.put_manifest_if_absent(manifest).await?;
-        if written.is_some() {
-            return Ok((top_hash, ManifestWrite::Written));
-        }
-        // There already: this run's own earlier attempt (a lost reply, a resume) or an identical
-        // package left the same bytes; anything else is replaced.
+    /// SHA-256 of the bytes of the manifest stored as `top_hash`, read as a stream (a manifest
+    /// of millions of entries is never held); `None` when there is none.
+    pub async fn manifest_sha256(&self, top_hash: &str) -> Result<Option<[u8; 32]>, RegistryError> {
         let key = format!("{PACKAGES_PREFIX}{top_hash}");
-        let body = Bytes::from(
-            manifest
-                .to_jsonl()
-                .map_err(|source| RegistryError::Manifest {
-                    bucket: self.bucket.clone(),
-                    top_hash: top_hash.clone(),
-                    source,
-                })?,
-        );
-        let there = match self
-            .retry
-            .run(|_| get_bytes(self.store.as_ref(), &self.bucket, &key, None))
+        self.retry
+            .run(|_| async {
+                let mut chunks = match self.store.get(&self.bucket, &key, None, None).await {
+                    Ok(chunks) => chunks,
+                    Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let mut sha = Sha256::new();
+                while let Some(chunk) = chunks.next().await {
+                    sha.update(chunk?);
+                }
+                Ok(Some(sha.finalize().into()))
+            })
             .await
-        {
-            Ok(there) => Some(there),
-            Err(e) if e.kind == StoreErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        };
-        if there.as_ref() == Some(&body) {
-            return Ok((top_hash, ManifestWrite::Unchanged));
+            .map_err(RegistryError::from)
+    }
+
+    /// Starts writing the manifest of `top_hash`, `manifest_bytes` long, in pieces: one
+    /// PutObject when it fits in one part, else a multipart upload whose parts are sent while
+    /// the next is written ([`MANIFEST_PARTS_IN_FLIGHT`] at a time), so memory stays a few
+    /// parts whatever the manifest's size. With `if_none_match` the write (PutObject or
+    /// CompleteMultipartUpload) is refused (`PreconditionFailed`) if a manifest of this top
+    /// hash appeared meanwhile.
+    pub fn manifest_writer(
+        &self,
+        top_hash: &str,
+        manifest_bytes: u64,
+        if_none_match: bool,
+    ) -> ManifestWriter {
+        ManifestWriter {
+            store: self.store.clone(),
+            retry: self.retry,
+            bucket: self.bucket.clone(),
+            key: format!("{PACKAGES_PREFIX}{top_hash}"),
+            if_none_match,
+            part_bytes: manifest_part_bytes(manifest_bytes),
+            buffer: Vec::new(),
+            upload_id: None,
+            next_part: 1,
+            in_flight: FuturesUnordered::new(),
+            parts: Vec::new(),
         }
-        self.put(&key, body).await?;
-        let write = if there.is_some() {
-            ManifestWrite::Replaced
-        } else {
-            ManifestWrite::Written
-        };
-        Ok((top_hash, write))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<WrittenObject, RegistryError> {

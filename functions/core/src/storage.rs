@@ -316,6 +316,16 @@ pub trait ObjectStore: Send + Sync {
         &self,
         request: PartCopyRequest<'_>,
     ) -> Result<CopiedPart, StoreError>;
+    /// UploadPart of a body (a manifest too large for one PutObject) with a SHA-256 checksum,
+    /// which the returned part carries for CompleteMultipartUpload.
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<CopiedPart, StoreError>;
     /// CompleteMultipartUpload.
     async fn complete_multipart(
         &self,
@@ -974,6 +984,33 @@ impl ObjectStore for S3Store {
                 .unwrap_or_default()
                 .to_string(),
             checksum_sha256: result.and_then(|p| p.checksum_sha256()).map(str::to_string),
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<CopiedPart, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .body(ByteStream::from(body))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| classify("UploadPart", bucket, key, e))?;
+        Ok(CopiedPart {
+            part_number,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            checksum_sha256: out.checksum_sha256().map(str::to_string),
         })
     }
 

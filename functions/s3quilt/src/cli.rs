@@ -79,6 +79,10 @@ pub enum RunsCommand {
     /// Roll back a run that is not committed: delete exactly the object versions it created
     /// and its staging area.
     Abort(RunArgs),
+    /// What the finalizer Lambda does: publish a run whose every shard has its fragment
+    /// (`s3quilt bench --finalizer` measures it as a process of its own).
+    #[command(hide = true)]
+    Finalize(RunArgs),
 }
 
 impl RunsCommand {
@@ -86,7 +90,9 @@ impl RunsCommand {
     pub fn args(&self) -> &RunsArgs {
         match self {
             RunsCommand::List(a) => a,
-            RunsCommand::Resume(a) | RunsCommand::Abort(a) => &a.registry,
+            RunsCommand::Resume(a) | RunsCommand::Abort(a) | RunsCommand::Finalize(a) => {
+                &a.registry
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use s3quilt_core::engine::Interrupt;
+use s3quilt_core::finalize::finalize;
 use s3quilt_core::request::parse_bucket;
 use s3quilt_core::staging::is_valid_run_id;
 use s3quilt_core::storage::{S3Settings, S3Store};
@@ -87,9 +88,13 @@ pub async fn run(command: &RunsCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        RunsCommand::Resume(a) => {
+        RunsCommand::Resume(a) | RunsCommand::Finalize(a) => {
             check_id(&a.run_id)?;
-            let package = resume_run(store, &registry, &a.run_id).await?;
+            let package = if matches!(command, RunsCommand::Finalize(_)) {
+                finalize(store, &registry, &a.run_id).await?
+            } else {
+                resume_run(store, &registry, &a.run_id).await?
+            };
             if args.json {
                 println!(
                     "{:#}",

@@ -250,9 +250,15 @@ impl From<FinalizeError> for StepError {
                 }
                 FinalizeError::Staging(s) => staging_type(s, ErrorType::FinalizeFailed),
                 FinalizeError::Unpublished { source, .. } => match source.as_ref() {
-                    RegistryError::Store(s) => store_type(s, ErrorType::FinalizeFailed),
+                    FinalizeError::Registry(RegistryError::Store(s)) => {
+                        store_type(s, ErrorType::FinalizeFailed)
+                    }
+                    FinalizeError::Staging(s) => staging_type(s, ErrorType::FinalizeFailed),
                     _ => ErrorType::FinalizeFailed,
                 },
+                FinalizeError::Registry(RegistryError::Store(s)) => {
+                    store_type(s, ErrorType::FinalizeFailed)
+                }
                 FinalizeError::Fragment { .. } => ErrorType::CorruptStaging,
                 _ => ErrorType::FinalizeFailed,
             }
@@ -481,10 +487,10 @@ mod tests {
 
     #[test]
     fn every_finalize_error_has_its_class() {
-        let unpublished = |source| FinalizeError::Unpublished {
+        let unpublished = |source: RegistryError| FinalizeError::Unpublished {
             run_id: "r".into(),
             top_hash: "t".into(),
-            source: Box::new(source),
+            source: Box::new(source.into()),
         };
         let registry = |kind| unpublished(RegistryError::Store(store_error(kind)));
         let cases = [

@@ -45,6 +45,14 @@ pub enum ManifestError {
     /// Two entries share a logical key.
     #[error("manifest has logical key {0:?} twice")]
     DuplicateKey(String),
+    /// Entries streamed out of walk order (a planner or fragment that broke its order).
+    #[error("manifest entry {key:?} comes after {after:?}: entries must arrive in walk order")]
+    OutOfOrder {
+        /// The entry that came too late.
+        key: String,
+        /// The entry before it.
+        after: String,
+    },
     /// A line too long for quilt3 to read.
     #[error(
         "manifest record for {what} is {bytes} bytes; quilt3 accepts records under {MAX_LINE_BYTES} bytes (shrink its metadata)"
@@ -391,6 +399,107 @@ impl Manifest {
     }
 }
 
+/// Writes a manifest one entry at a time, in walk order, holding only the last key: the bytes
+/// [`Manifest::to_jsonl`] writes, its top hash, and a SHA-256 of the bytes (to tell whether a
+/// manifest already in the registry is byte for byte this one without holding either).
+/// Refuses a duplicate key, an entry out of walk order and a line quilt3 cannot read.
+pub struct ManifestEncoder {
+    top: TopHasher,
+    content: Sha256,
+    last: Option<LogicalKey>,
+    entries: u64,
+    entry_bytes: u64,
+    manifest_bytes: u64,
+}
+
+/// What a [`ManifestEncoder`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedManifest {
+    /// The top hash.
+    pub top_hash: String,
+    /// SHA-256 of the manifest's bytes.
+    pub content_sha256: [u8; 32],
+    /// Entries.
+    pub entries: u64,
+    /// Sum of the entries' sizes.
+    pub entry_bytes: u64,
+    /// Length of the manifest.
+    pub manifest_bytes: u64,
+}
+
+impl ManifestEncoder {
+    /// Starts with the header; returns the encoder and the header's line (with its newline).
+    pub fn new(header: &PackageHeader) -> Result<(Self, String), ManifestError> {
+        let mut encoder = ManifestEncoder {
+            top: TopHasher::new(header),
+            content: Sha256::new(),
+            last: None,
+            entries: 0,
+            entry_bytes: 0,
+            manifest_bytes: 0,
+        };
+        let line = encoder.line(
+            Json::Object(header.as_object().clone()).to_manifest_string(),
+            || "the package header".into(),
+        )?;
+        Ok((encoder, line))
+    }
+
+    /// Adds the next entry; returns its line (with its newline).
+    pub fn push(&mut self, entry: &ManifestEntry) -> Result<String, ManifestError> {
+        if let Some(last) = &self.last {
+            match walk_order(last, &entry.logical_key) {
+                Ordering::Less => {}
+                Ordering::Equal => {
+                    return Err(ManifestError::DuplicateKey(entry.logical_key.to_string()));
+                }
+                Ordering::Greater => {
+                    return Err(ManifestError::OutOfOrder {
+                        key: entry.logical_key.to_string(),
+                        after: last.to_string(),
+                    });
+                }
+            }
+        }
+        let line = self.line(entry.to_line(), || {
+            format!("entry {:?}", entry.logical_key.as_str())
+        })?;
+        self.top.add(entry);
+        self.entries += 1;
+        self.entry_bytes += entry.size;
+        self.last = Some(entry.logical_key.clone());
+        Ok(line)
+    }
+
+    fn line(
+        &mut self,
+        mut line: String,
+        what: impl FnOnce() -> String,
+    ) -> Result<String, ManifestError> {
+        if line.len() >= MAX_LINE_BYTES {
+            return Err(ManifestError::LineTooLong {
+                what: what(),
+                bytes: line.len(),
+            });
+        }
+        line.push('\n');
+        self.content.update(line.as_bytes());
+        self.manifest_bytes += line.len() as u64;
+        Ok(line)
+    }
+
+    /// The totals.
+    pub fn finish(self) -> EncodedManifest {
+        EncodedManifest {
+            top_hash: self.top.finish(),
+            content_sha256: self.content.finalize().into(),
+            entries: self.entries,
+            entry_bytes: self.entry_bytes,
+            manifest_bytes: self.manifest_bytes,
+        }
+    }
+}
+
 /// Incremental top hash, for callers that stream entries in walk order instead of holding a
 /// whole [`Manifest`].
 pub struct TopHasher(Sha256);
@@ -439,6 +548,47 @@ mod tests {
     }
 
     const HEADER: &str = "{\"version\": \"v0\", \"message\": null}";
+
+    /// The streamed bytes, top hash and totals are those of the whole-manifest writer; a key
+    /// twice or out of walk order is refused.
+    #[test]
+    fn the_encoder_writes_what_the_whole_manifest_writes() {
+        let keys = ["a/b.txt", "a b/x", "a-c.txt", "z/\u{e9}.csv"];
+        let text = std::iter::once(HEADER.to_string())
+            .chain(keys.iter().enumerate().map(|(i, key)| {
+                format!(
+                    "{{\"logical_key\": \"{key}\", \"physical_keys\": [\"s3://b/{key}\"], \"size\": {i}, \"hash\": {{\"type\": \"SHA256\", \"value\": \"a{i}\"}}, \"meta\": {{\"n\": {i}}}}}"
+                )
+            }))
+            .map(|l| l + "\n")
+            .collect::<String>();
+        let manifest = Manifest::parse(&text).unwrap();
+        let (mut encoder, mut streamed) = ManifestEncoder::new(&manifest.header).unwrap();
+        for entry in &manifest.entries {
+            streamed.push_str(&encoder.push(entry).unwrap());
+        }
+        let encoded = encoder.finish();
+        let whole = manifest.to_jsonl().unwrap();
+        assert_eq!(streamed, whole);
+        assert_eq!(encoded.top_hash, manifest.top_hash());
+        assert_eq!(
+            encoded.content_sha256,
+            <[u8; 32]>::from(Sha256::digest(whole.as_bytes()))
+        );
+        assert_eq!((encoded.entries, encoded.entry_bytes), (4, 6));
+        assert_eq!(encoded.manifest_bytes, whole.len() as u64);
+
+        let (mut encoder, _) = ManifestEncoder::new(&manifest.header).unwrap();
+        encoder.push(&manifest.entries[1]).unwrap();
+        assert!(matches!(
+            encoder.push(&manifest.entries[0]),
+            Err(ManifestError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            encoder.push(&manifest.entries[1]),
+            Err(ManifestError::DuplicateKey(key)) if key == "a b/x"
+        ));
+    }
 
     fn entry_line(hash: &str, meta: &str) -> String {
         format!(

@@ -178,6 +178,30 @@ fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
 }
 
 impl MemoryS3 {
+    /// Records part `number` of upload `upload_id`; returns its digest and ETag.
+    fn add_part(
+        &self,
+        upload_id: &str,
+        number: i32,
+        content: Content,
+    ) -> S3Result<([u8; 32], String)> {
+        let digest = self.digest(&content);
+        let etag = etag_of(&digest);
+        let mut uploads = self.uploads.lock().unwrap();
+        let upload = uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        upload.parts.insert(
+            number,
+            Part {
+                content,
+                digest,
+                etag: etag.clone(),
+            },
+        );
+        Ok((digest, etag))
+    }
+
     fn digest(&self, content: &Content) -> [u8; 32] {
         match content {
             Content::Bytes(b) => Sha256::digest(b).into(),
@@ -735,6 +759,27 @@ impl S3 for MemoryS3 {
         }))
     }
 
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let body: Vec<Bytes> = match input.body {
+            Some(body) => body
+                .try_collect()
+                .await
+                .map_err(|e| s3_error!(IncompleteBody, "{e}"))?,
+            None => Vec::new(),
+        };
+        let content = Content::Bytes(Bytes::from(body.concat()));
+        let (digest, etag) = self.add_part(&input.upload_id, input.part_number, content)?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag.trim_matches('"').to_string())),
+            checksum_sha256: Some(B64.encode(digest)),
+            ..Default::default()
+        }))
+    }
+
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
@@ -756,26 +801,13 @@ impl S3 for MemoryS3 {
             None => (0, size),
         };
         let content = src.content.slice(first, end);
-        let digest = self.digest(&content);
-        let etag = etag_of(&digest);
+        let (digest, etag) = self.add_part(&input.upload_id, input.part_number, content)?;
         let result = CopyPartResult {
             e_tag: Some(ETag::Strong(etag.trim_matches('"').to_string())),
             checksum_sha256: Some(B64.encode(digest)),
             last_modified: Some(timestamp(SystemTime::now())),
             ..Default::default()
         };
-        let mut uploads = self.uploads.lock().unwrap();
-        let upload = uploads
-            .get_mut(&input.upload_id)
-            .ok_or_else(|| s3_error!(NoSuchUpload))?;
-        upload.parts.insert(
-            input.part_number,
-            Part {
-                content,
-                digest,
-                etag,
-            },
-        );
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(result),
             ..Default::default()
@@ -1040,6 +1072,7 @@ shared_store! {
     list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
     list_object_versions: ListObjectVersionsInput => ListObjectVersionsOutput,
     create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
+    upload_part: UploadPartInput => UploadPartOutput,
     upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
     complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
     abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput,

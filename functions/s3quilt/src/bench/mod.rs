@@ -6,6 +6,7 @@
 //! quilt3's `set_dir` + `push`, at its default and at other `QUILT_TRANSFER_MAX_CONCURRENCY`.
 //! Measuring only: no domain logic lives here.
 
+mod finalizer;
 mod incremental;
 mod memory;
 mod proxy;
@@ -79,6 +80,11 @@ pub struct BenchArgs {
     /// up-to-date run (see `bench/incremental.rs`).
     #[arg(long)]
     pub incremental: bool,
+    /// Instead: the finalizer alone, for runs of these many entries (comma-separated, e.g.
+    /// 100000,1000000), its peak RSS, wall and CPU time as a process of its own (see
+    /// `bench/finalizer.rs`).
+    #[arg(long, value_name = "N,..", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    pub finalizer: Vec<u64>,
     /// After the table, print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -284,6 +290,9 @@ async fn blocking<T: Send + 'static>(
 
 /// Runs the benchmark and prints the table (and, with `--json`, a JSON line last).
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if !args.finalizer.is_empty() {
+        return finalizer::run(&args.finalizer, args.json).await;
+    }
     if args.object_size.is_some() && args.server != ServerKind::Memory {
         bail!("--object-size needs --server memory (moto would have to hold every byte)");
     }
