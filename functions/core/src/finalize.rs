@@ -523,7 +523,8 @@ async fn publish(
 /// differ (entries elsewhere: another package's copies, or objects referenced in place), so
 /// the new version points where it was asked to. Versions published earlier under the same
 /// top hash then read the new physical keys: objects with the same bytes and hashes. See
-/// `docs/architecture.md`. Bytes are compared by SHA-256, read as a stream.
+/// `docs/architecture.md`. The write is conditional (`If-None-Match`), so the usual case
+/// costs no read; only a manifest found there is read, as a stream, and compared by SHA-256.
 async fn write_manifest(
     registry: &Registry,
     plan: &RunPlan,
@@ -531,32 +532,23 @@ async fn write_manifest(
     source: &EntrySource<'_>,
     first: &FirstReading,
 ) -> Result<ManifestWrite, FinalizeError> {
-    let encoded = &first.encoded;
-    let there = registry.manifest_sha256(&encoded.top_hash).await?;
-    if there == Some(encoded.content_sha256) {
-        return Ok(ManifestWrite::Unchanged);
-    }
-    let replacing = there.is_some();
-    let written = if replacing {
-        ManifestWrite::Replaced
-    } else {
-        ManifestWrite::Written
-    };
-    // Absent: written only if still absent, so a manifest another run puts meanwhile is
-    // looked at before it is replaced.
-    let Err(error) = write_manifest_once(registry, plan, header, source, first, !replacing).await
-    else {
-        return Ok(written);
-    };
-    match registry.manifest_sha256(&encoded.top_hash).await? {
-        // The write landed and its answer was lost.
-        Some(now) if now == encoded.content_sha256 => Ok(written),
-        // Another writer of this top hash came in between: this run is the last writer.
-        Some(_) if !replacing && is_precondition_failed(&error) => {
-            write_manifest_once(registry, plan, header, source, first, false).await?;
-            Ok(ManifestWrite::Replaced)
+    let ours = Some(first.encoded.content_sha256);
+    let top_hash = &first.encoded.top_hash;
+    match write_manifest_once(registry, plan, header, source, first, true).await {
+        Ok(()) => Ok(ManifestWrite::Written),
+        Err(error) if is_precondition_failed(&error) => {
+            if registry.manifest_sha256(top_hash).await? == ours {
+                Ok(ManifestWrite::Unchanged)
+            } else {
+                write_manifest_once(registry, plan, header, source, first, false).await?;
+                Ok(ManifestWrite::Replaced)
+            }
         }
-        _ => Err(error),
+        // A write that landed though its answer was lost is this run's.
+        Err(error) => match registry.manifest_sha256(top_hash).await {
+            Ok(there) if there == ours => Ok(ManifestWrite::Written),
+            _ => Err(error),
+        },
     }
 }
 

@@ -6,10 +6,10 @@
 //! quilt3's `set_dir` + `push`, at its default and at other `QUILT_TRANSFER_MAX_CONCURRENCY`.
 //! Measuring only: no domain logic lives here.
 
-mod finalizer;
 mod incremental;
 mod memory;
 mod proxy;
+mod scale;
 mod tools;
 
 use std::path::PathBuf;
@@ -82,9 +82,14 @@ pub struct BenchArgs {
     pub incremental: bool,
     /// Instead: the finalizer alone, for runs of these many entries (comma-separated, e.g.
     /// 100000,1000000), its peak RSS, wall and CPU time as a process of its own (see
-    /// `bench/finalizer.rs`).
+    /// `bench/scale.rs`).
     #[arg(long, value_name = "N,..", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub finalizer: Vec<u64>,
+    /// Instead: the planner alone (`s3quilt plan`, a dry run: the listing, selection and
+    /// checks) over a prefix of these many objects, its peak RSS, wall and CPU time (see
+    /// `bench/scale.rs`).
+    #[arg(long, value_name = "N,..", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    pub planner: Vec<u64>,
     /// After the table, print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -290,8 +295,8 @@ async fn blocking<T: Send + 'static>(
 
 /// Runs the benchmark and prints the table (and, with `--json`, a JSON line last).
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if !args.finalizer.is_empty() {
-        return finalizer::run(&args.finalizer, args.json).await;
+    if !args.finalizer.is_empty() || !args.planner.is_empty() {
+        return scale::run(&args.finalizer, &args.planner, args.json).await;
     }
     if args.object_size.is_some() && args.server != ServerKind::Memory {
         bail!("--object-size needs --server memory (moto would have to hold every byte)");

@@ -1,12 +1,16 @@
-//! `bench --finalizer N,..`: the finalizer's peak memory, wall and CPU time for runs of N
-//! entries, as its own process (`s3quilt runs finalize`, what the finalizer Lambda runs).
+//! `bench --finalizer N,..` and `bench --planner N,..`: the AWS steps' peak memory, wall and
+//! CPU time at scale, each step as a process of its own.
 //!
-//! Each run is planned for real in the in-memory S3 (one tiny source object per shard,
+//! The finalizer (`s3quilt runs finalize`, what the finalizer Lambda runs): each run is planned for real in the in-memory S3 (one tiny source object per shard,
 //! `copy: false`), then every shard's fragment is replaced by [`ENTRIES_PER_SHARD`] synthetic
 //! entries with `meta` shaped like a real entry's (an `s3` record and a little user metadata):
 //! what a 100 k- to 10 M-object run leaves in staging, without seeding or copying millions of
 //! objects. The in-memory S3 holds the fragments and the manifest (both in the bench process,
 //! not the measured one); latency 0, so the figures are the finalizer's own work.
+//!
+//! The planner (`s3quilt plan`, a dry run: listing, selection and every check before the
+//! shards are written): N objects inserted straight into the in-memory S3 (no requests), under
+//! 16 × 64 folders as a real dataset spreads its keys.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,8 +31,8 @@ use super::{ACCESS_KEY, SECRET_KEY, apply_env, blocking, client, mb};
 /// Entries per shard: the AWS planner's default shard size (`S3QUILT_SHARD_MAX_OBJECTS`).
 pub const ENTRIES_PER_SHARD: u64 = 500;
 
-/// One measured finalize.
-struct FinalizerRow {
+/// One measured step.
+struct StepRow {
     entries: u64,
     fragments: u64,
     manifest_bytes: u64,
@@ -37,13 +41,69 @@ struct FinalizerRow {
     peak_rss: u64,
 }
 
-/// Runs the finalizer benchmark for each size in `sizes` and prints its table (and a JSON
-/// line last with `json`).
-pub async fn run(sizes: &[u64], json: bool) -> anyhow::Result<()> {
+/// Measures the finalizer for each size in `finalizer` and the planner for each in `planner`,
+/// and prints their tables (and a JSON line last with `json`).
+pub async fn run(finalizer: &[u64], planner: &[u64], json: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
-        .prefix("s3quilt-bench-finalizer-")
+        .prefix("s3quilt-bench-scale-")
         .tempdir()?;
     let exe = std::env::current_exe()?;
+    let finalized = finalizer_rows(&exe, dir.path(), finalizer).await?;
+    let planned = planner_rows(&exe, dir.path(), planner).await?;
+    for (title, rows, unit) in [
+        ("finalizer (s3quilt runs finalize)", &finalized, "manifest"),
+        ("planner (s3quilt plan, dry run)", &planned, "keys"),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        println!("{title}, in-memory S3, latency 0");
+        println!(
+            "| objects | documents | {unit} MB | wall s | CPU s | peak RSS MB | RSS ÷ {unit} |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            println!(
+                "| {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.3} |",
+                r.entries,
+                r.fragments,
+                mb(r.manifest_bytes),
+                r.wall_s,
+                r.cpu_s,
+                mb(r.peak_rss),
+                r.peak_rss as f64 / r.manifest_bytes.max(1) as f64,
+            );
+        }
+    }
+    if json {
+        let rows = |rows: &[StepRow]| -> Vec<serde_json::Value> {
+            rows.iter()
+                .map(|r| {
+                    json!({
+                        "objects": r.entries,
+                        "documents": r.fragments,
+                        "data_bytes": r.manifest_bytes,
+                        "wall_s": r.wall_s,
+                        "cpu_s": r.cpu_s,
+                        "peak_rss_bytes": r.peak_rss,
+                    })
+                })
+                .collect()
+        };
+        println!(
+            "{}",
+            json!({ "finalizer": rows(&finalized), "planner": rows(&planned) })
+        );
+    }
+    Ok(())
+}
+
+/// The finalizer of a staged run of each size.
+async fn finalizer_rows(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    sizes: &[u64],
+) -> anyhow::Result<Vec<StepRow>> {
     let mut rows = Vec::new();
     for &entries in sizes {
         // A fresh store per size: the last size's fragments and manifest are freed.
@@ -51,7 +111,7 @@ pub async fn run(sizes: &[u64], json: bool) -> anyhow::Result<()> {
         let endpoint = server.direct_endpoint();
         let (registry, run_id) = stage(&endpoint, entries).await?;
         eprintln!("bench: finalizing {entries} entries");
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = std::process::Command::new(exe);
         cmd.args([
             "runs",
             "finalize",
@@ -62,7 +122,7 @@ pub async fn run(sizes: &[u64], json: bool) -> anyhow::Result<()> {
             &endpoint,
             "--json",
         ]);
-        apply_env(&mut cmd, &endpoint, dir.path());
+        apply_env(&mut cmd, &endpoint, dir);
         let run = blocking(move || run_measured(cmd, "s3quilt runs finalize")).await?;
         let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
             .with_context(|| format!("the finalizer printed no JSON:\n{}", run.stdout))?;
@@ -80,7 +140,7 @@ pub async fn run(sizes: &[u64], json: bool) -> anyhow::Result<()> {
             .send()
             .await
             .context("reading the manifest's size")?;
-        rows.push(FinalizerRow {
+        rows.push(StepRow {
             entries,
             fragments: entries.div_ceil(ENTRIES_PER_SHARD),
             manifest_bytes: u64::try_from(manifest.content_length().unwrap_or(0)).unwrap_or(0),
@@ -89,40 +149,68 @@ pub async fn run(sizes: &[u64], json: bool) -> anyhow::Result<()> {
             peak_rss: run.peak_rss,
         });
     }
-    println!("finalizer (s3quilt runs finalize), in-memory S3, latency 0");
-    println!(
-        "| entries | fragments | manifest MB | wall s | CPU s | peak RSS MB | RSS ÷ manifest |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.3} |",
-            r.entries,
-            r.fragments,
-            mb(r.manifest_bytes),
-            r.wall_s,
-            r.cpu_s,
-            mb(r.peak_rss),
-            r.peak_rss as f64 / r.manifest_bytes.max(1) as f64,
-        );
+    Ok(rows)
+}
+
+/// The planner over a prefix of each size.
+async fn planner_rows(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    sizes: &[u64],
+) -> anyhow::Result<Vec<StepRow>> {
+    let (source, registry) = ("bench-planner-src", "bench-planner-reg");
+    let mut rows = Vec::new();
+    for &objects in sizes {
+        let server = MemoryServer::start(std::time::Duration::ZERO, ACCESS_KEY, SECRET_KEY)?;
+        let endpoint = server.direct_endpoint();
+        let direct = client(&endpoint);
+        for bucket in [source, registry] {
+            direct.create_bucket().bucket(bucket).send().await?;
+        }
+        let mut key_bytes = 0;
+        for i in 0..objects {
+            let key = format!(
+                "data/region-{:02}/day-{:02}/object-{i:010}.parquet",
+                i % 16,
+                (i / 16) % 64
+            );
+            key_bytes += key.len() as u64;
+            server
+                .store
+                .insert_fill(source, &key, 0, 1024, "application/octet-stream");
+        }
+        eprintln!("bench: planning {objects} objects");
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "plan",
+            &format!("s3://{source}/data/"),
+            "bench/planner",
+            "--registry",
+            &format!("s3://{registry}"),
+            "--endpoint-url",
+            &endpoint,
+            "--json",
+        ]);
+        apply_env(&mut cmd, &endpoint, dir);
+        let run = blocking(move || run_measured(cmd, "s3quilt plan")).await?;
+        let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
+            .with_context(|| format!("the planner printed no JSON:\n{}", run.stdout))?;
+        if outcome["objects"].as_u64() != Some(objects) {
+            bail!(
+                "the planner did not select {objects} objects:\n{}",
+                run.stdout
+            );
+        }
+        rows.push(StepRow {
+            entries: objects,
+            fragments: objects.div_ceil(1000),
+            manifest_bytes: key_bytes,
+            wall_s: run.wall.as_secs_f64(),
+            cpu_s: run.cpu.as_secs_f64(),
+            peak_rss: run.peak_rss,
+        });
     }
-    if json {
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "entries": r.entries,
-                    "fragments": r.fragments,
-                    "manifest_bytes": r.manifest_bytes,
-                    "wall_s": r.wall_s,
-                    "cpu_s": r.cpu_s,
-                    "peak_rss_bytes": r.peak_rss,
-                })
-            })
-            .collect();
-        println!("{}", json!({ "finalizer": rows }));
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// Plans a run of `entries / ENTRIES_PER_SHARD` shards and stages its synthetic fragments;
