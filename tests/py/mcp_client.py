@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A real MCP client (the Python `mcp` SDK, 2.x) driving `s3quilt mcp` over stdio, for
+"""A real MCP client (the Python `mcp` SDK, 2.x) driving `s3quilt mcp` over stdio (and, in
+the `http` scenario, over Streamable HTTP), for
 tests/tests/mcp.rs.
 
 Usage: mcp_client.py SCENARIO CONFIG_JSON
@@ -20,6 +21,11 @@ Scenarios:
            names are asked for, out-of-range page sizes, nested globs and metadata (answered,
            the server staying up), plain input schemas; and, over raw stdio, a line that is
            not JSON and a request too deep to read, each answered with a JSON-RPC error;
+  guarded  an allowlist (S3QUILT_ALLOW_BUCKETS) and --read-only: other buckets and writes
+           refused as tool errors;
+  disconnect  a client that goes away mid-run ("leave"), and the same call again ("retry");
+  http     Streamable HTTP with a bearer token: 401 without it, two clients (both revisions)
+           sharing the server's runs, SIGTERM ending it cleanly;
   misconfigured  a server without credentials or with a wrong endpoint: tool errors that name
            the setting to change (config "needles"), never the SDK's dump, and no retry loop.
 """
@@ -147,10 +153,11 @@ async def check_tools(client):
                   and a.idempotent_hint is True,
                   f"{tool.name}: deletes (destructive), idempotent", a.model_dump())
         else:
-            check(a.read_only_hint is False and a.destructive_hint is False
+            # overwrite_existing replaces objects at the destination: destructive.
+            check(a.read_only_hint is False and a.destructive_hint is True
                   and a.idempotent_hint is False,
-                  f"{tool.name}: creates (not read-only), not destructive, not idempotent",
-                  a.model_dump())
+                  f"{tool.name}: creates (not read-only), may replace (destructive), "
+                  "not idempotent", a.model_dump())
     wait = {t.name: t for t in listed}["package_create_from_s3"].input_schema["properties"][
         "wait_seconds"]
     check(wait.get("maximum") == 50 and wait.get("default") == 20, "wait_seconds bounds", wait)
@@ -214,10 +221,16 @@ async def scenario_main(config):
         # Globs are relative to the prefix and `*` stays within a folder.
         dry = await s.ok("package_create_from_s3", {
             "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
-            "target_registry": reg, "include_patterns": ["tables/*.csv"], "dry_run": True})
+            "target_registry": reg, "dry_run": True,
+            # The second pattern means its `[ ]` and `{ }` literally: it matches nothing.
+            "include_patterns": ["tables/*.csv", "odd/100% #1 [draft] ~{x}.txt"]})
         check(dry["status"] == "succeeded" and dry["dry_run"] and dry["package"] is None,
               "dry run", dry)
         report["glob_keys"] = dry["plan"]["sample_logical_keys"]
+        report["pattern_matches"] = dry["plan"]["pattern_matches"]
+        warnings = dry["plan"]["warnings"]
+        check(len(warnings) == 1 and "matched no key" in warnings[0]
+              and "escape them" in warnings[0], "a pattern that matched nothing warns", warnings)
         full_key_glob = await s.error("package_create_from_s3", {
             "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
             "target_registry": reg, "include_patterns": [prefix + "tables/*.csv"]},
@@ -227,7 +240,7 @@ async def scenario_main(config):
         # Preview, then the real run with a progress token: same logical keys.
         request = {"source_bucket": src, "source_prefix": prefix, "package_name": "team/full",
                    "target_registry": reg, "description": "made over MCP",
-                   "metadata": {"project": "mcp-test", "n": 1}}
+                   "metadata": {"project": "mcp-test", "n": 1}, "tags": ["mcp", "test"]}
         preview = await s.ok("package_create_from_s3", dict(request, dry_run=True))
         notes = []
 
@@ -241,8 +254,8 @@ async def scenario_main(config):
         last = notes[-1]
         check(last["progress"] == last["total"] == made["package"]["objects"],
               "the last notification counts every object", notes)
-        check(all(a["progress"] <= b["progress"] for a, b in zip(notes, notes[1:])),
-              "progress never goes back", notes)
+        check(all(a["progress"] < b["progress"] for a, b in zip(notes, notes[1:])),
+              "progress increases with every notification (as MCP requires)", notes)
         report["full"] = made["package"]
         report["progress"] = notes
         kept = await s.ok("package_create_status", {"run_id": made["run_id"]})
@@ -259,8 +272,9 @@ async def scenario_main(config):
               preview["plan"], logical)
         check(all(e["hash"] and e["hash_type"] and e["physical_key"].startswith("s3://")
                   for e in entries), "entries have hashes and physical keys", entries)
-        check(page["metadata"] == request["metadata"] and page["message"] == "made over MCP",
-              "package metadata and message", page)
+        check(page["metadata"] == dict(request["metadata"], tags=request["tags"])
+              and page["message"] == "made over MCP",
+              "package metadata (with the tags) and message", page)
         report["browsed_keys"] = logical
         sub = await s.ok("package_browse", {"package_name": "team/full", "registry": reg,
                                             "path_prefix": "tables/"})
@@ -372,6 +386,10 @@ async def scenario_slow(config):
               "a run that outlasts wait_seconds returns running", first)
         check(first["progress"]["phase"] != "planning" and first["progress"]["objects_total"] > 0,
               "the create call returns after planning", first)
+        check(first["plan"] is not None
+              and first["plan"]["objects"] == first["progress"]["objects_total"]
+              and first["plan"]["sample_logical_keys"],
+              "a running view shows the plan", first)
         check("package_create_status" in first["next_step"], "next step", first)
         notes, polls, view = [], 0, first
 
@@ -499,6 +517,17 @@ async def scenario_agent_input(config):
             check(meta is None or meta.get("type") == "object", f"{tool.name}.metadata", meta)
             check("uint" not in json.dumps(tool.output_schema), f"{tool.name}: output formats",
                   tool.output_schema)
+
+        # No default registry on this server: the schemas say the registry is required.
+        for tool in (await client.list_tools()).tools:
+            for argument in ("target_registry", "registry"):
+                if argument in tool.input_schema["properties"]:
+                    check(argument in tool.input_schema.get("required", []),
+                          f"{tool.name}.{argument} is required without a default registry",
+                          tool.input_schema)
+        await s.error("package_create_from_s3",
+                      dict(base, tags=["a"], metadata={"tags": ["b"]}), "tags", "metadata")
+        await s.error("package_create_from_s3", dict(base, tags=["a", " "]), "tags", "empty")
 
         # null is "not given": the whole bucket, every default.
         nulls = await s.ok("package_create_from_s3", dict(
@@ -633,7 +662,164 @@ async def scenario_misconfigured(config):
         return {"messages": messages}
 
 
-SCENARIOS = {"misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
+async def scenario_guarded(config):
+    """A server started with an allowlist (S3QUILT_ALLOW_BUCKETS) and --read-only: every call
+    naming another bucket, and every call that would write, is a tool error saying why."""
+    src, reg, other = config["source_bucket"], config["registry"], config["other_bucket"]
+    base = {"source_bucket": src, "package_name": "team/guarded", "target_registry": reg}
+    messages = {}
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        listed = await s.ok("bucket_objects_list", {"bucket": src})
+        check(listed["common_prefixes"] == ["data/"], "an allowed bucket is listed", listed)
+        planned = await s.ok("package_create_from_s3", dict(base, dry_run=True))
+        check(planned["plan"]["objects"] == 2, "a dry run is planned on a read-only server",
+              planned)
+        refusals = [
+            ("bucket_objects_list", {"bucket": other}, "bucket"),
+            ("bucket_object_info", {"bucket": other, "key": "data/a.csv"}, "bucket"),
+            ("packages_list", {"registry": f"s3://{other}"}, "registry"),
+            ("package_browse", {"registry": other, "package_name": "team/x"}, "registry"),
+            ("package_create_from_s3", dict(base, source_bucket=other, dry_run=True),
+             "source_bucket"),
+            ("package_create_from_s3", dict(base, target_registry=other, dry_run=True),
+             "target_registry"),
+            ("package_create_from_s3", dict(base, target_bucket=other, dry_run=True),
+             "target_bucket"),
+            ("package_create", {"package_name": "team/guarded", "target_registry": reg,
+                                "entries": [{"source": f"s3://{other}/data/a.csv"}]},
+             "entries"),
+        ]
+        for name, arguments, field in refusals:
+            result = await s.error(name, arguments, f"{field}: bucket", other, "--allow-bucket")
+            messages[f"{name}.{field}"] = texts(result)
+        for name, arguments in (
+            ("package_create_from_s3", base),
+            ("package_create", {"package_name": "team/guarded", "target_registry": reg,
+                                "entries": [{"source": f"s3://{src}/data/a.csv"}]}),
+            ("package_runs", {"registry": reg, "action": "abort",
+                              "run_id": "20260101T000000Z-0123456789abcdef"}),
+        ):
+            result = await s.error(name, arguments, "read-only", "--read-only")
+            messages[f"{name}.read_only"] = texts(result)
+        s.check_no_secrets()
+    return {"messages": messages}
+
+
+async def scenario_http(config):
+    """`s3quilt mcp --http 127.0.0.1:0` with a bearer token: a request without the token is
+    refused with 401; with it, one session (2025-11-25 handshake) creates a package with
+    progress notifications, a second client (2026-07-28, no session) follows the same run by
+    its id, and SIGTERM ends the server with status 0."""
+    import subprocess
+
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    token = config["token"]
+    proc = subprocess.Popen([config["command"], *config["args"]], env=config["env"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=sys.stderr,
+                            text=True)
+    report = {}
+    try:
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        check(line.startswith("listening http://127.0.0.1:") and line.strip().endswith("/mcp"),
+              "the server says where it listens", line)
+        url = line.split()[1]
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "0"}}}
+        headers = {"Accept": "application/json, text/event-stream"}
+        async with httpx2.AsyncClient() as http:
+            for auth in (None, "Bearer wrong-token-0123456789", f"Basic {token}"):
+                sent = dict(headers, **({"Authorization": auth} if auth else {}))
+                refused = await http.post(url, json=initialize, headers=sent)
+                check(refused.status_code == 401
+                      and refused.headers.get("www-authenticate", "").startswith("Bearer"),
+                      f"a request with authorization {auth!r} is refused",
+                      refused.status_code, refused.text)
+            elsewhere = await http.post(url.replace("/mcp", "/other"), json=initialize,
+                                        headers=dict(headers, Authorization=f"Bearer {token}"))
+            check(elsewhere.status_code == 404, "only /mcp is served", elsewhere.status_code)
+
+        def client(mode):
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+            return Client(streamable_http_client(url, http_client=http), mode=mode,
+                          read_timeout_seconds=120)
+
+        request = {"source_bucket": config["source_bucket"], "source_prefix": "data/",
+                   "package_name": "team/remote", "target_registry": config["registry"],
+                   "description": "made over Streamable HTTP"}
+        async with client("legacy") as c:
+            s = Session(c, config.get("secret"))
+            names = await check_tools(c)
+            report["tools"] = names
+            preview = await s.ok("package_create_from_s3", dict(request, dry_run=True))
+            notes = []
+
+            async def on_progress(progress, total, message):
+                notes.append({"progress": progress, "total": total, "message": message})
+
+            made = await s.ok("package_create_from_s3", dict(request, wait_seconds=50),
+                              on_progress)
+            check(made["status"] == "succeeded" and made["package"], "created over HTTP", made)
+            check(notes and notes[-1]["progress"] == made["package"]["objects"],
+                  "progress notifications over HTTP", notes)
+            check(all(a["progress"] < b["progress"] for a, b in zip(notes, notes[1:])),
+                  "progress increases", notes)
+            report["package"] = made["package"]
+            report["preview_keys"] = preview["plan"]["sample_logical_keys"]
+            s.check_no_secrets()
+        async with client("auto") as c:
+            s = Session(c, config.get("secret"))
+            followed = await s.ok("package_create_status", {"run_id": made["run_id"]})
+            check(followed["status"] == "succeeded"
+                  and followed["package"] == made["package"],
+                  "another client follows the run by its id", followed)
+            page = await s.ok("package_browse", {"package_name": "team/remote",
+                                                 "registry": config["registry"]})
+            report["browsed_keys"] = [e["logical_key"] for e in page["entries"]]
+    finally:
+        proc.send_signal(15)
+        try:
+            report["exit_status"] = await anyio.to_thread.run_sync(
+                lambda: proc.wait(timeout=30))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            report["exit_status"] = "killed after 30 s"
+    check(report["exit_status"] == 0, "SIGTERM ends the server cleanly", report)
+    return report
+
+
+async def scenario_disconnect(config):
+    """A host that goes away mid-run, as Claude Desktop does (stdin closed, SIGTERM after 2 s,
+    SIGKILL 2 s later): phase "leave" starts a run and disconnects while it copies; phase
+    "retry" (a new server) sends the same call again."""
+    request = {"source_bucket": config["source_bucket"], "source_prefix": "run/",
+               "package_name": "team/left", "target_registry": config["registry"]}
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        if config["phase"] == "leave":
+            started = await s.ok("package_create_from_s3", dict(request, wait_seconds=0))
+            progress = started["progress"]
+            check(started["status"] == "running" and progress["phase"] == "copying"
+                  and progress["objects_done"] < progress["objects_total"],
+                  "the client leaves while the run copies", started)
+            left_at = time.monotonic()
+            result = {"left": started}
+        else:
+            made = await s.ok("package_create_from_s3", dict(request, wait_seconds=50))
+            check(made["status"] == "succeeded" and made["package"],
+                  "the retried call creates the package", made)
+            result = {"package": made["package"]}
+    # The SDK closed stdin and waited for the server (killing it after 4 s).
+    if config["phase"] == "leave":
+        result["server_gone_after"] = time.monotonic() - left_at
+    return result
+
+
+SCENARIOS = {"disconnect": scenario_disconnect, "http": scenario_http, "guarded": scenario_guarded, "misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
              "sfn": scenario_sfn, "agent_input": scenario_agent_input,
              "incremental": scenario_incremental}
 

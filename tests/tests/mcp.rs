@@ -172,6 +172,14 @@ async fn an_agent_uses_every_tool_over_stdio() {
     );
     // Globs: relative to the prefix, `*` within a folder; full-key globs select nothing.
     assert_eq!(report["glob_keys"], json!(["tables/a.csv", "tables/b.csv"]));
+    assert_eq!(
+        report["pattern_matches"],
+        json!([
+            {"field": "include_patterns", "pattern": "tables/*.csv", "keys": 2},
+            {"field": "include_patterns", "pattern": "odd/100% #1 [draft] ~{x}.txt", "keys": 0},
+        ]),
+        "matches per pattern"
+    );
     assert_eq!(report["modern_revision"], json!("2026-07-28"));
 
     // What the server made, read by quilt3: every key (odd ones too), hashes verified, the
@@ -195,8 +203,8 @@ async fn an_agent_uses_every_tool_over_stdio() {
     assert_eq!(browsed["message"], json!("made over MCP"));
     assert_eq!(
         browsed["user_meta"],
-        json!({"project": "mcp-test", "n": 1}),
-        "{browsed}"
+        json!({"project": "mcp-test", "n": 1, "tags": ["mcp", "test"]}),
+        "tags are kept in the package metadata: {browsed}"
     );
 
     // package_create kept both same-named files and the odd folder's keys.
@@ -386,6 +394,150 @@ async fn what_agents_send_is_accepted_or_answered_with_an_error() {
     );
 }
 
+/// A host that goes away mid-run (the SDK closes stdin, then SIGTERM after 2 s, SIGKILL 2 s
+/// later, as Claude Desktop does): the server stops starting copies, rolls back what the run
+/// created and exits before the kill, leaving the registry exactly as before; the same call
+/// to a new server then creates the package.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_run_leaves_the_registry_as_before() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, false).await,
+    );
+    let objects: Vec<SeedObject> = (0..24)
+        .map(|i| {
+            SeedObject::new(
+                format!("run/part-{i:02}.csv"),
+                format!("{i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    seed(&client, &source, &objects).await;
+    let before = list_all_versions(&client, &registry).await;
+    // Copies answered 300 ms late, 4 at a time: the run copies for about 2 s.
+    let proxy = FaultProxy::start(
+        server.endpoint(),
+        vec![ProxyRule {
+            operation: "CopyObject",
+            select: Select::Calls(1..=1000),
+            fault: Fault::Delay(Duration::from_millis(300)),
+        }],
+    );
+    let endpoint = proxy.endpoint();
+    let args = ["--endpoint-url", endpoint.as_str(), "--concurrency", "4"];
+    let config = |phase: &str| json!({"source_bucket": source, "registry": format!("s3://{registry}"), "phase": phase});
+    let left = tokio::task::block_in_place(|| {
+        run_client(server.env(), "disconnect", &args, config("leave"))
+    });
+    eprintln!("{left}");
+    assert!(
+        left["server_gone_after"].as_f64().unwrap() < 4.0,
+        "the server ended before the host's SIGKILL: {left}"
+    );
+    assert_eq!(
+        list_all_versions(&client, &registry).await,
+        before,
+        "rolled back: the registry (an unversioned bucket) is as before, staging included"
+    );
+    let retried = tokio::task::block_in_place(|| {
+        run_client(server.env(), "disconnect", &args, config("retry"))
+    });
+    let browsed = tokio::task::block_in_place(|| browse(server, &registry, "team/left"));
+    assert_eq!(browsed["top_hash"], retried["package"]["top_hash"]);
+    assert_eq!(oracle_keys(&browsed).len(), 24);
+}
+
+/// Streamable HTTP (`--http`): the Python SDK's HTTP client against a server on a free
+/// loopback port with a bearer token; what it made is read by quilt3.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_uses_the_tools_over_streamable_http_with_a_token() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+        SeedObject::new("data/b/d.csv", b"3\n".to_vec()),
+    ];
+    seed(&client, &source, &objects).await;
+    let token = "http-test-token-0123456789abcdef";
+    let mut env = server.env();
+    env.push(("S3QUILT_MCP_TOKEN".to_string(), token.to_string()));
+    let config = json!({"source_bucket": source, "registry": format!("s3://{registry}"),
+                        "token": token});
+    let report =
+        tokio::task::block_in_place(|| run_client(env, "http", &["--http", "127.0.0.1:0"], config));
+    assert_eq!(report["exit_status"], json!(0), "{report}");
+    assert_eq!(report["package"]["objects"], json!(3), "{report}");
+    let browsed = tokio::task::block_in_place(|| browse(server, &registry, "team/remote"));
+    assert_eq!(browsed["top_hash"], report["package"]["top_hash"]);
+    assert_eq!(
+        json!(oracle_keys(&browsed)),
+        report["browsed_keys"],
+        "quilt3 reads what the HTTP client made"
+    );
+    assert_eq!(browsed["message"], json!("made over Streamable HTTP"));
+}
+
+/// Guard rails: a server limited to two buckets (`S3QUILT_ALLOW_BUCKETS`) and read-only
+/// (`--read-only`) refuses every call naming a third bucket and every call that would write,
+/// before sending S3 anything for it: no bucket changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowlist_and_read_only_refuse_other_buckets_and_writes() {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry, other) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, true).await,
+        create_bucket(&client, false).await,
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+    ];
+    seed(&client, &source, &objects).await;
+    seed(&client, &other, &objects).await;
+    let before = (
+        list_all_versions(&client, &registry).await,
+        list_all_versions(&client, &other).await,
+    );
+    let mut env = server.env();
+    env.push((
+        "S3QUILT_ALLOW_BUCKETS".to_string(),
+        format!("{source},s3://{registry}"),
+    ));
+    let config = json!({"source_bucket": source, "registry": registry, "other_bucket": other});
+    let report =
+        tokio::task::block_in_place(|| run_client(env, "guarded", &["--read-only"], config));
+    let messages = report["messages"].as_object().unwrap();
+    assert_eq!(messages.len(), 11, "{report}");
+    let source_refusal = messages["package_create_from_s3.source_bucket"]
+        .as_str()
+        .unwrap();
+    assert!(
+        source_refusal.starts_with(&format!("source_bucket: bucket \"{other}\" is not one")),
+        "{source_refusal}"
+    );
+    assert!(
+        source_refusal.contains(&format!("allowed: {registry}, {source}"))
+            || source_refusal.contains(&format!("allowed: {source}, {registry}")),
+        "{source_refusal}"
+    );
+    assert_eq!(
+        (
+            list_all_versions(&client, &registry).await,
+            list_all_versions(&client, &other).await,
+        ),
+        before,
+        "a read-only server writes nothing"
+    );
+}
+
 /// The environment of a machine with no AWS configuration: no credentials anywhere, and an
 /// endpoint where nothing listens (so nothing reaches AWS either).
 fn bare_machine_env() -> Vec<(String, String)> {
@@ -517,6 +669,12 @@ fn help_lists_the_configuration() {
         "--state-machine-arn",
         "S3QUILT_STATE_MACHINE_ARN",
         "AWS_ENDPOINT_URL",
+        "--allow-bucket",
+        "S3QUILT_ALLOW_BUCKETS",
+        "--read-only",
+        "S3QUILT_READ_ONLY",
+        "--http",
+        "S3QUILT_MCP_TOKEN",
     ] {
         assert!(
             help.contains(needle),

@@ -57,6 +57,8 @@ pub struct Progress {
     bytes_total: AtomicU64,
     objects_done: AtomicU64,
     bytes_done: AtomicU64,
+    /// The plan, once planning is done: a caller following a long run sees what it copies.
+    plan: std::sync::OnceLock<PlanSummary>,
 }
 
 /// A point-in-time copy of [`Progress`].
@@ -89,6 +91,11 @@ impl Progress {
             objects_done: self.objects_done.load(Ordering::Relaxed),
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
         }
+    }
+
+    /// The run's plan, once planning has finished.
+    pub fn plan(&self) -> Option<&PlanSummary> {
+        self.plan.get()
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -330,6 +337,7 @@ pub async fn run_local(
         .objects_total
         .store(copy_objects, Ordering::Relaxed);
     progress.bytes_total.store(copy_bytes, Ordering::Relaxed);
+    let _ = progress.plan.set(planned.summary.clone());
     let (summary, shards, reused) = (planned.summary, planned.shards, planned.reused);
     let Some(run) = planned.run else {
         progress.set_phase(Phase::Succeeded);

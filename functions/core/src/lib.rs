@@ -8,6 +8,7 @@ pub mod aws;
 pub mod copy;
 pub mod engine;
 pub mod finalize;
+pub mod guard;
 pub mod plan;
 pub mod quilt;
 pub mod registry;

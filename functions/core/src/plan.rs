@@ -18,7 +18,7 @@ use crate::registry::{Registry, RegistryError, WrittenObject};
 use crate::request::{BaseChoice, ObjectMetadata, PackageRequest, RequestError, ValidRequest};
 use crate::retry::RetryPolicy;
 use crate::reuse::{IncrementalSummary, ReuseRules, Split};
-use crate::select::logical_key;
+use crate::select::{PatternMatch, Selection, logical_key};
 use crate::staging::{
     BaseRecord, FragmentEntry, ManifestFragment, PlannedObject, RunPlan, Shard, ShardRef, Staging,
     new_run_id, run_scoped_key,
@@ -193,7 +193,7 @@ pub enum PlanError {
     Problems(PlanProblems),
     /// The patterns left nothing.
     #[error(
-        "nothing to package under s3://{bucket}/{prefix}: {listed} objects listed, {folder_markers} folder markers skipped, {not_included} not matched by include_patterns, {excluded} removed by exclude_patterns"
+        "nothing to package under s3://{bucket}/{prefix}: {listed} objects listed, {folder_markers} folder markers skipped, {not_included} not matched by include_patterns, {excluded} removed by exclude_patterns{hints}"
     )]
     EmptySelection {
         /// Source bucket.
@@ -208,6 +208,8 @@ pub enum PlanError {
         not_included: u64,
         /// Removed by excludes.
         excluded: u64,
+        /// Patterns that matched nothing, each `; <warning>` (empty when none).
+        hints: String,
     },
     /// The base version of an incremental run cannot be read.
     #[error(
@@ -282,6 +284,13 @@ pub struct PlanSummary {
     pub not_included: u64,
     /// Removed by exclude patterns.
     pub excluded: u64,
+    /// How many listed keys each include and exclude pattern matched.
+    #[serde(default)]
+    pub pattern_matches: Vec<PatternMatch>,
+    /// What the user should look at though the plan is valid: patterns that matched nothing
+    /// (with a hint when `[ ]` was probably meant literally).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The first logical keys in walk order.
     pub sample_logical_keys: Vec<String>,
     /// Estimated S3 requests.
@@ -525,8 +534,7 @@ async fn plan_valid(
     let mut problems = PlanProblems::default();
     let mut selected: Vec<PlannedObject> = Vec::new();
     let mut non_empty_folder_markers = Vec::new();
-    let include_only = crate::select::Selector::new(&valid.original.include_patterns, &[])
-        .map_err(RequestError::from)?;
+    let mut tally = valid.selector.tally();
     for object in &listed {
         let relative = &object.key[valid.source_prefix.len()..];
         if relative.is_empty() || relative.ends_with('/') {
@@ -543,13 +551,16 @@ async fn plan_valid(
             }
             continue;
         }
-        if !valid.selector.is_selected(relative) {
-            if include_only.is_selected(relative) {
-                excluded += 1;
-            } else {
+        match valid.selector.select_counting(relative, &mut tally) {
+            Selection::Selected => {}
+            Selection::NotIncluded => {
                 not_included += 1;
+                continue;
             }
-            continue;
+            Selection::Excluded => {
+                excluded += 1;
+                continue;
+            }
         }
         match logical_key(relative, valid.flatten) {
             Ok(lk) => selected.push(PlannedObject {
@@ -566,8 +577,17 @@ async fn plan_valid(
                 .push((object.key.clone(), e.to_string())),
         }
     }
+    let pattern_matches = valid.selector.pattern_matches(&tally);
+    let warnings: Vec<String> = pattern_matches
+        .iter()
+        .filter_map(|m| m.warning(&valid.source_prefix))
+        .collect();
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     if selected.is_empty() && problems.is_empty() {
         return Err(PlanError::EmptySelection {
+            hints: warnings.iter().map(|w| format!("; {w}")).collect(),
             bucket: valid.source_bucket.clone(),
             prefix: valid.source_prefix.clone(),
             listed: listed.len() as u64,
@@ -616,6 +636,8 @@ async fn plan_valid(
         non_empty_folder_markers,
         not_included,
         excluded,
+        pattern_matches,
+        warnings,
         sample_logical_keys: selected
             .iter()
             .take(10)

@@ -15,6 +15,7 @@
 mod glob;
 
 use glob::Glob;
+use serde::{Deserialize, Serialize};
 
 use crate::quilt::names::{LogicalKey, NameError};
 
@@ -54,6 +55,8 @@ impl SelectorError {
 
 #[derive(Debug, Clone)]
 struct Pattern {
+    /// As the user wrote it.
+    text: String,
     glob: Glob,
     /// No `/` inside: match single path parts at any depth.
     any_depth: bool,
@@ -77,6 +80,7 @@ impl Pattern {
         }
         let glob = Glob::new(body).map_err(error)?;
         Ok(Pattern {
+            text: text.to_string(),
             any_depth: !anchored && !glob.has_separator(),
             glob,
             folders_only,
@@ -131,6 +135,113 @@ impl Selector {
     /// Whether any include pattern is set.
     pub fn has_includes(&self) -> bool {
         !self.include.is_empty()
+    }
+
+    /// A tally of matches per pattern, all zero.
+    pub fn tally(&self) -> PatternTally {
+        PatternTally {
+            include: vec![0; self.include.len()],
+            exclude: vec![0; self.exclude.len()],
+        }
+    }
+
+    /// What becomes of a key (relative to the source prefix), counting in `tally` every
+    /// pattern that matches it (every pattern is tried, so each count is complete).
+    pub fn select_counting(&self, relative: &str, tally: &mut PatternTally) -> Selection {
+        let mut included = self.include.is_empty();
+        for (pattern, count) in self.include.iter().zip(&mut tally.include) {
+            if pattern.matches(relative) {
+                *count += 1;
+                included = true;
+            }
+        }
+        let mut excluded = false;
+        for (pattern, count) in self.exclude.iter().zip(&mut tally.exclude) {
+            if pattern.matches(relative) {
+                *count += 1;
+                excluded = true;
+            }
+        }
+        match (included, excluded) {
+            (false, _) => Selection::NotIncluded,
+            (true, true) => Selection::Excluded,
+            (true, false) => Selection::Selected,
+        }
+    }
+
+    /// Each pattern with the number of listed keys it matched, includes first, in the order
+    /// given.
+    pub fn pattern_matches(&self, tally: &PatternTally) -> Vec<PatternMatch> {
+        let side = |field: &str, patterns: &[Pattern], counts: &[u64]| {
+            patterns
+                .iter()
+                .zip(counts)
+                .map(|(p, keys)| PatternMatch {
+                    field: field.to_string(),
+                    pattern: p.text.clone(),
+                    keys: *keys,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut matches = side("include_patterns", &self.include, &tally.include);
+        matches.extend(side("exclude_patterns", &self.exclude, &tally.exclude));
+        matches
+    }
+}
+
+/// What the selection makes of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Goes into the package.
+    Selected,
+    /// No include pattern matches it.
+    NotIncluded,
+    /// An include pattern matches it (or there is none) and an exclude pattern too.
+    Excluded,
+}
+
+/// Matches per pattern while a listing is selected (see [`Selector::select_counting`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternTally {
+    include: Vec<u64>,
+    exclude: Vec<u64>,
+}
+
+/// How many listed keys one pattern matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatternMatch {
+    /// `include_patterns` or `exclude_patterns`.
+    pub field: String,
+    /// The pattern as given.
+    pub pattern: String,
+    /// Listed keys under the prefix it matched (an exclude counts every key it matches,
+    /// included or not).
+    pub keys: u64,
+}
+
+impl PatternMatch {
+    /// A warning for a pattern that matched no key: usually a typo, a pattern written
+    /// against the full key instead of the path below the prefix, or `[ ]` meant literally.
+    pub fn warning(&self, prefix: &str) -> Option<String> {
+        if self.keys > 0 {
+            return None;
+        }
+        let mut warning = format!(
+            "{}: pattern {} matched no key under {}",
+            self.field,
+            shown(&self.pattern),
+            if prefix.is_empty() {
+                "the bucket".to_string()
+            } else {
+                format!("the prefix {prefix:?} (patterns match the path below it)")
+            }
+        );
+        if self.pattern.contains('[') || self.pattern.contains(']') {
+            warning.push_str(
+                "; `[` and `]` are glob characters (a set, as in `[abc]`): to match them literally, escape them as `\\[` and `\\]` (e.g. `data\\[1\\].csv`)",
+            );
+        }
+        Some(warning)
     }
 }
 
@@ -216,6 +327,64 @@ mod tests {
         );
         assert!(err.contains("nest 2000 deep; at most 16 levels"), "{err}");
         assert!(err.len() < 400, "{err}");
+    }
+
+    #[test]
+    fn every_pattern_is_counted_and_unmatched_ones_warn() {
+        let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let selector = Selector::new(
+            &s(&["*.csv", "raw/**", "run[1].log"]),
+            &s(&["tmp/", "*.bak"]),
+        )
+        .unwrap();
+        let mut tally = selector.tally();
+        let keys = ["a.csv", "raw/b.csv", "tmp/c.csv", "x.txt", "run[1].log"];
+        let verdicts: Vec<Selection> = keys
+            .iter()
+            .map(|k| selector.select_counting(k, &mut tally))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Selection::Selected,
+                Selection::Selected,
+                Selection::Excluded,
+                Selection::NotIncluded,
+                Selection::NotIncluded,
+            ]
+        );
+        for key in keys {
+            assert_eq!(
+                selector.is_selected(key),
+                selector.select_counting(key, &mut selector.tally()) == Selection::Selected
+            );
+        }
+        let matches = selector.pattern_matches(&tally);
+        let counted: Vec<(&str, &str, u64)> = matches
+            .iter()
+            .map(|m| (m.field.as_str(), m.pattern.as_str(), m.keys))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                ("include_patterns", "*.csv", 3),
+                ("include_patterns", "raw/**", 1),
+                ("include_patterns", "run[1].log", 0),
+                ("exclude_patterns", "tmp/", 1),
+                ("exclude_patterns", "*.bak", 0),
+            ]
+        );
+        let warnings: Vec<String> = matches.iter().filter_map(|m| m.warning("in/")).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "include_patterns: pattern \"run[1].log\" matched no key under the prefix \"in/\""
+            ),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("escape them as `\\[`"), "{warnings:?}");
+        assert!(!warnings[1].contains("escape"), "{warnings:?}");
+        assert!(matches[4].warning("").unwrap().contains("under the bucket"));
     }
 
     #[test]

@@ -229,6 +229,7 @@ mod tests {
                     folder_markers: 0,
                     not_included: 3,
                     excluded: 0,
+                    hints: String::new(),
                 }),
                 2,
                 "empty_selection",

@@ -172,6 +172,12 @@ fn plan_text(plan: &PlanSummary) -> String {
         "  listed:    {} ({} folder markers skipped, {} not matched by --include, {} removed by --exclude)\n",
         plan.listed, plan.folder_markers, plan.not_included, plan.excluded
     );
+    for m in &plan.pattern_matches {
+        out += &format!("    {} {:?}: {} keys\n", m.field, m.pattern, m.keys);
+    }
+    for warning in &plan.warnings {
+        out += &format!("  warning:   {warning}\n");
+    }
     out += &incremental_text(plan);
     out += &skipped_data_text(plan);
     out += &format!("  shards:    {}\n", plan.shards);
@@ -259,6 +265,8 @@ mod tests {
             non_empty_folder_markers: vec!["data/notes/".into()],
             not_included: 1,
             excluded: 0,
+            pattern_matches: Vec::new(),
+            warnings: Vec::new(),
             sample_logical_keys: vec!["a.csv".into(), "b/c.json".into()],
             estimated_requests: RequestEstimate {
                 list: 1,

@@ -409,6 +409,7 @@ mod tests {
                     folder_markers: 1,
                     not_included: 2,
                     excluded: 0,
+                    hints: String::new(),
                 },
                 ErrorType::EmptySelection,
             ),

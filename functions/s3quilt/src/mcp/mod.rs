@@ -6,11 +6,13 @@
 //! - [`runs`]: runs in the background (local engine or Step Functions) and following them;
 //! - [`explicit`]: `package_create`'s list of sources as one packaging request;
 //! - [`server`]: the tools themselves;
-//! - [`transport`]: stdio, answering every request (also those rmcp cannot read).
+//! - [`transport`]: stdio, answering every request (also those rmcp cannot read);
+//! - [`http`]: Streamable HTTP (`--http`), with a bearer token off loopback.
 //!
 //! stdout carries the protocol; logs go to stderr.
 
 mod explicit;
+mod http;
 mod runs;
 mod server;
 mod transport;
@@ -19,6 +21,7 @@ mod types;
 use clap::Args;
 use rmcp::ServiceExt;
 use s3quilt_core::engine::EngineOptions;
+use s3quilt_core::guard::BucketGuard;
 use s3quilt_core::registry::RegistryError;
 use s3quilt_core::storage::{S3Settings, S3Store, StoreError, StoreErrorKind};
 
@@ -41,6 +44,33 @@ pub struct McpArgs {
     /// S3 requests in flight at once in a local run (a copy and the HEAD beside it are two).
     #[arg(long, value_name = "N", default_value_t = default_concurrency(), env = "S3QUILT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Only these buckets may be named by tool calls, as sources, registries or copy targets
+    /// (repeat the flag; the variable takes a comma-separated list). Default: every bucket the
+    /// server's credentials reach.
+    #[arg(
+        long = "allow-bucket",
+        value_name = "BUCKET",
+        env = "S3QUILT_ALLOW_BUCKETS",
+        value_delimiter = ','
+    )]
+    pub allow_buckets: Vec<String>,
+    /// Refuse every tool call that writes: package creations other than dry runs, and
+    /// aborting or resuming runs. Default: off.
+    #[arg(long, env = "S3QUILT_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub read_only: bool,
+    /// Serve MCP over Streamable HTTP at http://ADDR/mcp instead of stdio (e.g.
+    /// 127.0.0.1:8765; port 0 picks a free one, printed on stdout). An address other than
+    /// loopback needs S3QUILT_MCP_TOKEN.
+    #[arg(long, value_name = "ADDR", env = "S3QUILT_MCP_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
+    /// With --http: the bearer token every request must carry (`Authorization: Bearer
+    /// <token>`), at least 16 characters. Environment only, so it is not in the process list.
+    #[arg(skip = std::env::var("S3QUILT_MCP_TOKEN").ok().filter(|t| !t.is_empty()))]
+    pub http_token: Option<String>,
+    /// With --http on an address other than loopback: the `Host` values to accept
+    /// (repeatable; default: any, the token being the check).
+    #[arg(long = "http-allowed-host", value_name = "HOST", requires = "http")]
+    pub http_allowed_hosts: Vec<String>,
 }
 
 fn default_concurrency() -> u16 {
@@ -100,6 +130,13 @@ impl ToolError {
 /// point, finish): none is cut off half-made. A second signal exits at once; `s3quilt runs`
 /// then finishes what is left.
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
+    let guard = BucketGuard::new(&args.allow_buckets, args.read_only)?;
+    if let Some(registry) = args.registry.as_deref() {
+        // A default registry the guard would refuse is a configuration error, said at start.
+        guard
+            .check_bucket("--registry", registry)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let settings = args.s3.settings(S3Settings::from_env());
     let store = S3Store::shared(settings.client().await);
     let sfn = match args.state_machine_arn.filter(|a| !a.is_empty()) {
@@ -127,8 +164,32 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         interrupt: interrupt.clone(),
         ..EngineOptions::default()
     };
-    let server = S3QuiltServer::new(store.clone(), args.registry, Runs::new(store, engine, sfn));
-    tracing::info!("s3quilt MCP server {} on stdio", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        "s3quilt MCP server {}; buckets: {guard}{}",
+        env!("CARGO_PKG_VERSION"),
+        if guard.is_read_only() {
+            ", read-only"
+        } else {
+            ""
+        }
+    );
+    let server = S3QuiltServer::new(
+        store.clone(),
+        args.registry,
+        guard,
+        Runs::new(store, engine, sfn),
+    );
+    if let Some(addr) = args.http {
+        let options = http::HttpOptions {
+            addr,
+            token: args.http_token,
+            allowed_hosts: args.http_allowed_hosts,
+        };
+        http::serve(server.clone(), options, interrupt.clone()).await?;
+        interrupt.fire();
+        server.wait_for_runs().await;
+        return Ok(());
+    }
     let service = server
         .clone()
         .serve(transport::GuardedTransport::new(

@@ -114,7 +114,8 @@ impl StartOptions {
 pub struct Notifier {
     peer: Peer<RoleServer>,
     token: ProgressToken,
-    last: Option<(RunPhase, u64, u64)>,
+    /// The progress value last sent.
+    last: Option<u64>,
 }
 
 impl Notifier {
@@ -127,13 +128,15 @@ impl Notifier {
         }
     }
 
-    /// Notifies when the phase or the counts changed since the last notification.
+    /// Notifies when more objects are done than at the last notification (and once at the
+    /// start): MCP requires each notification's progress to be greater than the last one's,
+    /// so a phase change without a new object done waits for the next count (its message
+    /// names the phase).
     async fn update(&mut self, progress: &RunProgress) {
-        let now = (progress.phase, progress.objects_done, progress.bytes_done);
-        if self.last == Some(now) {
+        if self.last.is_some_and(|last| progress.objects_done <= last) {
             return;
         }
-        self.last = Some(now);
+        self.last = Some(progress.objects_done);
         let mut param =
             ProgressNotificationParam::new(self.token.clone(), progress.objects_done as f64)
                 .with_message(progress_text(progress));
@@ -249,7 +252,13 @@ impl LocalRun {
         let outcome = self.outcome.borrow().clone();
         let progress: RunProgress = self.progress.snapshot().into();
         let (status, plan, package, error) = match outcome.as_deref() {
-            None => (RunStatus::Running, None, None, None),
+            // Past planning, the plan is known: what the run copies, while it copies.
+            None => (
+                RunStatus::Running,
+                self.progress.plan().and_then(convert),
+                None,
+                None,
+            ),
             Some(Ok(RunOutcome::Planned(plan) | RunOutcome::UpToDate(plan))) => {
                 (RunStatus::Succeeded, convert(plan), None, None)
             }

@@ -9,6 +9,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use s3quilt_core::guard::{BucketGuard, GuardError};
 use s3quilt_core::quilt::{Json, PackageName};
 use s3quilt_core::registry::Registry;
 use s3quilt_core::request::{PackageRequest, parse_bucket, workflow_field};
@@ -22,7 +23,7 @@ use super::types::{
     Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
     MAX_PAGE, MAX_WAIT_SECONDS, ObjectDetails, ObjectSummary, ObjectsPage, PackageContents,
     PackagesParams, PackagesView, RunStatus, RunView, RunsAction, RunsParams, RunsView,
-    StagedRunView, StatusParams, VersionView, input_schema, output_schema,
+    StagedRunView, StatusParams, VersionView, input_schema, output_schema, with_registry_argument,
 };
 
 const INSTRUCTIONS: &str = "s3quilt turns what sits in S3 into Quilt data packages with server-side copies (no bytes pass through this machine). \
@@ -30,6 +31,30 @@ Explore with bucket_objects_list and bucket_object_info; preview with package_cr
 create with package_create_from_s3 (a folder, with include/exclude globs) or package_create (listed objects and folders). \
 A creation returns within wait_seconds: when it returns status \"running\", follow it with package_create_status. \
 Read packages with packages_list and package_browse. Failed runs are rolled back and reported as tool errors.";
+
+/// Most JSON one `package_browse` page holds (at least one entry is always returned).
+const BROWSE_PAGE_BYTES: usize = 40 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes of JSON (at least one).
+fn fitting(entries: &[EntryView], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        used += serde_json::to_vec(entry).map_or(0, |b| b.len() + 1);
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
+/// The tools' registry arguments, which fall back to the server's default registry.
+const REGISTRY_ARGUMENTS: [(&str, &str); 5] = [
+    ("package_create_from_s3", "target_registry"),
+    ("package_create", "target_registry"),
+    ("packages_list", "registry"),
+    ("package_runs", "registry"),
+    ("package_browse", "registry"),
+];
 
 /// The s3quilt MCP server.
 #[derive(Clone)]
@@ -41,7 +66,13 @@ pub struct S3QuiltServer {
 struct State {
     store: Arc<dyn ObjectStore>,
     default_registry: Option<String>,
+    /// Which buckets calls may name, and whether they may write.
+    guard: BucketGuard,
     runs: Runs,
+}
+
+fn refused(e: GuardError) -> ToolError {
+    ToolError(e.to_string())
 }
 
 /// A result with structured content, a one-line summary, and the same JSON as text (for
@@ -102,6 +133,16 @@ fn run_result(view: RunView) -> Result<CallToolResult, McpError> {
 }
 
 fn run_summary(view: &RunView) -> String {
+    let summary = run_outcome(view);
+    match view.plan.as_ref().map(|p| &p.warnings) {
+        Some(warnings) if !warnings.is_empty() => {
+            format!("{summary} Warning: {}.", warnings.join("; "))
+        }
+        _ => summary,
+    }
+}
+
+fn run_outcome(view: &RunView) -> String {
     match (&view.status, &view.package, &view.plan) {
         (RunStatus::Running, _, _) => format!(
             "Run {} is still going ({}). {}",
@@ -215,6 +256,28 @@ fn split_source(p: &mut CreateFromS3Params) -> Result<(), ToolError> {
     Ok(())
 }
 
+/// `tags` as the metadata's `"tags"` list: what quilt3 (`meta`) and the catalog show of a
+/// version. A `tags` key in `metadata` as well is ambiguous and refused.
+fn tags_into_metadata(p: &mut CreateFromS3Params) -> Result<(), ToolError> {
+    if p.tags.is_empty() {
+        return Ok(());
+    }
+    if let Some(i) = p.tags.iter().position(|t| t.trim().is_empty()) {
+        return Err(ToolError(format!(
+            "tags: tag {i} is empty; give each tag as a non-empty string (e.g. [\"churn\", \"2024-06\"])"
+        )));
+    }
+    let metadata = p.metadata.get_or_insert_with(Default::default);
+    if metadata.contains_key("tags") {
+        return Err(ToolError(
+            "tags: metadata already has a \"tags\" key; give the tags in one of them".into(),
+        ));
+    }
+    let tags = std::mem::take(&mut p.tags);
+    metadata.insert("tags".into(), serde_json::Value::from(tags));
+    Ok(())
+}
+
 fn wait(seconds: u32) -> Duration {
     Duration::from_secs(seconds.min(MAX_WAIT_SECONDS).into())
 }
@@ -227,14 +290,32 @@ fn notifier(ctx: &RequestContext<RoleServer>) -> Option<Notifier> {
 
 impl S3QuiltServer {
     /// A server over `store`, with a default registry and runs started by `runs`.
-    pub fn new(store: Arc<dyn ObjectStore>, default_registry: Option<String>, runs: Runs) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        default_registry: Option<String>,
+        guard: BucketGuard,
+        runs: Runs,
+    ) -> Self {
+        let mut tool_router = Self::tool_router();
+        // The schemas say whether a registry argument may be left out here: required without
+        // a default registry, and naming the default when there is one.
+        let default = default_registry
+            .as_deref()
+            .map(|r| r.strip_prefix("s3://").unwrap_or(r).trim_end_matches('/'));
+        for (tool, argument) in REGISTRY_ARGUMENTS {
+            if let Some(route) = tool_router.map.get_mut(tool) {
+                route.attr.input_schema =
+                    with_registry_argument(&route.attr.input_schema, argument, default);
+            }
+        }
         S3QuiltServer {
             state: Arc::new(State {
                 store,
                 default_registry,
+                guard,
                 runs,
             }),
-            tool_router: Self::tool_router(),
+            tool_router,
         }
     }
 
@@ -256,7 +337,17 @@ impl S3QuiltServer {
                     "{field}: no registry given and this server has no default; pass {field} (e.g. \"s3://my-quilt-registry\"), or start the server with --registry / S3QUILT_REGISTRY"
                 ))
             })?;
-        parse_bucket(field, value).map_err(|e| ToolError(e.to_string()))
+        self.bucket(field, value)
+    }
+
+    /// A bucket argument: valid, and one this server may use.
+    fn bucket(&self, field: &'static str, value: &str) -> Result<String, ToolError> {
+        let bucket = parse_bucket(field, value).map_err(|e| ToolError(e.to_string()))?;
+        self.state
+            .guard
+            .check_bucket(field, &bucket)
+            .map_err(refused)?;
+        Ok(bucket)
     }
 
     /// Validates, starts and follows a run: errors found by validation or planning come back
@@ -268,8 +359,13 @@ impl S3QuiltServer {
         wait_seconds: u32,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        if let Err(e) = request.validate() {
-            return failure(ToolError(format!("invalid request: {e}")));
+        let valid = match request.validate() {
+            Ok(valid) => valid,
+            Err(e) => return failure(ToolError(format!("invalid request: {e}"))),
+        };
+        // Before any request is sent for it: no listing of a bucket the server may not use.
+        if let Err(e) = self.state.guard.check_request(&valid) {
+            return failure(refused(e));
         }
         let run = match self.state.runs.start(request, start).await {
             Ok(run) => run,
@@ -304,7 +400,7 @@ impl S3QuiltServer {
     }
 
     async fn list(&self, p: ListParams) -> Result<(ObjectsPage, String), ToolError> {
-        let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
+        let bucket = self.bucket("bucket", &p.bucket)?;
         let delimiter = p.delimiter.filter(|d| !d.is_empty());
         let max_keys = page_size("max_keys", p.max_keys)?;
         let page = self
@@ -356,7 +452,7 @@ impl S3QuiltServer {
     }
 
     async fn info(&self, mut p: InfoParams) -> Result<(ObjectDetails, String), ToolError> {
-        let bucket = parse_bucket("bucket", &p.bucket).map_err(|e| ToolError(e.to_string()))?;
+        let bucket = self.bucket("bucket", &p.bucket)?;
         p.key = key_in_bucket(&bucket, p.key)?;
         if p.key.is_empty() {
             return Err(ToolError(
@@ -487,6 +583,10 @@ impl S3QuiltServer {
         let done = match action {
             RunsAction::List => String::new(),
             RunsAction::Abort => {
+                self.state
+                    .guard
+                    .check_write("action \"abort\"")
+                    .map_err(refused)?;
                 let id = run_id()?;
                 let (store, bucket, run) = (store.clone(), bucket.clone(), id.clone());
                 let report =
@@ -506,6 +606,10 @@ impl S3QuiltServer {
                 text
             }
             RunsAction::Resume => {
+                self.state
+                    .guard
+                    .check_write("action \"resume\"")
+                    .map_err(refused)?;
                 let id = run_id()?;
                 let (store, bucket, run) = (store.clone(), bucket.clone(), id.clone());
                 let package =
@@ -596,7 +700,7 @@ impl S3QuiltServer {
             .collect();
         let page_size = page_size("max_entries", p.max_entries)? as usize;
         let end = (start + page_size).min(matching.len());
-        let entries: Vec<EntryView> = matching
+        let mut entries: Vec<EntryView> = matching
             .get(start.min(matching.len())..end)
             .unwrap_or_default()
             .iter()
@@ -612,6 +716,11 @@ impl S3QuiltServer {
                 }
             })
             .collect();
+        // An agent's context holds the page twice (structured and as text): entries with large
+        // metadata end a page early rather than flood it.
+        let cut = entries.len() - fitting(&entries, BROWSE_PAGE_BYTES);
+        entries.truncate(entries.len() - cut);
+        let end = end - cut;
         let next_cursor = (end < matching.len()).then(|| end.to_string());
         let summary = format!(
             "{name}@{} in {}: {} entries ({}); showing {} from entry {}{}.",
@@ -621,10 +730,13 @@ impl S3QuiltServer {
             human_bytes(manifest.entries.iter().map(|e| e.size).sum()),
             entries.len(),
             start,
-            if next_cursor.is_some() {
-                "; more: pass next_cursor as cursor"
-            } else {
-                ""
+            match (&next_cursor, cut) {
+                (Some(c), 0) => format!("; more: call again with cursor {c:?}"),
+                (Some(c), _) => format!(
+                    "; the page ends early to stay under {} KiB; more: call again with cursor {c:?}",
+                    BROWSE_PAGE_BYTES / 1024
+                ),
+                (None, _) => String::new(),
             }
         );
         Ok((
@@ -663,7 +775,7 @@ impl S3QuiltServer {
         annotations(
             title = "Create a package from an S3 folder",
             read_only_hint = false,
-            destructive_hint = false,
+            destructive_hint = true,
             idempotent_hint = false,
             open_world_hint = false
         )
@@ -673,7 +785,7 @@ impl S3QuiltServer {
         Args(mut p): Args<CreateFromS3Params>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        if let Err(e) = split_source(&mut p) {
+        if let Err(e) = split_source(&mut p).and_then(|()| tags_into_metadata(&mut p)) {
             return failure(e);
         }
         let registry = match p.target_registry.as_deref() {
@@ -708,7 +820,7 @@ impl S3QuiltServer {
         annotations(
             title = "Create a package from listed S3 objects",
             read_only_hint = false,
-            destructive_hint = false,
+            destructive_hint = true,
             idempotent_hint = false,
             open_world_hint = false
         )
@@ -722,6 +834,12 @@ impl S3QuiltServer {
             Ok(r) => r,
             Err(e) => return failure(e),
         };
+        // Each source's bucket before it is looked at (request_for reads the sources).
+        for entry in &p.entries {
+            if let Err(e) = self.state.guard.check_bucket("entries", &entry.source) {
+                return failure(refused(e));
+            }
+        }
         match explicit::request_for(self.state.store.as_ref(), &p, registry).await {
             Ok(request) => {
                 self.create(request, StartOptions::default(), p.wait_seconds, ctx)
@@ -955,6 +1073,80 @@ mod tests {
             output["properties"]["size"]["type"],
             json!("integer"),
             "{output}"
+        );
+    }
+
+    #[test]
+    fn registry_arguments_are_required_without_a_default_and_name_it_otherwise() {
+        let router = S3QuiltServer::tool_router();
+        for (tool, argument) in REGISTRY_ARGUMENTS {
+            let schema = &router.get(tool).expect(tool).input_schema;
+            assert!(
+                schema["properties"].get(argument).is_some(),
+                "{tool}.{argument}"
+            );
+            let required = with_registry_argument(schema, argument, None);
+            assert!(
+                required["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(argument)),
+                "{tool}: {required:?}"
+            );
+            let defaulted = with_registry_argument(schema, argument, Some("reg-bucket"));
+            assert_eq!(defaulted.get("required"), schema.get("required"), "{tool}");
+            let description = defaulted["properties"][argument]["description"]
+                .as_str()
+                .unwrap();
+            assert!(
+                description.ends_with(" Default on this server: s3://reg-bucket."),
+                "{description}"
+            );
+        }
+    }
+
+    #[test]
+    fn browse_pages_end_before_their_byte_budget() {
+        let entry = |meta_bytes: usize| EntryView {
+            logical_key: "a.csv".into(),
+            physical_key: "s3://b/a.csv".into(),
+            size: 1,
+            hash_type: "SHA256".into(),
+            hash: "00".into(),
+            meta: json!({"note": "x".repeat(meta_bytes)}),
+        };
+        let small: Vec<EntryView> = (0..10).map(|_| entry(10)).collect();
+        assert_eq!(fitting(&small, BROWSE_PAGE_BYTES), 10);
+        let large: Vec<EntryView> = (0..10).map(|_| entry(15_000)).collect();
+        assert_eq!(fitting(&large, BROWSE_PAGE_BYTES), 2);
+        let huge = vec![entry(100_000), entry(10)];
+        assert_eq!(fitting(&huge, BROWSE_PAGE_BYTES), 1, "one entry at least");
+        assert_eq!(fitting(&[], BROWSE_PAGE_BYTES), 0);
+    }
+
+    #[test]
+    fn tags_go_into_the_metadata() {
+        let mut p: CreateFromS3Params = params(json!({
+            "source_bucket": "src", "package_name": "team/pkg", "metadata": {"k": 1},
+            "tags": ["churn", "2024-06"]
+        }));
+        tags_into_metadata(&mut p).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(p.metadata.clone().unwrap()),
+            json!({"k": 1, "tags": ["churn", "2024-06"]})
+        );
+        let mut none: CreateFromS3Params =
+            params(json!({"source_bucket": "src", "package_name": "team/pkg"}));
+        tags_into_metadata(&mut none).unwrap();
+        assert_eq!(none.metadata, None, "no tags, no metadata");
+        let mut both: CreateFromS3Params = params(json!({
+            "source_bucket": "src", "package_name": "team/pkg", "metadata": {"tags": []},
+            "tags": ["a"]
+        }));
+        let error = tags_into_metadata(&mut both).unwrap_err();
+        assert!(
+            error.0.starts_with("tags: metadata already has"),
+            "{error:?}"
         );
     }
 

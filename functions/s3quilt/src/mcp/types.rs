@@ -86,6 +86,42 @@ fn plain(schema: &JsonObject, drop_null: bool) -> std::sync::Arc<JsonObject> {
     std::sync::Arc::new(schema)
 }
 
+/// `schema` with the argument `name` required (a registry argument when the server has no
+/// default registry), or, given `default`, with the default named in its description.
+pub fn with_registry_argument(
+    schema: &JsonObject,
+    name: &str,
+    default: Option<&str>,
+) -> std::sync::Arc<JsonObject> {
+    use serde_json::Value;
+    let mut schema = schema.clone();
+    match default {
+        None => {
+            let required = schema
+                .entry("required")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(required) = required
+                && !required.iter().any(|r| r == name)
+            {
+                required.push(Value::from(name));
+            }
+        }
+        Some(default) => {
+            if let Some(Value::Object(property)) =
+                schema.get_mut("properties").and_then(|p| p.get_mut(name))
+            {
+                let described = property
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let described = format!("{described} Default on this server: s3://{default}.");
+                property.insert("description".into(), Value::from(described.trim_start()));
+            }
+        }
+    }
+    std::sync::Arc::new(schema)
+}
+
 /// Removes integer formats everywhere in `schema` and, with `drop_null`, the `null`
 /// alternative of optional values (`type: [T, "null"]` and `anyOf: [S, {type: null}]`).
 fn make_plain(schema: &mut serde_json::Value, drop_null: bool) {
@@ -215,8 +251,9 @@ pub struct CreateFromS3Params {
     /// Package name, `namespace/name` (letters, digits, `_` and `-` on each side).
     #[schemars(example = &"myteam/ml-models-v2")]
     pub package_name: String,
-    /// Registry bucket the package is written to (`s3://bucket` or `bucket`). Optional when
-    /// the server was started with a default registry.
+    /// Registry bucket the package is written to (`s3://bucket` or `bucket`). Required
+    /// unless the server was started with a default registry (the tool's schema then says
+    /// which).
     #[serde(default)]
     #[schemars(example = &"s3://my-quilt-registry")]
     pub target_registry: Option<String>,
@@ -248,6 +285,12 @@ pub struct CreateFromS3Params {
     #[serde(default)]
     #[schemars(example = serde_json::json!({"project": "churn", "owner": "ml-team"}))]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Tags of the new version, kept in its package metadata as `"tags": [...]` (quilt3's
+    /// `meta` and the Quilt catalog's metadata view show them). Not together with a `tags`
+    /// key in `metadata`.
+    #[serde(default)]
+    #[schemars(example = ["churn", "2024-06"])]
+    pub tags: Vec<String>,
     /// Copy objects into the target bucket (`true`, default) or reference them where they are.
     #[serde(default = "yes")]
     pub copy: bool,
@@ -637,6 +680,18 @@ impl From<ProgressSnapshot> for RunProgress {
     }
 }
 
+/// How many listed keys one pattern matched.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PatternMatchView {
+    /// `include_patterns` or `exclude_patterns`.
+    pub field: String,
+    /// The pattern as given.
+    pub pattern: String,
+    /// Listed keys it matched.
+    pub keys: u64,
+}
+
 /// What planning found (the same plan a real run carries out).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
@@ -666,6 +721,11 @@ pub struct PlanView {
     pub not_included: u64,
     /// Objects removed by `exclude_patterns`.
     pub excluded: u64,
+    /// How many listed keys each include and exclude pattern matched, in the order given.
+    pub pattern_matches: Vec<PatternMatchView>,
+    /// Patterns that matched no key under the prefix (usually a typo, a pattern written
+    /// against the full key, or `[ ]` meant literally: the warning says how to escape them).
+    pub warnings: Vec<String>,
     /// The first logical keys, in package order: exactly the keys the package gets.
     pub sample_logical_keys: Vec<String>,
     /// Copy (`true`) or reference in place.
