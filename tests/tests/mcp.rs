@@ -136,6 +136,45 @@ fn sample() -> Vec<SeedObject> {
     objects
 }
 
+/// On moto: a source bucket holding `objects` and an empty registry bucket.
+async fn source_and_registry(
+    objects: &[SeedObject],
+    versioned_registry: bool,
+) -> (&'static S3Server, aws_sdk_s3::Client, String, String) {
+    let server = moto();
+    let client = server.client().await;
+    let (source, registry) = (
+        create_bucket(&client, false).await,
+        create_bucket(&client, versioned_registry).await,
+    );
+    seed(&client, &source, objects).await;
+    (server, client, source, registry)
+}
+
+/// `n` small objects `run/part-NN.csv`.
+fn parts(n: usize) -> Vec<SeedObject> {
+    (0..n)
+        .map(|i| {
+            SeedObject::new(
+                format!("run/part-{i:02}.csv"),
+                format!("{i}\n").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// A proxy to `server` that answers every CopyObject `delay` late.
+fn slow_copies(server: &S3Server, delay: Duration) -> FaultProxy {
+    FaultProxy::start(
+        server.endpoint(),
+        vec![ProxyRule {
+            operation: "CopyObject",
+            select: Select::Calls(1..=1000),
+            fault: Fault::Delay(delay),
+        }],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_uses_every_tool_over_stdio() {
     let server = moto();
@@ -232,24 +271,9 @@ async fn a_run_that_outlasts_the_call_is_followed_with_status() {
         create_bucket(&client, false).await,
         create_bucket(&client, true).await,
     );
-    let objects: Vec<SeedObject> = (0..12)
-        .map(|i| {
-            SeedObject::new(
-                format!("run/part-{i:02}.csv"),
-                format!("{i}\n").into_bytes(),
-            )
-        })
-        .collect();
-    seed(&client, &source, &objects).await;
+    seed(&client, &source, &parts(12)).await;
     // Every copy is answered 3 s late: the run outlasts wait_seconds = 0.
-    let proxy = FaultProxy::start(
-        server.endpoint(),
-        vec![ProxyRule {
-            operation: "CopyObject",
-            select: Select::Calls(1..=1000),
-            fault: Fault::Delay(Duration::from_secs(3)),
-        }],
-    );
+    let proxy = slow_copies(server, Duration::from_secs(3));
     let endpoint = proxy.endpoint();
     let config = json!({
         "source_bucket": source, "source_prefix": "run", "registry": format!("s3://{registry}"),
@@ -347,18 +371,12 @@ async fn a_failed_run_is_a_tool_error_and_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_agents_send_is_accepted_or_answered_with_an_error() {
-    let server = moto();
-    let client = server.client().await;
-    let (source, registry) = (
-        create_bucket(&client, false).await,
-        create_bucket(&client, true).await,
-    );
     let objects = [
         SeedObject::new("data/a.csv", b"1\n".to_vec()),
         SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
         SeedObject::new("top.txt", b"3\n".to_vec()),
     ];
-    seed(&client, &source, &objects).await;
+    let (server, client, source, registry) = source_and_registry(&objects, true).await;
     let before = list_all_versions(&client, &registry).await;
     let config = json!({"source_bucket": source, "registry": format!("s3://{registry}")});
     let report =
@@ -406,25 +424,10 @@ async fn a_client_that_disconnects_mid_run_leaves_the_registry_as_before() {
         create_bucket(&client, false).await,
         create_bucket(&client, false).await,
     );
-    let objects: Vec<SeedObject> = (0..24)
-        .map(|i| {
-            SeedObject::new(
-                format!("run/part-{i:02}.csv"),
-                format!("{i}\n").into_bytes(),
-            )
-        })
-        .collect();
-    seed(&client, &source, &objects).await;
+    seed(&client, &source, &parts(24)).await;
     let before = list_all_versions(&client, &registry).await;
     // Copies answered 300 ms late, 4 at a time: the run copies for about 2 s.
-    let proxy = FaultProxy::start(
-        server.endpoint(),
-        vec![ProxyRule {
-            operation: "CopyObject",
-            select: Select::Calls(1..=1000),
-            fault: Fault::Delay(Duration::from_millis(300)),
-        }],
-    );
+    let proxy = slow_copies(server, Duration::from_millis(300));
     let endpoint = proxy.endpoint();
     let args = ["--endpoint-url", endpoint.as_str(), "--concurrency", "4"];
     let config = |phase: &str| json!({"source_bucket": source, "registry": format!("s3://{registry}"), "phase": phase});
@@ -453,18 +456,12 @@ async fn a_client_that_disconnects_mid_run_leaves_the_registry_as_before() {
 /// loopback port with a bearer token; what it made is read by quilt3.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_uses_the_tools_over_streamable_http_with_a_token() {
-    let server = moto();
-    let client = server.client().await;
-    let (source, registry) = (
-        create_bucket(&client, false).await,
-        create_bucket(&client, true).await,
-    );
     let objects = [
         SeedObject::new("data/a.csv", b"1\n".to_vec()),
         SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
         SeedObject::new("data/b/d.csv", b"3\n".to_vec()),
     ];
-    seed(&client, &source, &objects).await;
+    let (server, _, source, registry) = source_and_registry(&objects, true).await;
     let token = "http-test-token-0123456789abcdef";
     let mut env = server.env();
     env.push(("S3QUILT_MCP_TOKEN".to_string(), token.to_string()));
@@ -482,6 +479,65 @@ async fn an_agent_uses_the_tools_over_streamable_http_with_a_token() {
         "quilt3 reads what the HTTP client made"
     );
     assert_eq!(browsed["message"], json!("made over Streamable HTTP"));
+}
+
+/// A second real client, the TypeScript SDK (`tests/js/mcp_client.mjs`, the SDK installed by
+/// `.ci/run` into `.tools/npm`), over stdio and over Streamable HTTP: tools, a dry run and a
+/// real run each, with progress and output schemas checked by the SDK; quilt3 reads both.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_sdk_creates_packages_over_stdio_and_http() {
+    let sdk = repo_root().join(".tools/npm/node_modules/@modelcontextprotocol/sdk");
+    assert!(
+        sdk.join("package.json").exists(),
+        "{} is missing: run .ci/run, which installs it",
+        sdk.display()
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+    ];
+    let (server, _, source, registry) = source_and_registry(&objects, true).await;
+    let token = "ts-client-token-0123456789abcdef";
+    let env: serde_json::Map<String, Value> = server
+        .env()
+        .into_iter()
+        .chain([
+            ("S3QUILT_MCP_TOKEN".to_string(), token.to_string()),
+            ("RUST_LOG".to_string(), "warn".to_string()),
+        ])
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let config = json!({
+        "sdk": sdk, "command": s3quilt_bin(), "args": ["mcp"],
+        "http_args": ["mcp", "--http", "127.0.0.1:0"], "env": env, "token": token,
+        "source_bucket": source, "registry": format!("s3://{registry}"),
+    });
+    let script = repo_root().join("tests/js/mcp_client.mjs");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script).arg(config.to_string());
+    let out = tokio::task::block_in_place(|| {
+        run_child(&mut cmd, "TypeScript MCP client", CLIENT_TIMEOUT)
+    });
+    let report: Value = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "TypeScript MCP client failed ({})\n{}\n{}",
+                out.status, out.stdout, out.stderr
+            )
+        });
+    assert!(out.status.success(), "{report}\n{}", out.stderr);
+    for transport in ["stdio", "http"] {
+        let made = &report[transport]["package"];
+        assert_eq!(made["objects"], json!(2), "{report}");
+        let name = format!("team/ts-{transport}");
+        let browsed = tokio::task::block_in_place(|| browse(server, &registry, &name));
+        assert_eq!(browsed["top_hash"], made["top_hash"], "{transport}");
+        assert_eq!(oracle_keys(&browsed), ["a.csv", "b/c.csv"]);
+    }
 }
 
 /// Guard rails: a server limited to two buckets (`S3QUILT_ALLOW_BUCKETS`) and read-only

@@ -25,7 +25,7 @@ use s3quilt_core::storage::{ObjectStore, S3Store};
 use serde_json::json;
 
 use super::memory::MemoryServer;
-use super::tools::run_measured;
+use super::tools::{Measured, run_measured};
 use super::{ACCESS_KEY, SECRET_KEY, apply_env, blocking, client, mb};
 
 /// Entries per shard: the AWS planner's default shard size (`S3QUILT_SHARD_MAX_OBJECTS`).
@@ -98,6 +98,25 @@ pub async fn run(finalizer: &[u64], planner: &[u64], json: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// Runs `s3quilt ARGS --endpoint-url ENDPOINT --json` as a measured child and reads the JSON
+/// it prints.
+async fn measured_json(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    endpoint: &str,
+    args: &[&str],
+) -> anyhow::Result<(Measured, serde_json::Value)> {
+    let what = format!("s3quilt {}", args[..2].join(" "));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args).args(["--endpoint-url", endpoint, "--json"]);
+    apply_env(&mut cmd, endpoint, dir);
+    let label = what.clone();
+    let run = blocking(move || run_measured(cmd, &label)).await?;
+    let outcome = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("{what} printed no JSON:\n{}", run.stdout))?;
+    Ok((run, outcome))
+}
+
 /// The finalizer of a staged run of each size.
 async fn finalizer_rows(
     exe: &std::path::Path,
@@ -111,21 +130,19 @@ async fn finalizer_rows(
         let endpoint = server.direct_endpoint();
         let (registry, run_id) = stage(&endpoint, entries).await?;
         eprintln!("bench: finalizing {entries} entries");
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args([
-            "runs",
-            "finalize",
-            &run_id,
-            "--registry",
-            &format!("s3://{registry}"),
-            "--endpoint-url",
+        let (run, outcome) = measured_json(
+            exe,
+            dir,
             &endpoint,
-            "--json",
-        ]);
-        apply_env(&mut cmd, &endpoint, dir);
-        let run = blocking(move || run_measured(cmd, "s3quilt runs finalize")).await?;
-        let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
-            .with_context(|| format!("the finalizer printed no JSON:\n{}", run.stdout))?;
+            &[
+                "runs",
+                "finalize",
+                &run_id,
+                "--registry",
+                &format!("s3://{registry}"),
+            ],
+        )
+        .await?;
         if outcome["package"]["objects"].as_u64() != Some(entries) {
             bail!(
                 "the finalizer did not publish {entries} entries:\n{}",
@@ -180,21 +197,19 @@ async fn planner_rows(
                 .insert_fill(source, &key, 0, 1024, "application/octet-stream");
         }
         eprintln!("bench: planning {objects} objects");
-        let mut cmd = std::process::Command::new(exe);
-        cmd.args([
-            "plan",
-            &format!("s3://{source}/data/"),
-            "bench/planner",
-            "--registry",
-            &format!("s3://{registry}"),
-            "--endpoint-url",
+        let (run, outcome) = measured_json(
+            exe,
+            dir,
             &endpoint,
-            "--json",
-        ]);
-        apply_env(&mut cmd, &endpoint, dir);
-        let run = blocking(move || run_measured(cmd, "s3quilt plan")).await?;
-        let outcome: serde_json::Value = serde_json::from_str(&run.stdout)
-            .with_context(|| format!("the planner printed no JSON:\n{}", run.stdout))?;
+            &[
+                "plan",
+                &format!("s3://{source}/data/"),
+                "bench/planner",
+                "--registry",
+                &format!("s3://{registry}"),
+            ],
+        )
+        .await?;
         if outcome["objects"].as_u64() != Some(objects) {
             bail!(
                 "the planner did not select {objects} objects:\n{}",
