@@ -229,8 +229,11 @@ async def scenario_main(config):
         report["glob_keys"] = dry["plan"]["sample_logical_keys"]
         report["pattern_matches"] = dry["plan"]["pattern_matches"]
         warnings = dry["plan"]["warnings"]
-        check(len(warnings) == 1 and "matched no key" in warnings[0]
-              and "escape them" in warnings[0], "a pattern that matched nothing warns", warnings)
+        unmatched = [w for w in warnings if "matched no key" in w]
+        check(len(unmatched) == 1 and "escape them" in unmatched[0],
+              "a pattern that matched nothing warns", warnings)
+        check(any(w.startswith("write access to ") and "was not checked" in w for w in warnings),
+              "a dry run says it did not check write access", warnings)
         full_key_glob = await s.error("package_create_from_s3", {
             "source_bucket": src, "source_prefix": prefix, "package_name": "team/globs",
             "target_registry": reg, "include_patterns": [prefix + "tables/*.csv"]},
@@ -259,6 +262,8 @@ async def scenario_main(config):
         report["full"] = made["package"]
         report["progress"] = notes
         kept = await s.ok("package_create_status", {"run_id": made["run_id"]})
+        listed = texts(await s.error("package_create_status", {}, "run_id", "give one of them"))
+        check(made["run_id"] in listed, "status without run_id lists the runs", listed)
         check(kept["status"] == "succeeded" and kept["package"] == made["package"],
               "a finished run keeps its result", kept)
 
@@ -406,6 +411,8 @@ async def scenario_slow(config):
               view)
         check(notes, "status calls send progress too")
         again = await s.ok("package_create_status", {"run_id": first["run_id"]})
+        only = await s.ok("package_create_status", {})
+        check(only["run_id"] == first["run_id"], "without run_id: the server's one run", only)
         check(again["package"] == view["package"], "the result is kept", again)
         s.check_no_secrets()
         return {"package": view["package"], "polls": polls, "returned_after": returned_after,

@@ -540,6 +540,142 @@ async fn the_typescript_sdk_creates_packages_over_stdio_and_http() {
     }
 }
 
+/// The MCP Inspector's CLI (`mcp-inspector --cli`, installed by `.ci/run` into `.tools/npm`),
+/// one call per process as a user types them: every tool listed with plain schemas, a package
+/// created over stdio with `metadata` given as the Inspector sends it (a JSON object in
+/// `key=value`), and over Streamable HTTP (with the bearer token) a dry run and a browse.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inspector_cli_calls_the_tools_over_stdio_and_http() {
+    let inspector = repo_root().join(".tools/npm/node_modules/.bin/mcp-inspector");
+    assert!(
+        inspector.exists(),
+        "{} is missing: run .ci/run, which installs it",
+        inspector.display()
+    );
+    let objects = [
+        SeedObject::new("data/a.csv", b"1\n".to_vec()),
+        SeedObject::new("data/b/c.csv", b"2\n".to_vec()),
+    ];
+    let (server, _, source, registry) = source_and_registry(&objects, true).await;
+    let env = server.env();
+    let inspect = |target: &[String], call: &[&str]| -> Value {
+        let mut cmd = Command::new(&inspector);
+        cmd.arg("--cli").args(target).args(call);
+        let out = run_child(&mut cmd, "MCP Inspector CLI", CLIENT_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "mcp-inspector {call:?} failed ({})\n{}\n{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("mcp-inspector printed no JSON ({e}):\n{}", out.stdout))
+    };
+    // Over stdio: the Inspector starts the server with the environment given by `-e`.
+    let mut stdio: Vec<String> = env
+        .iter()
+        .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
+        .collect();
+    stdio.extend([s3quilt_bin().display().to_string(), "mcp".to_string()]);
+    let listed = tokio::task::block_in_place(|| inspect(&stdio, &["--method", "tools/list"]));
+    let tools = listed["tools"].as_array().expect("tools");
+    assert_eq!(tools.len(), 8, "{listed}");
+    for tool in tools {
+        let schema = tool["inputSchema"].to_string();
+        assert!(
+            !schema.contains("\"null\"") && !schema.contains("\"format\""),
+            "{}: {schema}",
+            tool["name"]
+        );
+    }
+    let registry_uri = format!("s3://{registry}");
+    let create = |name: &str| {
+        vec![
+            "--method".to_string(),
+            "tools/call".to_string(),
+            "--tool-name".to_string(),
+            "package_create_from_s3".to_string(),
+            "--tool-arg".to_string(),
+            format!("source_bucket={source}"),
+            "source_prefix=data/".to_string(),
+            format!("package_name={name}"),
+            format!("target_registry={registry_uri}"),
+            r#"metadata={"via": "inspector", "n": 2}"#.to_string(),
+            "wait_seconds=50".to_string(),
+        ]
+    };
+    let call = create("team/inspected");
+    let call: Vec<&str> = call.iter().map(String::as_str).collect();
+    let made = tokio::task::block_in_place(|| inspect(&stdio, &call));
+    assert_ne!(made["isError"], json!(true), "{made}");
+    let package = &made["structuredContent"]["package"];
+    assert_eq!(package["objects"], json!(2), "{made}");
+    let browsed = tokio::task::block_in_place(|| browse(server, &registry, "team/inspected"));
+    assert_eq!(browsed["top_hash"], package["top_hash"]);
+    assert_eq!(browsed["user_meta"], json!({"via": "inspector", "n": 2}));
+
+    // Over Streamable HTTP, with the token in a header.
+    let token = "inspector-token-0123456789abcdef";
+    let mut http = Command::new(s3quilt_bin());
+    http.args(["mcp", "--http", "127.0.0.1:0"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("S3QUILT_MCP_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = http.spawn().expect("start s3quilt mcp --http");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the listening line");
+    let url = line
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .trim()
+        .to_string();
+    let target = vec![
+        url,
+        "--transport".to_string(),
+        "http".to_string(),
+        "--header".to_string(),
+        format!("Authorization: Bearer {token}"),
+    ];
+    let mut dry = create("team/inspected-http");
+    dry.push("dry_run=true".to_string());
+    let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
+    let planned = tokio::task::block_in_place(|| inspect(&target, &dry));
+    assert_eq!(
+        planned["structuredContent"]["plan"]["sample_logical_keys"],
+        json!(["a.csv", "b/c.csv"]),
+        "{planned}"
+    );
+    let browse_call = [
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "package_browse",
+        "--tool-arg",
+        "package_name=team/inspected",
+        &format!("registry={registry_uri}"),
+    ];
+    let page = tokio::task::block_in_place(|| inspect(&target, &browse_call));
+    assert_eq!(
+        page["structuredContent"]["top_hash"], package["top_hash"],
+        "{page}"
+    );
+    // SIGTERM: the server ends cleanly.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(killed.success());
+    let status = child.wait().expect("wait for the HTTP server");
+    assert!(status.success(), "{status}");
+}
+
 /// Guard rails: a server limited to two buckets (`S3QUILT_ALLOW_BUCKETS`) and read-only
 /// (`--read-only`) refuses every call naming a third bucket and every call that would write,
 /// before sending S3 anything for it: no bucket changes.

@@ -288,7 +288,8 @@ pub struct PlanSummary {
     #[serde(default)]
     pub pattern_matches: Vec<PatternMatch>,
     /// What the user should look at though the plan is valid: patterns that matched nothing
-    /// (with a hint when `[ ]` was probably meant literally).
+    /// (with a hint when `[ ]` was probably meant literally), and for a dry run that write
+    /// access was not checked.
     #[serde(default)]
     pub warnings: Vec<String>,
     /// The first logical keys in walk order.
@@ -832,6 +833,21 @@ async fn plan_valid(
     } else {
         summary.estimated_requests.put + reused_documents as u64
     };
+    if valid.dry_run {
+        // Nothing short of writing proves the credentials may write, and a dry run writes
+        // nothing: say what was not checked rather than let the preview imply it.
+        let targets = if valid.target_bucket == valid.registry_bucket {
+            format!("s3://{}", valid.registry_bucket)
+        } else {
+            format!(
+                "s3://{} and s3://{}",
+                valid.registry_bucket, valid.target_bucket
+            )
+        };
+        summary.warnings.push(format!(
+            "write access to {targets} was not checked (a dry run writes nothing); a real run that may not write there stops when it writes its plan, before any object is copied"
+        ));
+    }
     if valid.dry_run || up_to_date {
         return Ok(Plan {
             summary,

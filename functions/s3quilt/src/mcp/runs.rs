@@ -434,6 +434,9 @@ impl Runs {
 
     /// The run `run_id` names: a local run of this server, or an execution ARN.
     pub fn find(&self, run_id: &str) -> Result<RunRef, ToolError> {
+        if run_id.is_empty() {
+            return self.only_run();
+        }
         if run_id.starts_with("arn:") {
             if self.sfn.is_none() {
                 return Err(ToolError(format!(
@@ -465,6 +468,55 @@ impl Runs {
                 )))
             }
         }
+    }
+
+    /// With no run id: this server's one run, or an error listing its runs (latest first,
+    /// with their status) to choose from.
+    fn only_run(&self) -> Result<RunRef, ToolError> {
+        let mut runs: Vec<(String, String, RunRef)> = self
+            .local
+            .lock()
+            .expect("runs lock")
+            .values()
+            .map(|run| {
+                let view = run.view();
+                let status = serde_json::to_value(view.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let shown = format!("{status}, {}", progress_text(&view.progress));
+                (run.id.clone(), shown, RunRef::Local(run.clone()))
+            })
+            .collect();
+        runs.extend(
+            self.executions
+                .lock()
+                .expect("executions lock")
+                .keys()
+                .map(|arn| {
+                    let shown = "a Step Functions execution".to_string();
+                    (arn.clone(), shown, RunRef::Execution(arn.clone()))
+                }),
+        );
+        if runs.len() == 1 {
+            return Ok(runs.pop().expect("one run").2);
+        }
+        // Local run ids sort by start time.
+        runs.sort_by(|a, b| b.0.cmp(&a.0));
+        let listed: Vec<String> = runs
+            .iter()
+            .take(10)
+            .map(|(id, shown, _)| format!("{id:?} ({shown})"))
+            .collect();
+        Err(ToolError(if listed.is_empty() {
+            "run_id: this server has started no run yet; package_create_from_s3 starts one and returns its run_id".into()
+        } else {
+            format!(
+                "run_id: this server has {} runs; give one of them (latest first): {}",
+                runs.len(),
+                listed.join(", ")
+            )
+        }))
     }
 
     /// The run's state now.

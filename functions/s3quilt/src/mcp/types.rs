@@ -448,6 +448,9 @@ pub struct CreateParams {
 #[serde(deny_unknown_fields)]
 pub struct StatusParams {
     /// The `run_id` a create call returned: a local run id or a Step Functions execution ARN.
+    /// Optional when this server has started one run only; without it, a server with several
+    /// answers with the list of its runs and their status.
+    #[serde(default)]
     #[schemars(example = &"local-20240611T101500Z-3f2a9c1e")]
     pub run_id: String,
     /// Wait up to this many seconds (0-50, default 0) for the run to finish, sending progress
@@ -724,7 +727,8 @@ pub struct PlanView {
     /// How many listed keys each include and exclude pattern matched, in the order given.
     pub pattern_matches: Vec<PatternMatchView>,
     /// Patterns that matched no key under the prefix (usually a typo, a pattern written
-    /// against the full key, or `[ ]` meant literally: the warning says how to escape them).
+    /// against the full key, or `[ ]` meant literally: the warning says how to escape them);
+    /// for a dry run, that write access to the registry and target was not checked.
     pub warnings: Vec<String>,
     /// The first logical keys, in package order: exactly the keys the package gets.
     pub sample_logical_keys: Vec<String>,
