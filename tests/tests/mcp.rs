@@ -1,6 +1,7 @@
-//! The MCP server (`s3quilt mcp`) driven by a real MCP client: the Python `mcp` SDK 2.x
-//! (`tests/py/mcp_client.py`) spawns the built binary over stdio against moto, and quilt3
-//! reads what it made.
+//! The MCP server (`s3quilt mcp`) driven by real MCP clients: the Python `mcp` SDK 2.x
+//! (`tests/py/mcp_client.py`), the TypeScript SDK (`tests/js/mcp_client.mjs`) and the MCP
+//! Inspector's CLI, over stdio and over Streamable HTTP (`--http`, with a bearer token),
+//! against moto; quilt3 reads what they made.
 //!
 //! - every tool, on both protocol revisions (2025-11-25 handshake, 2026-07-28 discover):
 //!   schemas with descriptions and examples, annotations, structured results, progress
@@ -12,6 +13,7 @@
 //! - a run that outlasts `wait_seconds`, followed to its end with `package_create_status`;
 //! - a run whose copies fail: a tool error that names the rollback, and nothing left behind;
 //! - bad input answered with tool errors that say what to fix, the server staying up;
+//! - guard rails (`--allow-bucket`, `--read-only`), and a host that disconnects mid-run;
 //! - what agents and hosts really send (null arguments, URIs for names, out-of-range pages,
 //!   deeply nested globs and metadata, lines that are not JSON): every request answered.
 
