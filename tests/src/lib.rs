@@ -34,7 +34,7 @@ pub use paths::{load_vector, repo_root, vectors_dir, venv_bin};
 pub use proxy::{Fault, FaultProxy, ProxyRequest, ProxyRule, Select, classify};
 pub use s3::{
     SeedObject, create_bucket, get_bytes, list_all_versions, manifest_header, seed,
-    upload_sha256_parts,
+    suspend_versioning, upload_sha256_parts,
 };
 #[doc(hidden)]
 pub use server::selected_server;

@@ -52,6 +52,26 @@ pub async fn create_bucket(client: &Client, versioned: bool) -> String {
     bucket
 }
 
+/// Suspends versioning on `bucket` (created versioned by [`create_bucket`]).
+pub async fn suspend_versioning(client: &Client, bucket: &str) {
+    client
+        .put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Suspended)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "suspend versioning of {bucket}: {}",
+                DisplayErrorContext(&e)
+            )
+        });
+}
+
 /// One object for [`seed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeedObject {

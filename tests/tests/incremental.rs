@@ -123,7 +123,7 @@ async fn a_chain_of_incremental_versions_keeps_every_version_whole(
     versioned_registry: bool,
 ) {
     let client = server.client().await;
-    let source = create_bucket(&client, true).await;
+    let source = server.versioned_bucket_where_supported().await;
     let registry = create_bucket(&client, versioned_registry).await;
     let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
     let request = PackageRequest::new(&source, "data", "team/inc", &format!("s3://{registry}"));
@@ -256,9 +256,12 @@ async fn chain_on_an_unversioned_registry(server: &'static S3Server) {
 /// A failed and an interrupted incremental run roll back what they copied and never touch
 /// the reused objects: the base (and the version before it) read as they were.
 async fn a_failed_incremental_run_leaves_earlier_versions_whole(server: &'static S3Server) {
-    for versioned in [true, false] {
+    for versioned in [true, false]
+        .into_iter()
+        .filter(|v| !v || server.kind().supports_versioning())
+    {
         let client = server.client().await;
-        let source = create_bucket(&client, true).await;
+        let source = server.versioned_bucket_where_supported().await;
         let registry = create_bucket(&client, versioned).await;
         let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
         let request = PackageRequest::new(&source, "data", "team/inc", &format!("s3://{registry}"));
@@ -306,8 +309,8 @@ async fn a_failed_incremental_run_leaves_earlier_versions_whole(server: &'static
 /// base that does not exist is refused naming `base`.
 async fn dry_run_verify_full_and_a_missing_base(server: &'static S3Server) {
     let client = server.client().await;
-    let source = create_bucket(&client, true).await;
-    let registry = create_bucket(&client, true).await;
+    let source = server.versioned_bucket_where_supported().await;
+    let registry = server.versioned_bucket_where_supported().await;
     let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
     let request = PackageRequest::new(&source, "data", "team/inc", &format!("s3://{registry}"));
     let content: Content = (0..4)
@@ -350,6 +353,8 @@ async fn dry_run_verify_full_and_a_missing_base(server: &'static S3Server) {
 
     let mut full = request.clone();
     full.incremental = false;
+    // A full run writes every key again: on a registry that keeps no versions, only when asked.
+    full.overwrite_existing = !server.kind().supports_versioning();
     let counted = InstrumentedStore::new(store.clone(), Vec::new());
     let (plan, _) = package(run(counted.clone(), &full).await.unwrap());
     assert!(plan.incremental.is_none());
@@ -377,8 +382,8 @@ async fn plan_err(store: Arc<dyn ObjectStore>, request: &PackageRequest) -> Plan
 async fn staged_runs_shard_only_what_changed(server: &'static S3Server) {
     for copy in [true, false] {
         let client = server.client().await;
-        let source = create_bucket(&client, true).await;
-        let registry = create_bucket(&client, true).await;
+        let source = server.versioned_bucket_where_supported().await;
+        let registry = server.versioned_bucket_where_supported().await;
         let store: Arc<dyn ObjectStore> = S3Store::shared(client.clone());
         let mut request =
             PackageRequest::new(&source, "data", "team/inc", &format!("s3://{registry}"));
@@ -425,9 +430,10 @@ async fn staged_runs_shard_only_what_changed(server: &'static S3Server) {
 }
 
 server_tests! {
-    chain_on_a_versioned_registry => [moto, localstack];
-    chain_on_an_unversioned_registry => [moto, localstack];
-    a_failed_incremental_run_leaves_earlier_versions_whole => [moto];
-    dry_run_verify_full_and_a_missing_base => [moto];
-    staged_runs_shard_only_what_changed => [moto];
+    // `ServerKind::supports_versioning`
+    chain_on_a_versioned_registry => [moto, localstack, seaweedfs];
+    chain_on_an_unversioned_registry => [moto, localstack, seaweedfs, demo];
+    a_failed_incremental_run_leaves_earlier_versions_whole => [moto, localstack, seaweedfs, demo];
+    dry_run_verify_full_and_a_missing_base => [moto, localstack, seaweedfs, demo];
+    staged_runs_shard_only_what_changed => [moto, localstack, seaweedfs, demo];
 }

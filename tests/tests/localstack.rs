@@ -20,7 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use s3quilt_tests::{
     S3Server, SeedObject, ServerKind, create_bucket, demo, get_bytes, localstack, moto, seaweedfs,
-    seed, server_tests, upload_sha256_parts,
+    seed, server_tests, suspend_versioning, upload_sha256_parts,
 };
 use sha2::{Digest, Sha256};
 
@@ -302,6 +302,44 @@ async fn versioning(client: &Client) -> Observed {
     }
 }
 
+/// A `null` delete marker in a suspended bucket (left by a DeleteObject without a version) is
+/// gone after DeleteObject `versionId=null`.
+async fn null_delete_markers(client: &Client, supports_versioning: bool) -> Observed {
+    if !supports_versioning {
+        return Observed {
+            has: false,
+            detail: "no versioning".into(),
+        };
+    }
+    let bucket = create_bucket(client, true).await;
+    suspend_versioning(client, &bucket).await;
+    seed(client, &bucket, &[SeedObject::new("k", "x")]).await;
+    let delete = |version: Option<&str>| {
+        client
+            .delete_object()
+            .bucket(&bucket)
+            .key("k")
+            .set_version_id(version.map(str::to_string))
+            .send()
+    };
+    let first = delete(None).await;
+    let second = delete(Some("null")).await;
+    let left = client
+        .list_object_versions()
+        .bucket(&bucket)
+        .send()
+        .await
+        .map(|l| (l.versions().len(), l.delete_markers().len()));
+    Observed {
+        has: matches!(left, Ok((0, 0))),
+        detail: format!(
+            "DeleteObject k: {}, then versionId=null: {}; left (versions, markers): {left:?}",
+            outcome(&first),
+            outcome(&second)
+        ),
+    }
+}
+
 /// On a server that keeps versions, a versioned bucket answers `Enabled`; on one that does not,
 /// a new bucket answers without a status (as S3 does for a bucket never versioned).
 async fn copy_checksums(client: &Client) -> Observed {
@@ -553,6 +591,11 @@ async fn check_documented_capabilities(server: &S3Server) {
         "parses_bucket_versioning",
         kind.parses_bucket_versioning(),
         bucket_versioning(&client, kind.supports_versioning()).await,
+    );
+    row(
+        "removes_null_delete_markers",
+        kind.removes_null_delete_markers(),
+        null_delete_markers(&client, kind.supports_versioning()).await,
     );
     row(
         "supports_object_tagging_on_copy",
