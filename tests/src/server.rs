@@ -45,14 +45,14 @@ const START_ATTEMPTS: u32 = 4;
 ///
 /// | capability | moto 5.2.5 | LocalStack 2026.3.0 | SeaweedFS 4.48 | demo (s3s-fs 0.14.1) |
 /// | --- | --- | --- | --- | --- |
-/// | [`enforces_copy_conditions`](Self::enforces_copy_conditions) | no | yes | yes | no |
-/// | [`keeps_target_on_refused_copy`](Self::keeps_target_on_refused_copy) | no (copies) | **no** | yes | no (copies) |
+/// | [`enforces_copy_conditions`](Self::enforces_copy_conditions) | no | yes | yes | yes |
+/// | [`keeps_target_on_refused_copy`](Self::keeps_target_on_refused_copy) | no (copies) | **no** | yes | yes |
 /// | [`enforces_key_length_limit`](Self::enforces_key_length_limit) | no | yes | yes | no |
 /// | [`max_key_segment_len`](Self::max_key_segment_len) | none | none | 255 bytes | none |
 /// | [`labels_composite_checksums`](Self::labels_composite_checksums) | no | yes | yes | no |
 /// | [`returns_part_checksums`](Self::returns_part_checksums) | no | yes | yes | no |
 /// | [`parses_bucket_versioning`](Self::parses_bucket_versioning) | no | yes | yes | yes (never versioned) |
-/// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes | no |
+/// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes | yes |
 /// | [`supports_versioning`](Self::supports_versioning) | yes | yes | yes | no |
 /// | [`removes_null_delete_markers`](Self::removes_null_delete_markers) | yes | yes | **no** | n/a (never versioned) |
 /// | [`returns_copy_checksums`](Self::returns_copy_checksums) | yes | yes | no | no |
@@ -118,8 +118,9 @@ impl ServerKind {
     /// CopyObject refuses with 412 `PreconditionFailed` both `If-None-Match: *` onto an existing
     /// key and a `x-amz-copy-source-if-match` that is not the source's ETag. Where false,
     /// overwrite protection and ETag pinning of copies cannot be shown (moto copies anyway).
+    /// The demo's server adds the check s3s-fs lacks (functions/s3quilt/src/demo_server.rs).
     pub fn enforces_copy_conditions(self) -> bool {
-        !matches!(self, ServerKind::Moto | ServerKind::Demo)
+        !matches!(self, ServerKind::Moto)
     }
 
     /// In an unversioned bucket, the target of a conditional CopyObject that must not happen
@@ -132,7 +133,7 @@ impl ServerKind {
     /// affected. So on LocalStack, show overwrite protection on versioned buckets, or check the
     /// answer, not the target's bytes. moto: false because it copies.
     pub fn keeps_target_on_refused_copy(self) -> bool {
-        matches!(self, ServerKind::SeaweedFs)
+        matches!(self, ServerKind::SeaweedFs | ServerKind::Demo)
     }
 
     /// A key longer than 1,024 bytes is refused (`KeyTooLongError`) and one of 1,024 bytes (in
@@ -214,8 +215,9 @@ impl ServerKind {
 
     /// `x-amz-tagging` is applied both by CopyObject with `x-amz-tagging-directive: REPLACE` and
     /// by CreateMultipartUpload: GetObjectTagging of the new object returns the tags.
+    /// (The demo's server keeps tags in memory, beside s3s-fs.)
     pub fn supports_object_tagging_on_copy(self) -> bool {
-        !matches!(self, ServerKind::Demo)
+        true
     }
 
     /// PutBucketVersioning turns versioning on. The demo's server (s3s-fs) keeps one version of

@@ -368,8 +368,7 @@ async fn fault_matrix(server: &'static S3Server) {
 }
 
 server_tests! {
-    // The demo's server: see the note above `a_lost_reply_never_adopts_another_runs_object`.
-    fault_matrix => [moto, localstack, seaweedfs];
+    fault_matrix => [moto, localstack, seaweedfs, demo];
 }
 
 /// Finding 2: one retry layer. A copy that fails on every attempt is sent exactly the
@@ -405,16 +404,25 @@ async fn a_failing_request_goes_on_the_wire_the_documented_number_of_times(
 }
 
 /// Finding 4: runs of one package finalizing in the same second each get a timestamped
-/// pointer of their own, so every version is listed.
+/// pointer of their own, so every version is listed (on the demo's server, whose buckets keep no
+/// versions, too).
 async fn concurrent_runs_of_one_package_each_get_their_own_version(server: &'static S3Server) {
     let client = server.client().await;
     let source = server.versioned_bucket_where_supported().await;
     let registry = server.versioned_bucket_where_supported().await;
+    // On a versioned registry the runs copy to one key (each version pins its own); one that
+    // keeps no versions refuses a second writer of a key, so there each run has its own.
+    let versioned = server.kind().supports_versioning();
     for run in 0..3 {
+        let name = if versioned {
+            "a.csv".to_string()
+        } else {
+            format!("a{run}.csv")
+        };
         seed(
             &client,
             &source,
-            &[small(&format!("run{run}/a.csv"), &format!("run {run}"))],
+            &[small(&format!("run{run}/{name}"), &format!("run {run}"))],
         )
         .await;
     }
@@ -650,13 +658,10 @@ async fn a_source_that_holds_what_the_run_writes_is_refused(server: &'static S3S
 
 server_tests! {
     a_failing_request_goes_on_the_wire_the_documented_number_of_times => [moto, localstack, seaweedfs, demo];
-    // Not the demo's server: its buckets keep no versions and its copies no conditions
-    // (`ServerKind::enforces_copy_conditions`), so the second run overwrites the first's copies.
-    concurrent_runs_of_one_package_each_get_their_own_version => [moto, localstack, seaweedfs];
-    // `ServerKind::enforces_copy_conditions` and `supports_object_tagging_on_copy`: a rollback
-    // tells its own copies by S3's answers and the run's tag, which moto and the demo lack.
-    a_lost_reply_never_adopts_another_runs_object => [localstack, seaweedfs];
-    rollback_leaves_an_object_another_writer_put_over_a_copy => [localstack, seaweedfs];
+    concurrent_runs_of_one_package_each_get_their_own_version => [moto, localstack, seaweedfs, demo];
+    // `ServerKind::enforces_copy_conditions` (moto copies whatever the conditions say).
+    a_lost_reply_never_adopts_another_runs_object => [localstack, seaweedfs, demo];
+    rollback_leaves_an_object_another_writer_put_over_a_copy => [localstack, seaweedfs, demo];
     a_suspended_target_never_overwrites_a_published_version => [localstack, seaweedfs];
     a_source_that_holds_what_the_run_writes_is_refused => [moto, localstack, seaweedfs, demo];
 }
@@ -822,8 +827,7 @@ async fn interrupted_processes_end_complete_or_clean(server: &'static S3Server) 
 }
 
 server_tests! {
-    // Not the demo's server (no object tagging: an interrupted run's copies cannot be told).
-    interrupted_processes_end_complete_or_clean => [moto, localstack, seaweedfs];
+    interrupted_processes_end_complete_or_clean => [moto, localstack, seaweedfs, demo];
 }
 
 /// A `runs abort` of a committed run is refused, whatever the store answers.

@@ -5,10 +5,21 @@
 //! ListObjectVersions (`NotImplemented`). [`DemoS3`] passes every operation s3s-fs implements
 //! through and answers those two the way S3 does for a bucket that was never versioned: no
 //! status, and each object listed as its single `null` version.
+//!
+//! A run's guarantees rest on S3 rules s3s-fs does not keep, which [`DemoS3`] adds so that the
+//! demo behaves as S3 does: CopyObject `If-None-Match: *` (s3s 0.14 does not parse the header;
+//! it is read from the request), DeleteObject `If-Match`, object tags (`x-amz-tagging` on
+//! PutObject, CopyObject and CreateMultipartUpload; GetObjectTagging) and ListMultipartUploads.
+//! Conditional writes are checked and applied under a lock per key, so two writers of one key
+//! cannot both pass the check. Tags and the list of open uploads live in memory: after the
+//! server restarts, objects read as untagged and earlier uploads are not listed.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,7 +28,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use s3s::auth::SimpleAuth;
 use s3s::dto::*;
 use s3s::service::S3ServiceBuilder;
-use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use s3s_fs::FileSystem;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -29,9 +40,95 @@ pub const DEMO_ACCESS_KEY: &str = "s3quilt-demo";
 pub const DEMO_SECRET_KEY: &str = "s3quilt-demo-secret";
 
 /// s3s-fs with GetBucketVersioning and ListObjectVersions answered for unversioned buckets,
-/// and ETags in listings.
+/// ETags in listings, and the conditions, tags and upload listing of the module's notes.
 #[derive(Debug)]
-pub struct DemoS3(FileSystem);
+pub struct DemoS3 {
+    fs: FileSystem,
+    /// Writes of one key hold one of these (chosen by the key's hash) from their condition
+    /// check to their answer.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+    hasher: RandomState,
+    /// Each object's tag set as its `x-amz-tagging` text, by (bucket, key).
+    tags: Mutex<HashMap<(String, String), String>>,
+    /// Open multipart uploads by upload id.
+    uploads: Mutex<HashMap<String, OpenUpload>>,
+}
+
+/// A multipart upload created and neither completed nor aborted.
+#[derive(Debug, Clone)]
+struct OpenUpload {
+    bucket: String,
+    key: String,
+    initiated: SystemTime,
+    tagging: Option<String>,
+}
+
+const KEY_LOCKS: usize = 64;
+
+impl DemoS3 {
+    fn new(fs: FileSystem) -> DemoS3 {
+        DemoS3 {
+            fs,
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+            tags: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn lock_key(&self, bucket: &str, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let slot = self.hasher.hash_one((bucket, key)) as usize % KEY_LOCKS;
+        self.key_locks[slot].lock().await
+    }
+
+    /// The object's ETag, or `None` if it does not exist.
+    async fn etag_of<T>(
+        &self,
+        req: &S3Request<T>,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<Option<ETag>> {
+        let head = HeadObjectInput::builder()
+            .bucket(bucket.to_string())
+            .key(key.to_string())
+            .build()
+            .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
+        let probe = S3Request {
+            input: head,
+            method: req.method.clone(),
+            uri: req.uri.clone(),
+            headers: req.headers.clone(),
+            extensions: Default::default(),
+            credentials: req.credentials.clone(),
+            region: req.region.clone(),
+            service: req.service.clone(),
+            trailing_headers: None,
+        };
+        match self.fs.head_object(probe).await {
+            Ok(found) => Ok(Some(
+                found.output.e_tag.unwrap_or(ETag::Strong(String::new())),
+            )),
+            Err(e) if *e.code() == S3ErrorCode::NoSuchKey => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_tags(&self, bucket: &str, key: &str, tagging: Option<String>) {
+        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        let id = (bucket.to_string(), key.to_string());
+        match tagging.filter(|t| !t.is_empty()) {
+            Some(t) => tags.insert(id, t),
+            None => tags.remove(&id),
+        };
+    }
+
+    fn tags_of(&self, bucket: &str, key: &str) -> Option<String> {
+        let tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        tags.get(&(bucket.to_string(), key.to_string())).cloned()
+    }
+}
 
 /// Implements [`S3`] for [`DemoS3`]: the listed operations go to s3s-fs as they are; the items
 /// after `;` are the demo's own. (One macro for the whole impl, so `async_trait` sees the
@@ -42,7 +139,7 @@ macro_rules! demo_s3 {
         impl S3 for DemoS3 {
             $(
                 async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
-                    self.0.$op(req).await
+                    self.fs.$op(req).await
                 }
             )*
             $($own)*
@@ -59,16 +156,159 @@ demo_s3! {
     list_objects: ListObjectsInput => ListObjectsOutput,
     head_object: HeadObjectInput => HeadObjectOutput,
     get_object: GetObjectInput => GetObjectOutput,
-    put_object: PutObjectInput => PutObjectOutput,
-    copy_object: CopyObjectInput => CopyObjectOutput,
-    delete_object: DeleteObjectInput => DeleteObjectOutput,
-    delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
-    create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
     upload_part: UploadPartInput => UploadPartOutput,
     upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
-    list_parts: ListPartsInput => ListPartsOutput,
-    complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput,
-    abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    list_parts: ListPartsInput => ListPartsOutput;
+
+    // s3s-fs checks `If-None-Match`/`If-Match` itself; the key's lock makes check and write one
+    // step.
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let tagging = req.input.tagging.clone();
+        let _key = self.lock_key(&bucket, &key).await;
+        let put = self.fs.put_object(req).await?;
+        self.set_tags(&bucket, &key, tagging);
+        Ok(put)
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let tagging = match (&req.input.tagging_directive, &req.input.copy_source) {
+            (Some(d), _) if d.as_str() == TaggingDirective::REPLACE => req.input.tagging.clone(),
+            (_, CopySource::Bucket { bucket, key, .. }) => self.tags_of(bucket, key),
+            _ => None,
+        };
+        let only_if_absent = req
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"*");
+        let _key = self.lock_key(&bucket, &key).await;
+        if only_if_absent && self.etag_of(&req, &bucket, &key).await?.is_some() {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            ));
+        }
+        let copied = self.fs.copy_object(req).await?;
+        self.set_tags(&bucket, &key, tagging);
+        Ok(copied)
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let _key = self.lock_key(&bucket, &key).await;
+        if let Some(condition) = req.input.if_match.clone() {
+            let Some(etag) = self.etag_of(&req, &bucket, &key).await? else {
+                return Err(s3_error!(NoSuchKey));
+            };
+            let holds = match &condition {
+                ETagCondition::Any => true,
+                ETagCondition::ETag(wanted) => etag.strong_cmp(wanted),
+            };
+            if !holds {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                ));
+            }
+        }
+        let deleted = self.fs.delete_object(req).await?;
+        self.set_tags(&bucket, &key, None);
+        Ok(deleted)
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bucket = req.input.bucket.clone();
+        let deleted = self.fs.delete_objects(req).await?;
+        for object in deleted.output.deleted.iter().flatten() {
+            if let Some(key) = &object.key {
+                self.set_tags(&bucket, key, None);
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        if self.etag_of(&req, &bucket, &key).await?.is_none() {
+            return Err(s3_error!(NoSuchKey));
+        }
+        let tags = self.tags_of(&bucket, &key);
+        Ok(S3Response::new(tagging_output(tags.as_deref())))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let upload = OpenUpload {
+            bucket: req.input.bucket.clone(),
+            key: req.input.key.clone(),
+            initiated: SystemTime::now(),
+            tagging: req.input.tagging.clone(),
+        };
+        let created = self.fs.create_multipart_upload(req).await?;
+        if let Some(id) = &created.output.upload_id {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            uploads.insert(id.clone(), upload);
+        }
+        Ok(created)
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let id = req.input.upload_id.clone();
+        let _key = self.lock_key(&bucket, &key).await;
+        let completed = self.fs.complete_multipart_upload(req).await?;
+        let upload = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.set_tags(&bucket, &key, upload.and_then(|u| u.tagging));
+        Ok(completed)
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let id = req.input.upload_id.clone();
+        let aborted = self.fs.abort_multipart_upload(req).await?;
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        Ok(aborted)
+    }
+
+    // One page of every open upload (the demo holds few).
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let open = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, u)| u.bucket == input.bucket)
+            .map(|(id, u)| (u.key.clone(), id.clone(), u.initiated))
+            .collect();
+        Ok(S3Response::new(uploads_output(input, open)))
+    }
 
     // s3s-fs lists objects without their ETags; S3 always lists them, and an incremental run
     // needs them to tell an unchanged object (docs/incremental.md). Filled in from a HEAD each.
@@ -77,7 +317,7 @@ demo_s3! {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let bucket = req.input.bucket.clone();
-        let mut listed = self.0.list_objects_v2(req.clone()).await?;
+        let mut listed = self.fs.list_objects_v2(req.clone()).await?;
         for object in listed.output.contents.iter_mut().flatten() {
             let (Some(key), None) = (object.key.clone(), &object.e_tag) else {
                 continue;
@@ -87,7 +327,7 @@ demo_s3! {
                 .key(key)
                 .build()
                 .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
-            let found = self.0.head_object(req.clone().map_input(|_| head)).await?;
+            let found = self.fs.head_object(req.clone().map_input(|_| head)).await?;
             object.e_tag = found.output.e_tag;
         }
         Ok(listed)
@@ -99,7 +339,7 @@ demo_s3! {
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         let bucket = req.input.bucket.clone();
         let head = HeadBucketInput::builder().bucket(bucket).build().map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
-        self.0.head_bucket(req.map_input(|_| head)).await?;
+        self.fs.head_bucket(req.map_input(|_| head)).await?;
         Ok(S3Response::new(GetBucketVersioningOutput::default()))
     }
 
@@ -116,7 +356,7 @@ demo_s3! {
             .start_after(input.key_marker.clone())
             .build()
             .map_err(|e| s3_error!(InvalidRequest, "{e}"))?;
-        let listed = self.0.list_objects_v2(req.map_input(|_| list)).await?.output;
+        let listed = self.fs.list_objects_v2(req.map_input(|_| list)).await?.output;
         let versions: Vec<ObjectVersion> = listed
             .contents
             .unwrap_or_default()
@@ -147,6 +387,68 @@ demo_s3! {
     }
 }
 
+/// The tags of an `x-amz-tagging` value (`k=v&k2=v2`, form-encoded), in order. (The bench's
+/// in-memory S3 uses it too.)
+pub(crate) fn parse_tagging(tagging: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    tagging
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// GetObjectTagging's answer for an object whose `x-amz-tagging` was `tagging`.
+pub(crate) fn tagging_output(tagging: Option<&str>) -> GetObjectTaggingOutput {
+    let tag_set = tagging
+        .map(parse_tagging)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| Tag {
+            key: Some(k),
+            value: Some(v),
+        })
+        .collect();
+    GetObjectTaggingOutput {
+        tag_set,
+        version_id: None,
+    }
+}
+
+/// ListMultipartUploads' answer (one page, every upload) for the open uploads of the bucket
+/// `input` names, as (key, upload id, initiated): those under its prefix, by key and initiation.
+pub(crate) fn uploads_output(
+    input: ListMultipartUploadsInput,
+    mut open: Vec<(String, String, SystemTime)>,
+) -> ListMultipartUploadsOutput {
+    let prefix = input.prefix.clone().unwrap_or_default();
+    open.retain(|(key, ..)| key.starts_with(&prefix));
+    open.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+    let uploads: Vec<MultipartUpload> = open
+        .into_iter()
+        .map(|(key, id, initiated)| MultipartUpload {
+            key: Some(key),
+            upload_id: Some(id),
+            initiated: Some(Timestamp::from(initiated)),
+            ..Default::default()
+        })
+        .collect();
+    ListMultipartUploadsOutput {
+        bucket: Some(input.bucket),
+        prefix: input.prefix,
+        is_truncated: Some(false),
+        uploads: (!uploads.is_empty()).then_some(uploads),
+        ..Default::default()
+    }
+}
+
 /// A running demo server.
 pub struct DemoServer {
     /// `http://127.0.0.1:PORT`.
@@ -165,7 +467,7 @@ impl DemoServer {
     pub async fn start_on(root: &Path, port: u16) -> anyhow::Result<DemoServer> {
         let fs =
             FileSystem::new(root).map_err(|e| anyhow!("cannot serve {}: {e:?}", root.display()))?;
-        let mut builder = S3ServiceBuilder::new(DemoS3(fs));
+        let mut builder = S3ServiceBuilder::new(DemoS3::new(fs));
         builder.set_auth(SimpleAuth::from_single(DEMO_ACCESS_KEY, DEMO_SECRET_KEY));
         let service = builder.build();
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))

@@ -17,6 +17,7 @@
 //! and an object seeded with `MemoryS3::insert_fill` is one byte repeated, held as a length:
 //! a 1 GiB object costs nothing to hold or copy (its digests are computed once per length).
 
+use crate::demo_server::{tagging_output, uploads_output};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,22 +132,6 @@ pub struct MemoryS3 {
 
 fn etag_of(digest: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&digest[..16]))
-}
-
-fn parse_tagging(tagging: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    tagging
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
 }
 
 fn no_such_key() -> s3s::S3Error {
@@ -622,21 +607,7 @@ impl S3 for MemoryS3 {
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let obj = self.get_obj(&req.input.bucket, &req.input.key)?;
-        let tag_set = obj
-            .tagging
-            .as_deref()
-            .map(parse_tagging)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| Tag {
-                key: Some(k),
-                value: Some(v),
-            })
-            .collect();
-        Ok(S3Response::new(GetObjectTaggingOutput {
-            tag_set,
-            version_id: None,
-        }))
+        Ok(S3Response::new(tagging_output(obj.tagging.as_deref())))
     }
 
     async fn list_objects_v2(
@@ -914,27 +885,15 @@ impl S3 for MemoryS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let uploads: Vec<MultipartUpload> = self
+        let open = self
             .uploads
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, u)| u.bucket == input.bucket && u.key.starts_with(&prefix))
-            .map(|(id, u)| MultipartUpload {
-                key: Some(u.key.clone()),
-                upload_id: Some(id.clone()),
-                initiated: Some(timestamp(u.initiated)),
-                ..Default::default()
-            })
+            .filter(|(_, u)| u.bucket == input.bucket)
+            .map(|(id, u)| (u.key.clone(), id.clone(), u.initiated))
             .collect();
-        Ok(S3Response::new(ListMultipartUploadsOutput {
-            bucket: Some(input.bucket),
-            prefix: input.prefix,
-            is_truncated: Some(false),
-            uploads: (!uploads.is_empty()).then_some(uploads),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(uploads_output(input, open)))
     }
 }
 
@@ -1170,7 +1129,7 @@ mod tests {
     #[test]
     fn tagging_headers_decode() {
         assert_eq!(
-            parse_tagging("s3quilt-run=r%2F1&b=c+d"),
+            crate::demo_server::parse_tagging("s3quilt-run=r%2F1&b=c+d"),
             [
                 ("s3quilt-run".into(), "r/1".into()),
                 ("b".into(), "c d".into())
