@@ -55,6 +55,8 @@ const START_ATTEMPTS: u32 = 4;
 /// | [`supports_object_tagging_on_copy`](Self::supports_object_tagging_on_copy) | yes | yes | yes | yes |
 /// | [`supports_versioning`](Self::supports_versioning) | yes | yes | yes | no |
 /// | [`removes_null_delete_markers`](Self::removes_null_delete_markers) | yes | yes | **no** | n/a (never versioned) |
+/// | [`stores_dot_segments`](Self::stores_dot_segments) | yes | yes | no (refused) | no (resolved) |
+/// | [`stores_archive_storage_classes`](Self::stores_archive_storage_classes) | yes | yes | yes | no |
 /// | [`returns_copy_checksums`](Self::returns_copy_checksums) | yes | yes | no | no |
 /// | [`lists_url_encoded`](Self::lists_url_encoded) | yes | yes | yes | no |
 /// | [`keeps_keys_ending_in_slash`](Self::keeps_keys_ending_in_slash) | yes | yes | no | no |
@@ -234,6 +236,19 @@ impl ServerKind {
     /// supported at all.
     pub fn removes_null_delete_markers(self) -> bool {
         matches!(self, ServerKind::Moto | ServerKind::LocalStack)
+    }
+
+    /// A key with `.` or `..` segments (`a/../b.txt`) is stored and listed as written, as S3
+    /// does. SeaweedFS refuses it (`InvalidRequest`); the demo's server, which keeps keys as
+    /// file paths, resolves it to another key.
+    pub fn stores_dot_segments(self) -> bool {
+        matches!(self, ServerKind::Moto | ServerKind::LocalStack)
+    }
+
+    /// PutObject with storage class `GLACIER` or `DEEP_ARCHIVE` stores the object in that class
+    /// (listed so). The demo's server (s3s-fs) refuses both (`InvalidStorageClass`).
+    pub fn stores_archive_storage_classes(self) -> bool {
+        !matches!(self, ServerKind::Demo)
     }
 
     fn credentials(self) -> (&'static str, &'static str) {

@@ -13,8 +13,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ChecksumType, TaggingDirective,
-    VersioningConfiguration,
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ChecksumType, StorageClass,
+    TaggingDirective, VersioningConfiguration,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -340,6 +340,65 @@ async fn null_delete_markers(client: &Client, supports_versioning: bool) -> Obse
     }
 }
 
+/// `a/../b.txt` and `c/./d.txt` are stored and listed as written.
+async fn dot_segments(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    let keys = ["a/../b.txt", "c/./d.txt"];
+    let mut puts = Vec::new();
+    for key in keys {
+        let r = client
+            .put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await;
+        puts.push(format!("{key}: {}", outcome(&r)));
+    }
+    let listed: Vec<String> = match client.list_objects_v2().bucket(&bucket).send().await {
+        Ok(l) => l
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect(),
+        Err(e) => vec![format!("ListObjectsV2: {}", DisplayErrorContext(&e))],
+    };
+    let mut sorted = listed.clone();
+    sorted.sort();
+    Observed {
+        has: sorted == keys,
+        detail: format!("PutObject {}; listed {listed:?}", puts.join(", ")),
+    }
+}
+
+/// PutObject with storage class GLACIER is listed with that class.
+async fn archive_storage_classes(client: &Client) -> Observed {
+    let bucket = create_bucket(client, false).await;
+    let put = client
+        .put_object()
+        .bucket(&bucket)
+        .key("cold.bin")
+        .body(ByteStream::from_static(b"frozen"))
+        .storage_class(StorageClass::Glacier)
+        .send()
+        .await;
+    let class = match client.list_objects_v2().bucket(&bucket).send().await {
+        Ok(l) => l
+            .contents()
+            .first()
+            .and_then(|o| o.storage_class())
+            .map(|c| c.as_str().to_string()),
+        Err(e) => Some(format!("ListObjectsV2: {}", DisplayErrorContext(&e))),
+    };
+    Observed {
+        has: put.is_ok() && class.as_deref() == Some("GLACIER"),
+        detail: format!(
+            "PutObject GLACIER: {}; listed class {class:?}",
+            outcome(&put)
+        ),
+    }
+}
+
 /// On a server that keeps versions, a versioned bucket answers `Enabled`; on one that does not,
 /// a new bucket answers without a status (as S3 does for a bucket never versioned).
 async fn copy_checksums(client: &Client) -> Observed {
@@ -596,6 +655,16 @@ async fn check_documented_capabilities(server: &S3Server) {
         "removes_null_delete_markers",
         kind.removes_null_delete_markers(),
         null_delete_markers(&client, kind.supports_versioning()).await,
+    );
+    row(
+        "stores_dot_segments",
+        kind.stores_dot_segments(),
+        dot_segments(&client).await,
+    );
+    row(
+        "stores_archive_storage_classes",
+        kind.stores_archive_storage_classes(),
+        archive_storage_classes(&client).await,
     );
     row(
         "supports_object_tagging_on_copy",

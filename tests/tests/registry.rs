@@ -12,7 +12,7 @@ use s3quilt_core::quilt::{
 use s3quilt_core::registry::{PackageVersion, Registry, RegistryError};
 use s3quilt_core::storage::{ObjectStore, S3Store, StoreErrorKind};
 use s3quilt_tests::{
-    FaultRule, InstrumentedStore, SeedObject, create_bucket, list_all_versions, moto, seed,
+    FaultRule, InstrumentedStore, S3Server, SeedObject, list_all_versions, seed, server_tests,
 };
 
 fn manifest(message: &str) -> Manifest {
@@ -26,16 +26,16 @@ fn manifest(message: &str) -> Manifest {
     Manifest::new(PackageHeader::new(Some(message), None), vec![entry]).unwrap()
 }
 
-async fn registry() -> (aws_sdk_s3::Client, String, Arc<dyn ObjectStore>) {
-    let server = moto();
+async fn registry(server: &'static S3Server) -> (aws_sdk_s3::Client, String, Arc<dyn ObjectStore>) {
     let client = server.client().await;
-    let bucket = create_bucket(&client, true).await;
+    let bucket = server.versioned_bucket_where_supported().await;
     (client, bucket, S3Store::shared(server.client().await))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_packages_and_top_hashes_are_not_found_with_what_was_looked_for() {
-    let (_, bucket, store) = registry().await;
+async fn unknown_packages_and_top_hashes_are_not_found_with_what_was_looked_for(
+    server: &'static S3Server,
+) {
+    let (_, bucket, store) = registry(server).await;
     let registry = Registry::new(store, &bucket);
     assert_eq!(registry.bucket(), bucket);
     let name: PackageName = "team/none".parse().unwrap();
@@ -71,9 +71,10 @@ async fn unknown_packages_and_top_hashes_are_not_found_with_what_was_looked_for(
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pointers_and_manifests_that_are_not_what_they_claim_are_refused() {
-    let (client, bucket, store) = registry().await;
+async fn pointers_and_manifests_that_are_not_what_they_claim_are_refused(
+    server: &'static S3Server,
+) {
+    let (client, bucket, store) = registry(server).await;
     let registry = Registry::new(store, &bucket);
     let name: PackageName = "team/odd".parse().unwrap();
 
@@ -151,9 +152,10 @@ async fn pointers_and_manifests_that_are_not_what_they_claim_are_refused() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn versions_are_listed_by_timestamp_and_packages_by_latest_pointer() {
-    let (client, bucket, store) = registry().await;
+async fn versions_are_listed_by_timestamp_and_packages_by_latest_pointer(
+    server: &'static S3Server,
+) {
+    let (client, bucket, store) = registry(server).await;
     let registry = Registry::new(store, &bucket);
     let name: PackageName = "team/timeline".parse().unwrap();
     let (early, late) = (manifest("early"), manifest("late"));
@@ -215,9 +217,8 @@ async fn versions_are_listed_by_timestamp_and_packages_by_latest_pointer() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_manifest_quilt3_could_not_read_is_never_written() {
-    let (client, bucket, store) = registry().await;
+async fn a_manifest_quilt3_could_not_read_is_never_written(server: &'static S3Server) {
+    let (client, bucket, store) = registry(server).await;
     let counted = InstrumentedStore::new(store, vec![]);
     let registry = Registry::new(counted.clone(), &bucket);
     let mut meta = JsonObject::new();
@@ -252,9 +253,8 @@ async fn a_manifest_quilt3_could_not_read_is_never_written() {
     assert_eq!(registry.manifest(&hash).await.unwrap(), small);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_refused_read_is_a_store_error_not_a_missing_package() {
-    let (_, bucket, store) = registry().await;
+async fn a_refused_read_is_a_store_error_not_a_missing_package(server: &'static S3Server) {
+    let (_, bucket, store) = registry(server).await;
     let name: PackageName = "team/private".parse().unwrap();
     let written = Registry::new(store.clone(), &bucket);
     let (top_hash, _) = written.push(&name, &manifest("m"), 1).await.unwrap();
@@ -294,4 +294,12 @@ async fn a_refused_read_is_a_store_error_not_a_missing_package() {
         ),
         other => panic!("expected a store error, got {other}"),
     }
+}
+
+server_tests! {
+    unknown_packages_and_top_hashes_are_not_found_with_what_was_looked_for => [moto, localstack, seaweedfs, demo];
+    pointers_and_manifests_that_are_not_what_they_claim_are_refused => [moto, localstack, seaweedfs, demo];
+    versions_are_listed_by_timestamp_and_packages_by_latest_pointer => [moto, localstack, seaweedfs, demo];
+    a_manifest_quilt3_could_not_read_is_never_written => [moto, localstack, seaweedfs, demo];
+    a_refused_read_is_a_store_error_not_a_missing_package => [moto, localstack, seaweedfs, demo];
 }

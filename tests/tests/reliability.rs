@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::types::StorageClass;
 use s3quilt_core::engine::{EngineError, EngineOptions, Progress, RunOutcome, run_local};
 use s3quilt_core::quilt::PackageName;
@@ -15,7 +14,7 @@ use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::{ObjectStore, S3Store};
 use s3quilt_tests::{
     Fault, FaultProxy, ProxyRule, S3Server, SeedObject, Select, create_bucket, list_all_versions,
-    moto, run_oracle, seed,
+    run_oracle, seed, server_tests,
 };
 use serde_json::json;
 
@@ -37,14 +36,12 @@ fn dataset() -> Vec<SeedObject> {
     objects
 }
 
-/// A client to `endpoint` with a short read timeout, so delayed answers time out and are retried.
-fn client_via(endpoint: &str, read_timeout: Duration) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+/// A client of `server` through `endpoint` with a short read timeout, so delayed answers time
+/// out and are retried.
+fn client_via(server: &S3Server, endpoint: &str, read_timeout: Duration) -> aws_sdk_s3::Client {
+    let config = server
+        .config_builder()
         .endpoint_url(endpoint)
-        .force_path_style(true)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .timeout_config(
             aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -70,13 +67,11 @@ fn browse_ok(server: &S3Server, registry: &str, name: &str) -> serde_json::Value
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn transient_faults_are_retried_and_the_package_is_whole() {
-    let server = moto();
+async fn transient_faults_are_retried_and_the_package_is_whole(server: &'static S3Server) {
     let client = server.client().await;
     let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
+        server.versioned_bucket_where_supported().await,
+        server.versioned_bucket_where_supported().await,
     );
     seed(&client, &source, &dataset()).await;
     let proxy = FaultProxy::start(
@@ -109,8 +104,11 @@ async fn transient_faults_are_retried_and_the_package_is_whole() {
             },
         ],
     );
-    let store: Arc<dyn ObjectStore> =
-        S3Store::shared(client_via(&proxy.endpoint(), Duration::from_secs(1)));
+    let store: Arc<dyn ObjectStore> = S3Store::shared(client_via(
+        server,
+        &proxy.endpoint(),
+        Duration::from_secs(1),
+    ));
     let request = PackageRequest::new(&source, "data", "team/faulty", &registry);
     let outcome = run_local(
         store,
@@ -136,22 +134,25 @@ async fn transient_faults_are_retried_and_the_package_is_whole() {
     assert_eq!(browsed["entries"].as_array().unwrap().len(), 25);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_persistent_failure_rolls_back_and_reports() {
-    let server = moto();
+async fn a_persistent_failure_rolls_back_and_reports(server: &'static S3Server) {
     let client = server.client().await;
     let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
+        server.versioned_bucket_where_supported().await,
+        server.versioned_bucket_where_supported().await,
     );
     seed(&client, &source, &dataset()).await;
+    // An object that was there before: under a key the run copies to where the registry keeps
+    // versions (its rollback deletes exactly its own version); beside them where it keeps none
+    // (the run would refuse to overwrite it).
+    let earlier = if server.kind().supports_versioning() {
+        "team/broken/part-00/rows.csv"
+    } else {
+        "team/broken/notes.txt"
+    };
     seed(
         &client,
         &registry,
-        &[SeedObject::new(
-            "team/broken/part-00/rows.csv",
-            b"was here before".to_vec(),
-        )],
+        &[SeedObject::new(earlier, b"was here before".to_vec())],
     )
     .await;
     let before = list_all_versions(&client, &registry).await;
@@ -164,8 +165,11 @@ async fn a_persistent_failure_rolls_back_and_reports() {
             fault: Fault::Status(500, "InternalError"),
         }],
     );
-    let store: Arc<dyn ObjectStore> =
-        S3Store::shared(client_via(&proxy.endpoint(), Duration::from_secs(5)));
+    let store: Arc<dyn ObjectStore> = S3Store::shared(client_via(
+        server,
+        &proxy.endpoint(),
+        Duration::from_secs(5),
+    ));
     let request = PackageRequest::new(&source, "data", "team/broken", &registry);
     let err = run_local(
         store,
@@ -198,13 +202,11 @@ async fn a_persistent_failure_rolls_back_and_reports() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_runs_of_one_package_both_make_valid_versions() {
-    let server = moto();
+async fn concurrent_runs_of_one_package_both_make_valid_versions(server: &'static S3Server) {
     let client = server.client().await;
     let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
+        server.versioned_bucket_where_supported().await,
+        server.versioned_bucket_where_supported().await,
     );
     seed(&client, &source, &dataset()).await;
     let store = S3Store::shared(client.clone());
@@ -270,13 +272,11 @@ fn case(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn forty_bad_requests_are_refused_before_any_copy() {
-    let server = moto();
+async fn forty_bad_requests_are_refused_before_any_copy(server: &'static S3Server) {
     let client = server.client().await;
     let (source, registry, other) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
+        server.versioned_bucket_where_supported().await,
+        server.versioned_bucket_where_supported().await,
         create_bucket(&client, false).await,
     );
     seed(&client, &source, &dataset()).await;
@@ -513,4 +513,14 @@ async fn forty_bad_requests_are_refused_before_any_copy() {
             .contains("preserve_structur")
     );
     assert_eq!(snapshot().await, before, "no bucket changed");
+}
+
+server_tests! {
+    transient_faults_are_retried_and_the_package_is_whole => [moto, localstack, seaweedfs, demo];
+    a_persistent_failure_rolls_back_and_reports => [moto, localstack, seaweedfs, demo];
+    // `ServerKind::supports_versioning`: both runs write the same keys.
+    concurrent_runs_of_one_package_both_make_valid_versions => [moto, localstack, seaweedfs];
+    // `ServerKind::stores_dot_segments` and `stores_archive_storage_classes` (the refusals
+    // name such keys and archived objects).
+    forty_bad_requests_are_refused_before_any_copy => [moto, localstack];
 }

@@ -8,7 +8,9 @@ use aws_sdk_s3::config::{Credentials, Region};
 use s3quilt_core::engine::{EngineOptions, Progress, run_local};
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::S3Store;
-use s3quilt_tests::{SeedObject, create_bucket, list_all_versions, moto, seed};
+use s3quilt_tests::{
+    S3Server, SeedObject, create_bucket, list_all_versions, moto, seed, server_tests,
+};
 
 const SECRET: &str = "SECRETsentinel/5f2b9cde+QuiltKey";
 const TOKEN: &str = "TOKENsentinel-9a8b7c6d5e4f3a2b1c";
@@ -112,13 +114,11 @@ async fn credentials_never_reach_logs_or_errors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn keys_cannot_escape_the_package_folder() {
-    let server = moto();
+async fn keys_cannot_escape_the_package_folder(server: &'static S3Server) {
     let client = server.client().await;
     let (source, registry) = (
-        create_bucket(&client, true).await,
-        create_bucket(&client, true).await,
+        server.versioned_bucket_where_supported().await,
+        server.versioned_bucket_where_supported().await,
     );
     // S3 accepts these keys; as logical keys they would climb out of `team/escape/`.
     seed(
@@ -243,4 +243,9 @@ fn the_cli_refuses_a_deeply_nested_glob_before_any_request() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+server_tests! {
+    // `ServerKind::stores_dot_segments` (the escaping keys are `..` segments).
+    keys_cannot_escape_the_package_folder => [moto, localstack];
 }

@@ -14,8 +14,8 @@ use s3quilt_core::registry::workflow::{CONFIG_KEY, WorkflowError};
 use s3quilt_core::request::PackageRequest;
 use s3quilt_core::storage::{ObjectStore, S3Store};
 use s3quilt_tests::{
-    S3Server, SeedObject, create_bucket, list_all_versions, manifest_header, moto, run_oracle,
-    run_oracle_output, seed,
+    S3Server, SeedObject, list_all_versions, manifest_header, run_oracle, run_oracle_output, seed,
+    server_tests,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -42,11 +42,10 @@ struct Setup {
 
 /// A source with two CSV files and a text file, and a versioned registry with the workflows
 /// config (unless `with_config` is false).
-async fn setup(with_config: bool) -> Setup {
-    let server = moto();
+async fn setup(server: &'static S3Server, with_config: bool) -> Setup {
     let client = server.client().await;
-    let source = create_bucket(&client, true).await;
-    let registry = create_bucket(&client, true).await;
+    let source = server.versioned_bucket_where_supported().await;
+    let registry = server.versioned_bucket_where_supported().await;
     seed(
         &client,
         &source,
@@ -168,9 +167,10 @@ impl Setup {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn refusals_name_the_rule_write_nothing_and_quilt3_refuses_the_same() {
-    let s = setup(true).await;
+async fn refusals_name_the_rule_write_nothing_and_quilt3_refuses_the_same(
+    server: &'static S3Server,
+) {
+    let s = setup(server, true).await;
     type Case = (
         &'static str,
         Box<dyn Fn(&mut PackageRequest)>,
@@ -244,9 +244,8 @@ async fn refusals_name_the_rule_write_nothing_and_quilt3_refuses_the_same() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_accepted_push_has_quilt3_header_bytes_and_top_hash() {
-    let s = setup(true).await;
+async fn an_accepted_push_has_quilt3_header_bytes_and_top_hash(server: &'static S3Server) {
+    let s = setup(server, true).await;
     let version = |i: usize| s.versions[i].clone().expect("the registry is versioned");
     let package = s.created(&s.request("team/pkg")).await;
     let header = manifest_header(&s.client, &s.registry, &package.top_hash).await;
@@ -309,9 +308,10 @@ async fn an_accepted_push_has_quilt3_header_bytes_and_top_hash() {
     assert_eq!(twin_header, header);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn without_a_config_there_is_no_workflow_key_and_asking_for_one_is_refused() {
-    let s = setup(false).await;
+async fn without_a_config_there_is_no_workflow_key_and_asking_for_one_is_refused(
+    server: &'static S3Server,
+) {
+    let s = setup(server, false).await;
     let package = s.created(&s.request("team/plain")).await;
     let header = manifest_header(&s.client, &s.registry, &package.top_hash).await;
     assert_eq!(
@@ -347,9 +347,10 @@ async fn without_a_config_there_is_no_workflow_key_and_asking_for_one_is_refused
 /// top hash. The copying run's manifest replaces the earlier one (quilt3's rule: the last
 /// writer's manifest stands), so the new version points at the registry's copies, and the
 /// result says so.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_version_with_an_earlier_top_hash_points_where_it_was_asked_to() {
-    let s = setup(false).await;
+async fn a_version_with_an_earlier_top_hash_points_where_it_was_asked_to(
+    server: &'static S3Server,
+) {
+    let s = setup(server, false).await;
     let mut in_place = s.request("team/same");
     in_place.copy = false;
     // `full` object metadata records the source object's own version and ETag in both runs.
@@ -404,4 +405,13 @@ async fn a_version_with_an_earlier_top_hash_points_where_it_was_asked_to() {
     let third = s.created(&copying).await;
     assert_eq!(third.top_hash, first.top_hash);
     assert!(third.manifest_replaced);
+}
+
+server_tests! {
+    refusals_name_the_rule_write_nothing_and_quilt3_refuses_the_same => [moto, localstack, seaweedfs, demo];
+    // `ServerKind::returns_copy_checksums`: quilt3 pushes the same request.
+    an_accepted_push_has_quilt3_header_bytes_and_top_hash => [moto, localstack];
+    without_a_config_there_is_no_workflow_key_and_asking_for_one_is_refused => [moto, localstack, seaweedfs, demo];
+    // `ServerKind::supports_versioning`: the versions write the same keys.
+    a_version_with_an_earlier_top_hash_points_where_it_was_asked_to => [moto, localstack, seaweedfs];
 }
