@@ -26,6 +26,8 @@ Scenarios:
   disconnect  a client that goes away mid-run ("leave"), and the same call again ("retry");
   http     Streamable HTTP with a bearer token: 401 without it, two clients (both revisions)
            sharing the server's runs, SIGTERM ending it cleanly;
+  paging   listings past an agent's context: bucket_objects_list pages under 40 KiB of one S3
+           page, packages_list one name or version a page; each item once, in order;
   misconfigured  a server without credentials or with a wrong endpoint: tool errors that name
            the setting to change (config "needles"), never the SDK's dump, and no retry loop.
 """
@@ -607,6 +609,73 @@ async def scenario_agent_input(config):
     return report
 
 
+async def walk(s, tool, args):
+    """Every page of a listing, following next_continuation_token: (pages, largest page in
+    bytes of structured JSON or of any text block)."""
+    pages, token = [], None
+    while True:
+        result = await s.call(tool, dict(args, continuation_token=token) if token else args)
+        check(not result.is_error, f"{tool} failed: {texts(result)}", args)
+        page = result.structured_content
+        size = max([len(json.dumps(page, separators=(",", ":")))]
+                   + [len(c.text.encode()) for c in result.content])
+        pages.append((page, size))
+        token = page["next_continuation_token"]
+        check(not token or "next_continuation_token" in result.content[0].text,
+              f"{tool}: the summary says how to go on", result.content[0].text)
+        if not token:
+            return [p for p, _ in pages], max(size for _, size in pages)
+
+
+async def scenario_paging(config):
+    src, reg, prefix = config["source_bucket"], config["registry"], config["prefix"]
+    report = {}
+    async with connect(config, "legacy") as client:
+        s = Session(client, config.get("secret"))
+        # S3 pages of 1000 keys, served in pages under 40 KiB: each key or folder once, in order.
+        for name, delimiter, want in (("keys", "", config["keys"]), ("folders", "/", config["names"])):
+            args = {"bucket": src, "prefix": prefix, "delimiter": delimiter, "max_keys": 1000}
+            pages, largest = await walk(s, "bucket_objects_list", args)
+            listed = []
+            for page in pages:
+                objects = [o["key"] for o in page["objects"]]
+                check(objects == sorted(objects)
+                      and page["common_prefixes"] == sorted(page["common_prefixes"]),
+                      "each list in order on a page", page)
+                listed += sorted(objects + page["common_prefixes"])
+            check(listed == sorted(want), f"{name}: every item once, in S3's order",
+                  listed, sorted(want))
+            report[name] = {"pages": len(pages), "largest": largest}
+        first = await s.ok("bucket_objects_list", {"bucket": src, "prefix": prefix, "delimiter": ""})
+        token = first["next_continuation_token"]
+        await s.error("bucket_objects_list", {"bucket": src, "prefix": prefix,
+                                              "continuation_token": token},
+                      "continuation_token", "another listing")
+        await s.error("bucket_objects_list", {"bucket": src, "continuation_token": "nope"},
+                      "continuation_token", "not a token from bucket_objects_list")
+
+        # Registry listings one item a page: every name and version once.
+        pages, _ = await walk(s, "packages_list", {"registry": reg, "max_items": 1})
+        check(all(len(p["packages"]) == 1 and p["total"] == len(pages) for p in pages),
+              "one name a page, the total on each", pages)
+        report["packages"] = [p["packages"][0] for p in pages]
+        pages, _ = await walk(s, "packages_list", {"registry": reg, "prefix": "team/",
+                                                   "max_items": 2})
+        report["team_packages"] = [n for p in pages for n in p["packages"]]
+        pages, _ = await walk(s, "packages_list", {"registry": reg, "max_items": 1,
+                                                   "package_name": config["package"]})
+        report["versions"] = [v["timestamp"] for p in pages for v in p["versions"]]
+        await s.error("packages_list", {"registry": reg, "max_items": 0},
+                      "max_items: 0 is out of range; give 1 to 1000")
+        names_token = (await s.ok("packages_list", {"registry": reg, "max_items": 1}))[
+            "next_continuation_token"]
+        await s.error("packages_list", {"registry": reg, "package_name": config["package"],
+                                        "continuation_token": names_token},
+                      "continuation_token", "another listing")
+        s.check_no_secrets()
+    return report
+
+
 async def raw_stdio(config):
     """Lines a host may send that no SDK client would: each is answered, the server stays up."""
     import asyncio
@@ -827,7 +896,7 @@ async def scenario_disconnect(config):
 
 
 SCENARIOS = {"disconnect": scenario_disconnect, "http": scenario_http, "guarded": scenario_guarded, "misconfigured": scenario_misconfigured, "main": scenario_main, "slow": scenario_slow, "failing": scenario_failing,
-             "sfn": scenario_sfn, "agent_input": scenario_agent_input,
+             "sfn": scenario_sfn, "agent_input": scenario_agent_input, "paging": scenario_paging,
              "incremental": scenario_incremental}
 
 

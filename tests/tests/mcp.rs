@@ -414,6 +414,87 @@ async fn what_agents_send_is_accepted_or_answered_with_an_error() {
     );
 }
 
+/// Listings larger than an agent's context: `bucket_objects_list` with max_keys 1000 over
+/// keys long enough that one S3 page passes 40 KiB (with and without folders), and
+/// `packages_list` one name or version at a time. Every page stays under 45 KB and the pages
+/// together hold each key, folder, package and version exactly once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_listings_come_in_pages_that_fit_a_context() {
+    // About 550 bytes of JSON an object: 150 objects pass 80 KiB.
+    let stem = format!("wide/{}", "long-file-name-".repeat(12));
+    let mut objects = Vec::new();
+    for i in 0..100 {
+        objects.push(SeedObject::new(format!("{stem}{i:03}.bin"), vec![b'x']));
+        // A folder sorting right after its namesake object ("….bin" < "…/"): merged order.
+        if i % 2 == 1 {
+            objects.push(SeedObject::new(
+                format!("{stem}{i:03}/part.bin"),
+                vec![b'y'],
+            ));
+        }
+    }
+    let (server, client, source, registry) = source_and_registry(&objects, false).await;
+    let top_hash = |i: usize| format!("{i:064x}");
+    let packages = ["other/q", "team/p0", "team/p1", "team/p2", "team-x/p"];
+    let stamps = ["1700000001", "1700000002", "1700000010"];
+    let mut pointers = Vec::new();
+    for (i, name) in packages.iter().enumerate() {
+        let pointer = |at: &str, hash: String| {
+            SeedObject::new(
+                format!(".quilt/named_packages/{name}/{at}"),
+                hash.into_bytes(),
+            )
+        };
+        pointers.push(pointer("latest", top_hash(i)));
+        pointers.push(pointer(stamps[0], top_hash(i)));
+    }
+    for (i, stamp) in stamps.iter().enumerate().skip(1) {
+        pointers.push(SeedObject::new(
+            format!(".quilt/named_packages/team/p0/{stamp}"),
+            top_hash(10 + i).into_bytes(),
+        ));
+    }
+    seed(&client, &registry, &pointers).await;
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut names: Vec<String> = keys
+        .iter()
+        .map(|k| match k.strip_suffix("/part.bin") {
+            Some(folder) => format!("{folder}/"),
+            None => k.to_string(),
+        })
+        .collect();
+    names.sort();
+    let config = json!({
+        "source_bucket": source, "prefix": "wide/", "registry": format!("s3://{registry}"),
+        "keys": keys, "names": names, "package": "team/p0", "stamps": stamps,
+    });
+    let report = tokio::task::block_in_place(|| run_client(server.env(), "paging", &[], config));
+
+    for listing in ["keys", "folders"] {
+        let listed = &report[listing];
+        assert!(
+            listed["pages"].as_u64().unwrap() >= 2,
+            "one S3 page served in several: {listed}"
+        );
+        assert!(
+            listed["largest"].as_u64().unwrap() <= 45_000,
+            "{listing}: {listed}"
+        );
+    }
+    let mut sorted = packages.to_vec();
+    sorted.sort();
+    assert_eq!(
+        report["packages"],
+        json!(sorted),
+        "one page a name, in order"
+    );
+    assert_eq!(
+        report["team_packages"],
+        json!(["team/p0", "team/p1", "team/p2"])
+    );
+    assert_eq!(report["versions"], json!(stamps), "oldest first");
+}
+
 /// A host that goes away mid-run (the SDK closes stdin, then SIGTERM after 2 s, SIGKILL 2 s
 /// later, as Claude Desktop does): the server stops starting copies, rolls back what the run
 /// created and exits before the kill, leaving the registry exactly as before; the same call

@@ -6,6 +6,8 @@
 //! - [`runs`]: runs in the background (local engine or Step Functions) and following them;
 //! - [`explicit`]: `package_create`'s list of sources as one packaging request;
 //! - [`server`]: the tools themselves;
+//! - [`paging`]: listing pages small enough for an agent's context, and their continuation
+//!   tokens;
 //! - [`transport`]: stdio, answering every request (also those rmcp cannot read);
 //! - [`http`]: Streamable HTTP (`--http`), with a bearer token off loopback.
 //!
@@ -13,6 +15,7 @@
 
 mod explicit;
 mod http;
+mod paging;
 mod runs;
 mod server;
 mod transport;

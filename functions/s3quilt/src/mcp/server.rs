@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::ToolError;
 use super::explicit;
+use super::paging::{self, PAGE_BYTES, Resume};
 use super::runs::{Notifier, RunRef, Runs, StartOptions, human_bytes, progress_text};
 use super::types::{
     Args, BrowseParams, CreateFromS3Params, CreateParams, EntryView, InfoParams, ListParams,
@@ -31,21 +32,6 @@ Explore with bucket_objects_list and bucket_object_info; preview with package_cr
 create with package_create_from_s3 (a folder, with include/exclude globs) or package_create (listed objects and folders). \
 A creation returns within wait_seconds: when it returns status \"running\", follow it with package_create_status. \
 Read packages with packages_list and package_browse. Failed runs are rolled back and reported as tool errors.";
-
-/// Most JSON one `package_browse` page holds (at least one entry is always returned).
-const BROWSE_PAGE_BYTES: usize = 40 * 1024;
-
-/// How many of `entries`, from the first, fit in `budget` bytes of JSON (at least one).
-fn fitting(entries: &[EntryView], budget: usize) -> usize {
-    let mut used = 0;
-    for (i, entry) in entries.iter().enumerate() {
-        used += serde_json::to_vec(entry).map_or(0, |b| b.len() + 1);
-        if used > budget {
-            return i.max(1);
-        }
-    }
-    entries.len()
-}
 
 /// The tools' registry arguments, which fall back to the server's default registry.
 const REGISTRY_ARGUMENTS: [(&str, &str); 5] = [
@@ -217,6 +203,30 @@ fn page_size(field: &str, value: u32) -> Result<u32, ToolError> {
             "{field}: {value} is out of range; give 1 to {MAX_PAGE}"
         )))
     }
+}
+
+/// A token that decoded but cannot be from this listing (its digest matched by chance, or an
+/// older server's format).
+fn not_a_listing_token() -> ToolError {
+    ToolError(
+        "continuation_token: not a token of this listing; pass the previous page's next_continuation_token unchanged, or omit it for the first page".into(),
+    )
+}
+
+/// The end of a listing page's summary: whether the page was cut to fit the context (`limit`
+/// names the page size argument it fell short of) and how to get the next one.
+fn continuation_note(limit: &str, cut_for_size: bool, has_next: bool) -> String {
+    let mut note = String::new();
+    if cut_for_size {
+        note += &format!(
+            "; it ends before {limit} to stay under {} KiB",
+            PAGE_BYTES / 1024
+        );
+    }
+    if has_next {
+        note += "; more: call again with next_continuation_token as continuation_token";
+    }
+    note
 }
 
 /// `bucket_object_info`'s key, also accepted as the object's URI `s3://bucket/key` (what
@@ -403,40 +413,78 @@ impl S3QuiltServer {
         let bucket = self.bucket("bucket", &p.bucket)?;
         let delimiter = p.delimiter.filter(|d| !d.is_empty());
         let max_keys = page_size("max_keys", p.max_keys)?;
-        let page = self
-            .state
-            .store
-            .list_page(
-                &bucket,
-                &p.prefix,
-                delimiter.as_deref(),
-                p.continuation_token.filter(|t| !t.is_empty()),
-                Some(max_keys as i32),
-            )
-            .await
-            .map_err(ToolError::store)?;
-        let objects: Vec<ObjectSummary> = page
-            .objects
-            .into_iter()
-            .map(|o| ObjectSummary {
-                uri: format!("s3://{bucket}/{}", o.key),
-                key: o.key,
-                size: o.size,
-                last_modified: o.last_modified,
-                storage_class: o.storage_class,
-                etag: o.etag,
-            })
-            .collect();
+        let listing = paging::listing(&[
+            "bucket_objects_list",
+            &bucket,
+            &p.prefix,
+            delimiter.as_deref().unwrap_or_default(),
+        ]);
+        let (mut s3_token, mut served) = match p.continuation_token.filter(|t| !t.is_empty()) {
+            None => (None, None),
+            Some(token) => match paging::decode(&token, &listing, "bucket_objects_list")? {
+                Resume::Objects { s3_token, served } => (s3_token, served),
+                _ => return Err(not_a_listing_token()),
+            },
+        };
+        if served
+            .as_ref()
+            .is_some_and(|s| !(1..=MAX_PAGE).contains(&s.max_keys))
+        {
+            return Err(not_a_listing_token());
+        }
+        // The S3 page being served and its items after what earlier calls returned. When
+        // objects were added before that point meanwhile, the page may hold nothing after it:
+        // go on to S3's next page.
+        let (items, listed_with, s3_next) = loop {
+            let listed_with = served.as_ref().map_or(max_keys, |s| s.max_keys);
+            let page = self
+                .state
+                .store
+                .list_page(
+                    &bucket,
+                    &p.prefix,
+                    delimiter.as_deref(),
+                    s3_token.clone(),
+                    Some(listed_with as i32),
+                )
+                .await
+                .map_err(ToolError::store)?;
+            let objects = page
+                .objects
+                .into_iter()
+                .map(|o| ObjectSummary {
+                    uri: format!("s3://{bucket}/{}", o.key),
+                    key: o.key,
+                    size: o.size,
+                    last_modified: o.last_modified,
+                    storage_class: o.storage_class,
+                    etag: o.etag,
+                })
+                .collect();
+            let mut items = paging::merged(objects, page.common_prefixes);
+            if let Some(done) = &served {
+                items.retain(|i| i.name() > done.after.as_str());
+                if items.is_empty() && page.next_token.is_some() {
+                    s3_token = page.next_token;
+                    served = None;
+                    continue;
+                }
+            }
+            break (items, listed_with, page.next_token);
+        };
+        let (page, next) = paging::serve_s3_page(items, s3_token, listed_with, s3_next, max_keys);
+        let next_continuation_token = next.map(|at| paging::encode(&listing, at));
+        let (objects, common_prefixes) = paging::split(page.items);
         let summary = format!(
             "s3://{bucket}/{}: {} objects and {} folders on this page{}.",
             p.prefix,
             objects.len(),
-            page.common_prefixes.len(),
-            if page.next_token.is_some() {
-                "; more: pass next_continuation_token as continuation_token"
-            } else {
-                ""
-            }
+            common_prefixes.len(),
+            continuation_note(
+                "max_keys",
+                page.cut_for_size,
+                next_continuation_token.is_some()
+            )
         );
         Ok((
             ObjectsPage {
@@ -444,8 +492,8 @@ impl S3QuiltServer {
                 prefix: p.prefix,
                 delimiter,
                 objects,
-                common_prefixes: page.common_prefixes,
-                next_continuation_token: page.next_token,
+                common_prefixes,
+                next_continuation_token,
             },
             summary,
         ))
@@ -505,60 +553,126 @@ impl S3QuiltServer {
     async fn packages(&self, p: PackagesParams) -> Result<(PackagesView, String), ToolError> {
         let bucket = self.registry_bucket("registry", p.registry.as_deref())?;
         let registry = Registry::new(self.state.store.clone(), bucket);
+        let max_items = page_size("max_items", p.max_items)? as usize;
+        let token = p.continuation_token.filter(|t| !t.is_empty());
         if let Some(name) = p.package_name.filter(|n| !n.is_empty()) {
             let name: PackageName = name
                 .parse()
                 .map_err(|e| ToolError(format!("package_name: {e}")))?;
+            let listing = paging::listing(&["versions", &registry.url(), name.as_str()]);
+            let after = match token {
+                None => None,
+                Some(t) => match paging::decode(&t, &listing, "packages_list")? {
+                    Resume::Versions { after } => Some(after),
+                    _ => return Err(not_a_listing_token()),
+                },
+            };
             let versions = registry
                 .versions(&name)
                 .await
                 .map_err(ToolError::registry)?;
-            let summary = format!(
-                "{name} in {} has {} versions; the latest is {}.",
-                registry.url(),
-                versions.len(),
-                versions.last().map_or("", |v| v.top_hash.as_str())
-            );
-            let versions = versions
+            let total = versions.len();
+            let latest = versions
+                .last()
+                .map(|v| v.top_hash.clone())
+                .unwrap_or_default();
+            // Resuming after a timestamp, not at an offset: versions pushed meanwhile (always
+            // later) come at the end, none is skipped or repeated.
+            let rest: Vec<VersionView> = versions
                 .into_iter()
-                .map(|v| VersionView {
-                    timestamp: v.timestamp,
-                    top_hash: v.top_hash,
+                .filter_map(|v| {
+                    let stamp: u64 = v.timestamp.parse().ok()?;
+                    after.is_none_or(|a| stamp > a).then_some(VersionView {
+                        timestamp: v.timestamp,
+                        top_hash: v.top_hash,
+                    })
                 })
                 .collect();
+            let page = paging::page(rest, max_items, PAGE_BYTES);
+            let next_continuation_token = page
+                .more
+                .then(|| page.items.last())
+                .flatten()
+                .and_then(|v| v.timestamp.parse().ok())
+                .map(|after| paging::encode(&listing, Resume::Versions { after }));
+            let summary = format!(
+                "{name} in {} has {total} versions; the latest is {latest}; this page has {}{}.",
+                registry.url(),
+                page.items.len(),
+                continuation_note(
+                    "max_items",
+                    page.cut_for_size,
+                    next_continuation_token.is_some()
+                )
+            );
             return Ok((
                 PackagesView {
                     registry: registry.url(),
                     packages: Vec::new(),
-                    versions,
+                    versions: page.items,
+                    total: total as u64,
+                    next_continuation_token,
                 },
                 summary,
             ));
         }
         let prefix = p.prefix.unwrap_or_default();
-        let packages: Vec<String> = registry
+        let listing = paging::listing(&["packages", &registry.url(), &prefix]);
+        let after: Option<PackageName> = match token {
+            None => None,
+            Some(t) => match paging::decode(&t, &listing, "packages_list")? {
+                Resume::Packages { after } => {
+                    Some(after.parse().map_err(|_| not_a_listing_token())?)
+                }
+                _ => return Err(not_a_listing_token()),
+            },
+        };
+        let matching: Vec<PackageName> = registry
             .packages()
             .await
             .map_err(ToolError::registry)?
             .into_iter()
-            .map(|n| n.to_string())
-            .filter(|n| n.starts_with(&prefix))
+            .filter(|n| n.as_str().starts_with(&prefix))
             .collect();
+        let total = matching.len();
+        // Names come sorted: resuming after the last name served stays right when packages
+        // are added or deleted between calls.
+        let rest: Vec<String> = matching
+            .into_iter()
+            .filter(|n| after.as_ref().is_none_or(|a| n > a))
+            .map(|n| n.to_string())
+            .collect();
+        let page = paging::page(rest, max_items, PAGE_BYTES);
+        let next_continuation_token = page.more.then(|| page.items.last()).flatten().map(|last| {
+            paging::encode(
+                &listing,
+                Resume::Packages {
+                    after: last.clone(),
+                },
+            )
+        });
         let summary = format!(
-            "{} packages in {}{}.",
-            packages.len(),
+            "{total} packages in {}{}; this page has {}{}.",
             registry.url(),
             if prefix.is_empty() {
                 String::new()
             } else {
                 format!(" starting with {prefix:?}")
-            }
+            },
+            page.items.len(),
+            continuation_note(
+                "max_items",
+                page.cut_for_size,
+                next_continuation_token.is_some()
+            )
         );
         Ok((
             PackagesView {
                 registry: registry.url(),
-                packages,
+                packages: page.items,
                 versions: Vec::new(),
+                total: total as u64,
+                next_continuation_token,
             },
             summary,
         ))
@@ -718,7 +832,7 @@ impl S3QuiltServer {
             .collect();
         // An agent's context holds the page twice (structured and as text): entries with large
         // metadata end a page early rather than flood it.
-        let cut = entries.len() - fitting(&entries, BROWSE_PAGE_BYTES);
+        let cut = entries.len() - paging::fitting(&entries, PAGE_BYTES);
         entries.truncate(entries.len() - cut);
         let end = end - cut;
         let next_cursor = (end < matching.len()).then(|| end.to_string());
@@ -734,7 +848,7 @@ impl S3QuiltServer {
                 (Some(c), 0) => format!("; more: call again with cursor {c:?}"),
                 (Some(c), _) => format!(
                     "; the page ends early to stay under {} KiB; more: call again with cursor {c:?}",
-                    BROWSE_PAGE_BYTES / 1024
+                    PAGE_BYTES / 1024
                 ),
                 (None, _) => String::new(),
             }
@@ -875,7 +989,9 @@ impl S3QuiltServer {
     }
 
     /// List one page of objects in an S3 bucket under a prefix, with folders grouped at `/`.
-    /// Every key is returned exactly as stored, whatever characters it holds.
+    /// Every key is returned exactly as stored, whatever characters it holds. A page holds at
+    /// most max_keys objects and folders and about 40 KiB; pass its next_continuation_token
+    /// back as continuation_token for the next one.
     #[tool(
         title = "List S3 objects",
         input_schema = input_schema::<ListParams>(),
@@ -915,7 +1031,8 @@ impl S3QuiltServer {
     }
 
     /// List the packages in a Quilt registry (optionally by name prefix), or the versions of
-    /// one package.
+    /// one package, a page at a time (max_items, about 40 KiB at most): pass the page's
+    /// next_continuation_token back as continuation_token for the next one.
     #[tool(
         title = "List packages",
         input_schema = input_schema::<PackagesParams>(),
@@ -1116,12 +1233,12 @@ mod tests {
             meta: json!({"note": "x".repeat(meta_bytes)}),
         };
         let small: Vec<EntryView> = (0..10).map(|_| entry(10)).collect();
-        assert_eq!(fitting(&small, BROWSE_PAGE_BYTES), 10);
+        assert_eq!(paging::fitting(&small, PAGE_BYTES), 10);
         let large: Vec<EntryView> = (0..10).map(|_| entry(15_000)).collect();
-        assert_eq!(fitting(&large, BROWSE_PAGE_BYTES), 2);
+        assert_eq!(paging::fitting(&large, PAGE_BYTES), 2);
         let huge = vec![entry(100_000), entry(10)];
-        assert_eq!(fitting(&huge, BROWSE_PAGE_BYTES), 1, "one entry at least");
-        assert_eq!(fitting(&[], BROWSE_PAGE_BYTES), 0);
+        assert_eq!(paging::fitting(&huge, PAGE_BYTES), 1, "one entry at least");
+        assert_eq!(paging::fitting::<EntryView>(&[], PAGE_BYTES), 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const MAX_WAIT_SECONDS: u32 = 50;
 pub const DEFAULT_MAX_KEYS: u32 = 100;
 /// `max_entries` when not given.
 pub const DEFAULT_MAX_ENTRIES: u32 = 100;
+/// `packages_list`'s `max_items` when not given.
+pub const DEFAULT_MAX_ITEMS: u32 = 100;
 /// Most keys or entries one page returns.
 pub const MAX_PAGE: u32 = 1000;
 
@@ -188,6 +190,10 @@ fn default_max_keys() -> u32 {
 
 fn default_max_entries() -> u32 {
     DEFAULT_MAX_ENTRIES
+}
+
+fn default_max_items() -> u32 {
+    DEFAULT_MAX_ITEMS
 }
 
 fn slash() -> Option<String> {
@@ -476,11 +482,14 @@ pub struct ListParams {
     #[serde(default = "slash")]
     #[schemars(example = &"/")]
     pub delimiter: Option<String>,
-    /// Most keys on this page (1-1000, default 100).
+    /// Most objects and folders on this page together (1-1000, default 100); a page ends
+    /// earlier when it reaches about 40 KiB of JSON.
     #[serde(default = "default_max_keys")]
     #[schemars(range(min = 1, max = 1000), example = 100)]
     pub max_keys: u32,
-    /// `next_continuation_token` of the previous page.
+    /// The previous page's `next_continuation_token`, unchanged, with the same bucket, prefix
+    /// and delimiter (max_keys may change); omit it for the first page. Only tokens from this
+    /// tool are accepted, not S3's own.
     #[serde(default)]
     pub continuation_token: Option<String>,
 }
@@ -517,6 +526,15 @@ pub struct PackagesParams {
     #[serde(default)]
     #[schemars(example = &"myteam/ml-models-v2")]
     pub package_name: Option<String>,
+    /// Most names or versions on this page (1-1000, default 100); a page ends earlier when it
+    /// reaches about 40 KiB of JSON.
+    #[serde(default = "default_max_items")]
+    #[schemars(range(min = 1, max = 1000), example = 100)]
+    pub max_items: u32,
+    /// The previous page's `next_continuation_token`, unchanged, with the same registry, prefix
+    /// and package_name (max_items may change); omit it for the first page.
+    #[serde(default)]
+    pub continuation_token: Option<String>,
 }
 
 /// Arguments of `package_runs`.
@@ -823,7 +841,7 @@ pub struct RunView {
 }
 
 /// One object of a listing.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ObjectSummary {
     /// The full key.
     pub key: String,
@@ -848,11 +866,13 @@ pub struct ObjectsPage {
     pub prefix: String,
     /// Delimiter used (none: every key below the prefix).
     pub delimiter: Option<String>,
-    /// Objects on this page, every key as S3 stores it.
+    /// Objects on this page, in key order, every key as S3 stores it.
     pub objects: Vec<ObjectSummary>,
-    /// Folders (keys grouped at the delimiter).
+    /// Folders on this page (keys grouped at the delimiter), in order. Objects and folders
+    /// are paged through together in name order: each is on exactly one page.
     pub common_prefixes: Vec<String>,
-    /// Pass as `continuation_token` for the next page; absent on the last page.
+    /// Pass as `continuation_token` (with the same bucket, prefix and delimiter) for the next
+    /// page; absent on the last page.
     pub next_continuation_token: Option<String>,
 }
 
@@ -905,10 +925,16 @@ pub struct VersionView {
 pub struct PackagesView {
     /// `s3://registry`.
     pub registry: String,
-    /// Package names (empty when listing versions).
+    /// This page of package names, sorted (empty when listing versions).
     pub packages: Vec<String>,
-    /// Versions of `package_name`, oldest first (empty when listing packages).
+    /// This page of the versions of `package_name`, oldest first (empty when listing
+    /// packages).
     pub versions: Vec<VersionView>,
+    /// Package names matching `prefix`, or versions of `package_name`, on all pages.
+    pub total: u64,
+    /// Pass as `continuation_token` (with the same registry, prefix and package_name) for the
+    /// next page; absent on the last page.
+    pub next_continuation_token: Option<String>,
 }
 
 /// One entry of a package.
