@@ -177,13 +177,19 @@ fn entered(id: i64, kind: &str, state: &str) -> Value {
 /// The Plan state's exit, with the planner's output under `plan` as the state machine puts it.
 fn planned(id: i64, run_id: &str, registry: &str) -> Value {
     let output = json!({"request": {}, "plan": {
-        "run_id": run_id, "registry_bucket": registry, "objects": 10, "bytes": 1000, "shards": 3
+        "run_id": run_id, "registry_bucket": registry, "objects": 10, "bytes": 1000, "shards": 3,
+        "summary": planned_summary(run_id)
     }});
     event(
         id,
         "TaskStateExited",
         json!({"stateExitedEventDetails": {"name": states::PLAN, "output": output.to_string()}}),
     )
+}
+
+/// The planner's plan summary in [`planned`] (a part of one: the report passes it on as is).
+fn planned_summary(run_id: &str) -> Value {
+    json!({"run_id": run_id, "package_name": "team/pkg", "objects": 10, "bytes": 1000})
 }
 
 /// History pages (the first with a `nextToken`) reaching `last_state`.
@@ -440,6 +446,11 @@ async fn while_copying_progress_counts_the_shards_with_a_fragment() {
     assert_eq!(report.status, "RUNNING");
     assert!(!report.is_finished());
     assert_eq!(report.run_id.as_deref(), Some(run_id));
+    assert_eq!(
+        report.plan_summary,
+        Some(planned_summary(run_id)),
+        "the plan while the shards are copied"
+    );
     assert_eq!(
         report.progress,
         ProgressSnapshot {

@@ -214,6 +214,9 @@ pub struct ExecutionReport {
     pub run_id: Option<String>,
     /// Shards, once the Map has started.
     pub shards: Option<ShardCounts>,
+    /// The plan summary (as the local engine reports it) from the planner's step, once it has
+    /// ended: while the execution runs, and after it ended however it ended.
+    pub plan_summary: Option<serde_json::Value>,
     /// The execution's output (when it succeeded).
     pub output: Option<ExecutionOutput>,
     /// The error name (when it failed), e.g. `S3Quilt.CopyFailed`.
@@ -393,6 +396,7 @@ pub async fn execution_report(
         },
         run_id,
         shards,
+        plan_summary: plan.and_then(|p| p.get("summary")).cloned(),
         output,
         error: described.error().map(str::to_string),
         cause: described.cause().map(str::to_string),

@@ -294,7 +294,11 @@ fn execution_view(report: ExecutionReport, started: Option<(Instant, bool)>) -> 
         _ => RunStatus::Failed,
     };
     let output = report.output.as_ref();
-    let plan: Option<PlanView> = output.and_then(|o| convert(&o.plan));
+    // The planner's summary is in the history as soon as planning ends, so a running view has
+    // it too; the output's (the same summary) once the execution has ended.
+    let plan: Option<PlanView> = output
+        .and_then(|o| convert(&o.plan))
+        .or_else(|| report.plan_summary.as_ref().and_then(convert));
     let package: Option<PackageView> = output.and_then(|o| o.package.as_ref()).and_then(convert);
     let dry_run = plan
         .as_ref()
